@@ -1,0 +1,1 @@
+//! Test harness: real Envoy processes and sample upstream servers for integration tests.
