@@ -1,1 +1,44 @@
 //! Test harness: real Envoy processes and sample upstream servers for integration tests.
+//!
+//! - [`Envoy`] runs a stock Envoy (see [`envoy_binary`]) from a JSON bootstrap, on a free
+//!   admin port, with its log kept in a temp dir ([`Envoy::logs`], also printed when a test
+//!   panics while the Envoy is alive). Dropping it kills the process.
+//! - [`Upstream`] is a sample HTTP/1.1 backend on a chosen `127.0.0.x` address: it answers
+//!   `<name>\n` with an `x-upstream: <name>` header, echoes the request as JSON on `/echo`,
+//!   and counts requests.
+//! - [`http_get`] / [`http_request`] send one request (one connection) with explicit headers,
+//!   e.g. `Host: reviews:9080` to an Envoy listener on `127.0.0.1:PORT`.
+//!
+//! All traffic stays on `127.0.0.0/8`.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use mesh_tests::{Envoy, Upstream, http_get};
+//! let up = Upstream::start("a", "127.0.0.1:0".parse()?).await?;
+//! let bootstrap = serde_json::json!({ "static_resources": {} }); // listeners, clusters...
+//! let envoy = Envoy::start(bootstrap).await?;
+//! let resp = http_get("http://127.0.0.1:10000/", &[("host", "a")]).await?;
+//! assert_eq!(resp.body, "a\n");
+//! envoy.stop().await?;
+//! # let _ = up; Ok(()) }
+//! ```
+
+mod envoy;
+mod http;
+mod upstream;
+
+pub use envoy::{Envoy, READY_TIMEOUT, envoy_binary};
+pub use http::{HttpResponse, http_get, http_request};
+/// Re-exported for [`http_request`] callers and status checks.
+pub use hyper::{Method, StatusCode};
+pub use upstream::Upstream;
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, read, closed).
+///
+/// Racy by nature, but good enough for tests on one machine.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}

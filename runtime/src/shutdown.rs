@@ -1,0 +1,44 @@
+//! Graceful shutdown: one token, cancelled on SIGTERM or SIGINT, handed to every task.
+
+use tokio_util::sync::CancellationToken;
+
+/// The shutdown signal. Clone it into every task; `cancelled().await` resolves once the process
+/// is asked to stop.
+pub type Shutdown = CancellationToken;
+
+/// Returns a token that is cancelled when the process receives SIGTERM or SIGINT (Ctrl-C).
+///
+/// Must be called from within a tokio runtime. A second signal while shutting down exits at
+/// once, so a stuck task can never keep an operator waiting.
+pub fn on_signals() -> Shutdown {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received, draining");
+        trigger.cancel();
+        wait_for_signal().await;
+        tracing::warn!("second signal received, exiting now");
+        std::process::exit(130);
+    });
+    token
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => {
+            // Without signal handlers there is nothing to wait for but Ctrl-C.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,393 @@
+#!/usr/bin/env bash
+# Local Kubernetes test cluster for the mesh's integration tests: real etcd,
+# kube-apiserver, kube-controller-manager and kube-scheduler, plus kwok playing
+# the kubelet of a fake node, all on 127.0.0.0/8 and without containers.
+# See README.md beside this file.
+#
+# usage: cluster.sh up|down|status|kubeconfig|build
+#   up          build the binaries if needed, start everything, wait until ready
+#   down        stop what `up` started (by recorded pid) and remove the state dir
+#   status      say whether the cluster is up (exit 0 if it is, 1 if not)
+#   kubeconfig  print the path of the admin kubeconfig (exit 1 if there is none)
+#   build       only build (or check) the binaries; extra args go to build.sh
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$HERE/../.." && pwd)"
+STATE="$REPO_ROOT/target/cluster"
+BIN_DIR="${MESH_CACHE:-$HOME/.cache/mesh}/cluster/bin"
+KUBECONFIG_OUT="$STATE/kubeconfig"
+KUBECTL="${KUBECTL:-kubectl}"
+
+# Ports: fixed but unusual, all on 127.0.0.1.
+ETCD_CLIENT_PORT="${MESH_CLUSTER_ETCD_PORT:-23379}"
+ETCD_PEER_PORT="${MESH_CLUSTER_ETCD_PEER_PORT:-23380}"
+APISERVER_PORT="${MESH_CLUSTER_APISERVER_PORT:-26443}"
+KCM_PORT="${MESH_CLUSTER_KCM_PORT:-26257}"
+SCHEDULER_PORT="${MESH_CLUSTER_SCHEDULER_PORT:-26259}"
+KWOK_PORT="${MESH_CLUSTER_KWOK_PORT:-26250}"
+# Pods get their IPs from this range (real loopback addresses, so tests can
+# bind servers on pod IPs). Service IPs are allocated from SERVICE_CIDR but
+# nothing routes there: nothing may send traffic to them.
+POD_CIDR="${MESH_CLUSTER_POD_CIDR:-127.1.0.1/16}"
+NODE_IP="127.0.0.1"
+NODE_NAME="kwok-node-0"
+SERVICE_CIDR="10.96.0.0/16"
+SERVICE_APISERVER_IP="10.96.0.1"
+SA_ISSUER="https://kubernetes.default.svc.cluster.local"
+
+# Start order; `down` stops in reverse.
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+
+log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+	log "ERROR: $*"
+	exit 1
+}
+
+# ---------------------------------------------------------------- processes
+
+pidfile() { echo "$STATE/$1.pid"; }
+
+# Prints the recorded pid of a component if that process is alive and is
+# still our binary (guards against pid reuse); fails otherwise.
+running_pid() {
+	local f pid exe
+	f="$(pidfile "$1")"
+	[[ -f $f ]] || return 1
+	pid="$(<"$f")"
+	[[ $pid =~ ^[0-9]+$ ]] || return 1
+	kill -0 "$pid" 2>/dev/null || return 1
+	exe="$(readlink "/proc/$pid/exe" 2>/dev/null || true)"
+	[[ $exe == "$BIN_DIR/$1" || $exe == "$BIN_DIR/$1 (deleted)" ]] || return 1
+	echo "$pid"
+}
+
+# start NAME ARGS...: runs $BIN_DIR/NAME in its own session, in the
+# background, logging to logs/NAME.log, and records its pid.
+start() {
+	local name=$1 pid
+	shift
+	if pid="$(running_pid "$name")"; then
+		log "$name already running (pid $pid)"
+		return 0
+	fi
+	log "starting $name"
+	# setsid (not forking: this subshell is no group leader) + exec keeps $! the
+	# binary's own pid.
+	(exec setsid "$BIN_DIR/$name" "$@" >>"$STATE/logs/$name.log" 2>&1 </dev/null) &
+	pid=$!
+	echo "$pid" >"$(pidfile "$name")"
+	sleep 0.2
+	kill -0 "$pid" 2>/dev/null || die "$name exited at once; see $STATE/logs/$name.log:
+$(tail -n 20 "$STATE/logs/$name.log")"
+}
+
+# stop NAME: TERM, then KILL after a timeout; only the recorded pid.
+stop() {
+	local name=$1 pid i
+	if pid="$(running_pid "$name")"; then
+		log "stopping $name (pid $pid)"
+		kill -TERM "$pid" 2>/dev/null || true
+		for ((i = 0; i < 100; i++)); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		if kill -0 "$pid" 2>/dev/null; then
+			log "$name did not exit after TERM; killing it"
+			kill -KILL "$pid" 2>/dev/null || true
+			for ((i = 0; i < 50; i++)); do
+				kill -0 "$pid" 2>/dev/null || break
+				sleep 0.1
+			done
+		fi
+	fi
+	rm -f "$(pidfile "$name")"
+}
+
+# wait_for WHAT TIMEOUT_SECONDS COMMAND...: retries COMMAND until it succeeds.
+wait_for() {
+	local what=$1 timeout=$2 t0=$SECONDS
+	shift 2
+	until "$@" >/dev/null 2>&1; do
+		if ((SECONDS - t0 >= timeout)); then
+			log "timed out after ${timeout}s waiting for $what"
+			return 1
+		fi
+		sleep 0.5
+	done
+	log "$what ok ($((SECONDS - t0))s)"
+}
+
+# ---------------------------------------------------------------- PKI
+
+# cert NAME SUBJECT [SAN]: key + certificate signed by the cluster CA.
+cert() {
+	local name=$1 subj=$2 san=${3:-} pki="$STATE/pki" ext
+	[[ -f $pki/$name.crt ]] && return 0
+	openssl ecparam -name prime256v1 -genkey -noout -out "$pki/$name.key.tmp" 2>/dev/null
+	openssl pkcs8 -topk8 -nocrypt -in "$pki/$name.key.tmp" -out "$pki/$name.key"
+	rm -f "$pki/$name.key.tmp"
+	openssl req -new -key "$pki/$name.key" -subj "$subj" -out "$pki/$name.csr"
+	ext="$pki/$name.ext"
+	{
+		echo "basicConstraints=critical,CA:FALSE"
+		echo "keyUsage=critical,digitalSignature,keyEncipherment"
+		if [[ -n $san ]]; then
+			echo "extendedKeyUsage=serverAuth,clientAuth"
+			echo "subjectAltName=$san"
+		else
+			echo "extendedKeyUsage=clientAuth"
+		fi
+	} >"$ext"
+	openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+		-days 3650 -sha256 -extfile "$ext" -out "$pki/$name.crt" 2>/dev/null
+	rm -f "$pki/$name.csr" "$ext"
+}
+
+make_pki() {
+	local pki="$STATE/pki"
+	mkdir -p "$pki"
+	chmod 700 "$pki"
+	if [[ ! -f $pki/ca.crt ]]; then
+		log "generating CA, certificates and service-account keys in $pki"
+		openssl ecparam -name prime256v1 -genkey -noout -out "$pki/ca.key.tmp" 2>/dev/null
+		openssl pkcs8 -topk8 -nocrypt -in "$pki/ca.key.tmp" -out "$pki/ca.key"
+		rm -f "$pki/ca.key.tmp"
+		openssl req -x509 -new -key "$pki/ca.key" -subj "/CN=mesh-test-cluster-ca" -days 3650 -sha256 \
+			-addext "basicConstraints=critical,CA:TRUE" \
+			-addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+			-out "$pki/ca.crt"
+	fi
+	cert apiserver "/CN=kube-apiserver" \
+		"IP:127.0.0.1,IP:$SERVICE_APISERVER_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+	cert admin "/O=system:masters/CN=admin"
+	cert kube-controller-manager "/CN=system:kube-controller-manager"
+	cert kube-scheduler "/CN=system:kube-scheduler"
+	# kwok plays the kubelet of every fake node; the Node authorizer would only
+	# let system:node:<name> touch its own node, so it gets cluster-admin.
+	cert kwok "/O=system:masters/CN=kwok"
+	if [[ ! -f $pki/sa.key ]]; then
+		openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$pki/sa.key" 2>/dev/null
+		openssl pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub"
+	fi
+}
+
+# kubeconfig FILE USER: a kubeconfig for USER's client certificate.
+write_kubeconfig() {
+	local file=$1 user=$2 pki="$STATE/pki"
+	cat >"$file.tmp" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: mesh-test
+  cluster:
+    server: https://127.0.0.1:$APISERVER_PORT
+    certificate-authority-data: $(base64 -w0 "$pki/ca.crt")
+users:
+- name: $user
+  user:
+    client-certificate-data: $(base64 -w0 "$pki/$user.crt")
+    client-key-data: $(base64 -w0 "$pki/$user.key")
+contexts:
+- name: mesh-test
+  context:
+    cluster: mesh-test
+    user: $user
+current-context: mesh-test
+EOF
+	chmod 600 "$file.tmp"
+	mv -f "$file.tmp" "$file"
+}
+
+# ---------------------------------------------------------------- commands
+
+kc() { "$KUBECTL" --kubeconfig "$KUBECONFIG_OUT" "$@"; }
+
+apiserver_ready() { [[ -f $KUBECONFIG_OUT ]] && [[ "$(kc get --raw /readyz 2>/dev/null)" == ok ]]; }
+node_ready() {
+	[[ "$(kc get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]
+}
+https_healthz() { curl -ksf --max-time 2 "https://127.0.0.1:$1/healthz" | grep -qx ok; }
+http_health() { curl -sf --max-time 2 "$1" >/dev/null; }
+
+cmd_up() {
+	local t0=$SECONDS pki="$STATE/pki" c all=1
+	command -v "$KUBECTL" >/dev/null || die "kubectl not found"
+	command -v openssl >/dev/null || die "openssl not found"
+	command -v curl >/dev/null || die "curl not found"
+
+	for c in "${COMPONENTS[@]}"; do running_pid "$c" >/dev/null || all=0; done
+	if ((all)) && apiserver_ready && node_ready; then
+		log "cluster already up; kubeconfig: $KUBECONFIG_OUT"
+		return 0
+	fi
+
+	"$HERE/build.sh"
+
+	mkdir -p "$STATE/logs" "$STATE/etcd"
+	chmod 700 "$STATE/etcd"
+	make_pki
+	write_kubeconfig "$KUBECONFIG_OUT" admin
+	for c in kube-controller-manager kube-scheduler kwok; do
+		write_kubeconfig "$STATE/$c.kubeconfig" "$c"
+	done
+
+	start etcd \
+		--name=mesh-test \
+		--data-dir="$STATE/etcd" \
+		--listen-client-urls="http://127.0.0.1:$ETCD_CLIENT_PORT" \
+		--advertise-client-urls="http://127.0.0.1:$ETCD_CLIENT_PORT" \
+		--listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+		--initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+		--initial-cluster="mesh-test=http://127.0.0.1:$ETCD_PEER_PORT" \
+		--initial-cluster-state=new \
+		--unsafe-no-fsync \
+		--auto-compaction-retention=1h \
+		--quota-backend-bytes=2147483648 \
+		--log-level=warn
+	wait_for "etcd health" 60 http_health "http://127.0.0.1:$ETCD_CLIENT_PORT/health"
+
+	start kube-apiserver \
+		--etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
+		--bind-address=127.0.0.1 \
+		--advertise-address=127.0.0.1 \
+		--secure-port="$APISERVER_PORT" \
+		--tls-cert-file="$pki/apiserver.crt" \
+		--tls-private-key-file="$pki/apiserver.key" \
+		--client-ca-file="$pki/ca.crt" \
+		--service-account-issuer="$SA_ISSUER" \
+		--service-account-key-file="$pki/sa.pub" \
+		--service-account-signing-key-file="$pki/sa.key" \
+		--authorization-mode=Node,RBAC \
+		--service-cluster-ip-range="$SERVICE_CIDR" \
+		--allow-privileged=true \
+		--profiling=false \
+		--event-ttl=1h
+	wait_for "kube-apiserver /readyz" 120 apiserver_ready
+
+	start kube-controller-manager \
+		--kubeconfig="$STATE/kube-controller-manager.kubeconfig" \
+		--authentication-kubeconfig="$STATE/kube-controller-manager.kubeconfig" \
+		--authorization-kubeconfig="$STATE/kube-controller-manager.kubeconfig" \
+		--bind-address=127.0.0.1 \
+		--secure-port="$KCM_PORT" \
+		--controllers='*' \
+		--use-service-account-credentials=true \
+		--service-account-private-key-file="$pki/sa.key" \
+		--root-ca-file="$pki/ca.crt" \
+		--cluster-signing-cert-file="$pki/ca.crt" \
+		--cluster-signing-key-file="$pki/ca.key" \
+		--service-cluster-ip-range="$SERVICE_CIDR" \
+		--cluster-name=mesh-test \
+		--leader-elect=false \
+		--profiling=false
+	start kube-scheduler \
+		--kubeconfig="$STATE/kube-scheduler.kubeconfig" \
+		--authentication-kubeconfig="$STATE/kube-scheduler.kubeconfig" \
+		--authorization-kubeconfig="$STATE/kube-scheduler.kubeconfig" \
+		--bind-address=127.0.0.1 \
+		--secure-port="$SCHEDULER_PORT" \
+		--leader-elect=false \
+		--profiling=false
+
+	cat >"$STATE/kwok.yaml" <<EOF
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokConfiguration
+options:
+  cidr: "$POD_CIDR"
+  nodeIP: "$NODE_IP"
+  nodePort: $KWOK_PORT
+  serverAddress: "127.0.0.1:$KWOK_PORT"
+  manageAllNodes: false
+  manageNodesWithAnnotationSelector: "kwok.x-k8s.io/node=fake"
+EOF
+	start kwok \
+		--config="$STATE/kwok.yaml" \
+		--kubeconfig="$STATE/kwok.kubeconfig"
+
+	wait_for "kube-controller-manager /healthz" 60 https_healthz "$KCM_PORT"
+	wait_for "kube-scheduler /healthz" 60 https_healthz "$SCHEDULER_PORT"
+	wait_for "kwok /healthz" 60 http_health "http://127.0.0.1:$KWOK_PORT/healthz"
+
+	# The fake node. kwok manages nodes carrying the annotation below; no taints,
+	# so ordinary workloads schedule on it without tolerations.
+	kc apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Node
+metadata:
+  name: $NODE_NAME
+  annotations:
+    kwok.x-k8s.io/node: fake
+    node.alpha.kubernetes.io/ttl: "0"
+  labels:
+    kubernetes.io/hostname: $NODE_NAME
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    type: kwok
+EOF
+	wait_for "node $NODE_NAME Ready" 90 node_ready
+	# Pods cannot be created in a namespace before its default ServiceAccount.
+	wait_for "default ServiceAccount" 60 kc -n default get serviceaccount default
+	log "cluster up in $((SECONDS - t0))s; kubeconfig: $KUBECONFIG_OUT"
+	log "  e.g. kubectl --kubeconfig $KUBECONFIG_OUT get nodes"
+}
+
+cmd_down() {
+	local i
+	for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
+		stop "${COMPONENTS[$i]}"
+	done
+	if [[ -d $STATE ]]; then
+		rm -rf -- "$STATE"
+		log "removed $STATE"
+	fi
+	log "cluster down"
+}
+
+cmd_status() {
+	local c pid up=1
+	for c in "${COMPONENTS[@]}"; do
+		if pid="$(running_pid "$c")"; then
+			printf '%-24s running (pid %s)\n' "$c" "$pid"
+		else
+			printf '%-24s not running\n' "$c"
+			up=0
+		fi
+	done
+	if apiserver_ready; then
+		echo "kube-apiserver /readyz  ok (https://127.0.0.1:$APISERVER_PORT)"
+	else
+		echo "kube-apiserver /readyz  not ready"
+		up=0
+	fi
+	if ((up)) && node_ready; then
+		echo "node $NODE_NAME         Ready"
+	else
+		echo "node $NODE_NAME         not Ready"
+		up=0
+	fi
+	if ((up)); then
+		echo "cluster: up (kubeconfig: $KUBECONFIG_OUT)"
+	else
+		echo "cluster: down"
+		return 1
+	fi
+}
+
+cmd_kubeconfig() {
+	[[ -f $KUBECONFIG_OUT ]] || die "no kubeconfig: the cluster is not up (run: $0 up)"
+	echo "$KUBECONFIG_OUT"
+}
+
+case "${1:-}" in
+up) cmd_up ;;
+down) cmd_down ;;
+status) cmd_status ;;
+kubeconfig) cmd_kubeconfig ;;
+build) shift && exec "$HERE/build.sh" "$@" ;;
+*)
+	sed -n '2,13p' "$0" >&2
+	exit 2
+	;;
+esac
