@@ -1,1 +1,3 @@
-fn main() {}
+fn main() -> anyhow::Result<()> {
+    mesh_runtime::cli::main("PILOT", pilot::run)
+}

@@ -4,12 +4,14 @@
 //!   directory of YAML ([`config::DirectoryStore`], the embedded default) and the Kubernetes API
 //!   ([`config::KubeStore`]). Both publish immutable [`config::Snapshot`]s.
 //! - [`monitoring`]: the HTTP server every binary runs: `/ready`, `/metrics`, `/debug/*`.
-//! - [`logging`], [`shutdown`], [`settings`] and [`kube_client`]: process plumbing.
+//! - [`cli`], [`logging`], [`shutdown`], [`settings`] and [`kube_client`]: process plumbing.
 
+pub mod cli;
 pub mod config;
 pub mod kube_client;
 pub mod logging;
 pub mod monitoring;
+pub mod service;
 pub mod settings;
 pub mod shutdown;
 

@@ -9,6 +9,9 @@
 //! - [`http_get`] / [`http_request`] send one request (one connection) with explicit headers,
 //!   e.g. `Host: reviews:9080` to an Envoy listener on `127.0.0.1:PORT`.
 //!
+//! - [`Service`] runs one of this project's binaries (built on demand) with its monitoring
+//!   server on a free port.
+//!
 //! All traffic stays on `127.0.0.0/8`.
 //!
 //! ```no_run
@@ -25,12 +28,14 @@
 
 mod envoy;
 mod http;
+mod service;
 mod upstream;
 
 pub use envoy::{Envoy, READY_TIMEOUT, envoy_binary};
 pub use http::{HttpResponse, http_get, http_request};
 /// Re-exported for [`http_request`] callers and status checks.
 pub use hyper::{Method, StatusCode};
+pub use service::{Service, repo_root, workspace_binary};
 pub use upstream::Upstream;
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, read, closed).

