@@ -1,32 +1,126 @@
 //! Pilot: turns the mesh's services and Istio traffic config into Envoy configuration and
-//! serves it to proxies over the xDS v3 API.
+//! serves it to proxies over the xDS v3 API (ADS, state-of-the-world and delta).
 //!
-//! The binary is a thin `main.rs` over [`run`]. Configuration comes from a watched directory of
-//! Istio YAML (the embedded default) or from the Kubernetes API server.
+//! - [`model`]: services, endpoints, proxies and the push context, whatever their source.
+//! - [`xds`]: generation, caching, the protocol rules, the gRPC streams and the push pipeline.
+//! - [`mesh`]: MeshConfig. [`bootstrap`]: the Envoy bootstrap of a proxy.
+//!
+//! The binary is a thin `main.rs` over [`main`].
 
+pub mod bootstrap;
+mod debug;
+pub mod mesh;
+pub mod model;
 pub mod settings;
+pub mod xds;
+
+use std::sync::Arc;
 
 use anyhow::Context as _;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use mesh_runtime::Shutdown;
 use mesh_runtime::monitoring;
 use mesh_runtime::service::{Base, ConfigSource};
 
-pub use settings::{Cli, Settings};
+pub use settings::{Cli, Command, Settings};
 
-/// Runs Pilot until `shutdown`.
-pub async fn run(cli: Cli, shutdown: Shutdown) -> anyhow::Result<()> {
-    let settings = Settings::resolve(cli)?;
+/// Runs the command line: serves, or runs a subcommand.
+pub async fn main(cli: Cli, shutdown: Shutdown) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::Bootstrap(args)) => {
+            let json = bootstrap::bootstrap(&args.options())?;
+            println!("{}", serde_json::to_string_pretty(&json)?);
+            Ok(())
+        }
+        None => {
+            let settings = Settings::resolve(&cli.common, cli.serve)?;
+            serve(settings, shutdown).await
+        }
+    }
+}
+
+/// Serves xDS and the monitoring endpoints until `shutdown`.
+pub async fn serve(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     tracing::info!(?settings, "starting pilot");
     // Bind first, so a port conflict fails before anything else starts.
     let http = monitoring::bind(settings.http_addr).await?;
-
-    let source = ConfigSource::from_flags(settings.config_dir.clone(), settings.kubeconfig.clone());
-    let base = Base::start("pilot", &source, settings::watched_kinds(), shutdown.clone())
+    let grpc = tokio::net::TcpListener::bind(settings.grpc_addr)
         .await
-        .context("opening the config store")?;
+        .with_context(|| format!("cannot listen on {} (--grpc-addr)", settings.grpc_addr))?;
+    tracing::info!(addr = %settings.grpc_addr, "xDS server listening");
 
-    base.serve_monitoring(http, axum::Router::new(), shutdown)
+    let mesh_rx = mesh::watch_mesh(settings.mesh.clone(), shutdown.clone())?;
+    let source = ConfigSource::from_flags(settings.config_dir.clone(), settings.kubeconfig.clone());
+    let mut base = Base::start(
+        "pilot",
+        &source,
+        settings::watched_kinds(),
+        shutdown.clone(),
+    )
+    .await
+    .context("opening the config store")?;
+    let metrics = xds::XdsMetrics::register(&mut base.registry);
+
+    // Wait for the first full config, so proxies never get a partial mesh.
+    let mut config_rx = base.store.subscribe();
+    let config = loop {
+        let snap = config_rx.borrow_and_update().clone();
+        if snap.is_synced() {
+            break snap;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            r = config_rx.changed() => r.context("config store stopped")?,
+        }
+    };
+    let inputs = xds::push::Inputs {
+        registry: xds::push::registry_from(&config),
+        config,
+        mesh: mesh_rx.borrow().clone(),
+    };
+    let generation = xds::push::build(&inputs, Some(&metrics));
+    let server = xds::XdsServer::new(
+        generation,
+        settings.push_concurrency,
+        metrics,
+        shutdown.clone(),
+    );
+    let debounce = xds::push::Debounce {
+        after: settings.debounce_after,
+        max: settings.debounce_max,
+    };
+    tokio::spawn(xds::push::run(
+        server.clone(),
+        inputs,
+        config_rx,
+        mesh_rx,
+        debounce,
+        shutdown.clone(),
+    ));
+
+    let grpc_shutdown = shutdown.clone();
+    let ads =
+        AggregatedDiscoveryServiceServer::new(server.service()).max_decoding_message_size(16 << 20);
+    let grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .add_service(ads)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                async move { grpc_shutdown.cancelled().await },
+            ),
+    );
+
+    let routes = debug::routes(server.clone());
+    let store = Arc::clone(&base.store);
+    base.serve_monitoring(http, routes, shutdown.clone())
         .await?;
+    drop(store);
+    match grpc_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "xDS server stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "xDS server task failed"),
+    }
     tracing::info!("pilot stopped");
     Ok(())
 }

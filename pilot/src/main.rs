@@ -1,3 +1,3 @@
 fn main() -> anyhow::Result<()> {
-    mesh_runtime::cli::main("PILOT", pilot::run)
+    mesh_runtime::cli::main("PILOT", pilot::main)
 }

@@ -1,23 +1,43 @@
 //! Pilot's command line and settings file.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use mesh_proto::Kind;
+use mesh_proto::types::Duration as IstioDuration;
 use mesh_runtime::cli::{BinaryCli, CommonArgs};
 use serde::Deserialize;
 
 /// Pilot: serves Envoy configuration (xDS v3) for an Istio service mesh.
 ///
 /// Reads services and Istio traffic config from a directory of YAML (`--config-dir`) or from
-/// Kubernetes, and serves them to Envoy proxies. Every flag can also be set by an environment
-/// variable (shown below) or in the `--config` file.
+/// Kubernetes, and serves them to Envoy proxies over ADS (state-of-the-world and delta). Every
+/// flag can also be set by an environment variable (shown below) or in the `--config` file.
 #[derive(Debug, clap::Parser)]
-#[command(name = "pilot", version)]
+#[command(name = "pilot", version, args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(flatten)]
     pub common: CommonArgs,
 
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// What else pilot can do besides serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Print the Envoy bootstrap (JSON) a proxy needs to join the mesh.
+    Bootstrap(BootstrapArgs),
+}
+
+/// Flags of `pilot` (serving).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
     /// Directory of Istio YAML to serve instead of Kubernetes (watched for changes).
     #[arg(long, value_name = "DIR")]
     pub config_dir: Option<PathBuf>,
@@ -26,9 +46,64 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
 
+    /// Istio MeshConfig YAML (the `mesh` key of the `istio` ConfigMap); reloaded on change.
+    #[arg(long, value_name = "FILE")]
+    pub mesh: Option<PathBuf>,
+
+    /// Address of the xDS gRPC server [default: 0.0.0.0:15010].
+    #[arg(long, value_name = "ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+
     /// Address of the monitoring server (/ready, /metrics, /debug/*) [default: 0.0.0.0:15014].
     #[arg(long, value_name = "ADDR")]
     pub http_addr: Option<SocketAddr>,
+
+    /// Quiet time after a change before pushing, e.g. 100ms [default: 100ms].
+    #[arg(long, value_name = "DURATION")]
+    pub debounce_after: Option<IstioDuration>,
+
+    /// The longest a push waits while changes keep coming [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub debounce_max: Option<IstioDuration>,
+
+    /// How many proxies may be generating and receiving a push at once [default: 100].
+    #[arg(long, value_name = "N")]
+    pub push_concurrency: Option<usize>,
+}
+
+/// Flags of `pilot bootstrap`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BootstrapArgs {
+    /// Istio node id, e.g. sidecar~10.0.0.1~reviews-v1-x.default~default.svc.cluster.local.
+    #[arg(long, value_name = "ID")]
+    pub node: String,
+
+    /// Pilot's xDS address.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:15010")]
+    pub xds_address: String,
+
+    /// Envoy's admin port (on 127.0.0.1).
+    #[arg(long, value_name = "N", default_value_t = 15000)]
+    pub admin_port: u16,
+
+    /// Use the delta (incremental) xDS protocol.
+    #[arg(long)]
+    pub delta: bool,
+
+    /// A workload label (repeatable), sent as node metadata LABELS.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub labels: Vec<(String, String)>,
+
+    /// Node metadata (repeatable), e.g. INTERCEPTION_MODE=NONE or PROXY_HTTP_PORT=15080.
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub meta: Vec<(String, String)>,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))
 }
 
 /// The settings file: the same settings as the flags, in camelCase.
@@ -37,7 +112,12 @@ pub struct Cli {
 struct FileSettings {
     config_dir: Option<PathBuf>,
     kubeconfig: Option<PathBuf>,
+    mesh: Option<PathBuf>,
+    grpc_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
+    debounce_after: Option<IstioDuration>,
+    debounce_max: Option<IstioDuration>,
+    push_concurrency: Option<usize>,
 }
 
 /// Pilot's settings, resolved from flags, environment, settings file and defaults.
@@ -45,7 +125,12 @@ struct FileSettings {
 pub struct Settings {
     pub config_dir: Option<PathBuf>,
     pub kubeconfig: Option<PathBuf>,
+    pub mesh: Option<PathBuf>,
+    pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub debounce_after: Duration,
+    pub debounce_max: Duration,
+    pub push_concurrency: usize,
 }
 
 impl BinaryCli for Cli {
@@ -58,16 +143,66 @@ impl BinaryCli for Cli {
 
 impl Settings {
     /// Flags (and environment) win over the settings file, which wins over defaults.
-    pub fn resolve(cli: Cli) -> Result<Self, mesh_runtime::settings::SettingsError> {
-        let file: FileSettings = mesh_runtime::settings::load(cli.common.config.as_deref())?;
+    pub fn resolve(
+        common: &CommonArgs,
+        cli: ServeArgs,
+    ) -> Result<Self, mesh_runtime::settings::SettingsError> {
+        let file: FileSettings = mesh_runtime::settings::load(common.config.as_deref())?;
         Ok(Self {
             config_dir: cli.config_dir.or(file.config_dir),
             kubeconfig: cli.kubeconfig.or(file.kubeconfig),
+            mesh: cli.mesh.or(file.mesh),
+            grpc_addr: cli
+                .grpc_addr
+                .or(file.grpc_addr)
+                .unwrap_or_else(|| ([0, 0, 0, 0], 15010).into()),
             http_addr: cli
                 .http_addr
                 .or(file.http_addr)
                 .unwrap_or_else(|| ([0, 0, 0, 0], 15014).into()),
+            debounce_after: cli
+                .debounce_after
+                .or(file.debounce_after)
+                .map(|d| d.as_std())
+                .unwrap_or(Duration::from_millis(100)),
+            debounce_max: cli
+                .debounce_max
+                .or(file.debounce_max)
+                .map(|d| d.as_std())
+                .unwrap_or(Duration::from_secs(10)),
+            push_concurrency: cli
+                .push_concurrency
+                .or(file.push_concurrency)
+                .unwrap_or(100),
         })
+    }
+}
+
+// === impl BootstrapArgs ===
+
+impl BootstrapArgs {
+    /// The bootstrap options these flags describe.
+    pub fn options(&self) -> crate::bootstrap::BootstrapOptions {
+        let mut metadata: BTreeMap<String, serde_json::Value> = self
+            .meta
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        if !self.labels.is_empty() {
+            let labels: serde_json::Map<String, serde_json::Value> = self
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            metadata.insert("LABELS".into(), serde_json::Value::Object(labels));
+        }
+        crate::bootstrap::BootstrapOptions {
+            node_id: self.node.clone(),
+            xds_address: self.xds_address.clone(),
+            admin_port: self.admin_port,
+            delta: self.delta,
+            metadata,
+        }
     }
 }
 

@@ -56,28 +56,6 @@ fn with_env(cmd: Command, prefix: &str) -> Command {
     cmd.mut_subcommands(|sub| with_env(sub, &prefix))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        common: CommonArgs,
-        #[arg(long)]
-        grpc_addr: Option<String>,
-    }
-
-    #[test]
-    fn flags_are_mirrored_by_env() {
-        let help = with_env(Cli::command(), "TESTBIN").render_long_help().to_string();
-        assert!(help.contains("TESTBIN_GRPC_ADDR"), "{help}");
-        assert!(help.contains("TESTBIN_LOG_FORMAT"), "{help}");
-        let cli: Cli = try_parse_from("TESTBIN", ["x", "--grpc-addr", "1.2.3.4:5"]).unwrap();
-        assert_eq!(cli.grpc_addr.as_deref(), Some("1.2.3.4:5"));
-    }
-}
-
 /// A binary's command line: anything clap parses that carries the [`CommonArgs`].
 pub trait BinaryCli: CommandFactory + FromArgMatches {
     /// The flags every binary has.
@@ -106,4 +84,28 @@ where
         }
         result
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[arg(long)]
+        grpc_addr: Option<String>,
+    }
+
+    #[test]
+    fn flags_are_mirrored_by_env() {
+        let help = with_env(Cli::command(), "TESTBIN")
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("TESTBIN_GRPC_ADDR"), "{help}");
+        assert!(help.contains("TESTBIN_LOG_FORMAT"), "{help}");
+        let cli: Cli = try_parse_from("TESTBIN", ["x", "--grpc-addr", "1.2.3.4:5"]).unwrap();
+        assert_eq!(cli.grpc_addr.as_deref(), Some("1.2.3.4:5"));
+    }
 }

@@ -78,7 +78,9 @@ mod tests {
         let p = Path::new("x.yaml");
         let s: S = parse(p, "grpcAddr: 1.2.3.4:5\n").unwrap();
         assert_eq!(s.grpc_addr.as_deref(), Some("1.2.3.4:5"));
-        let e = parse::<S>(p, "nested:\n  n: nope\n").unwrap_err().to_string();
+        let e = parse::<S>(p, "nested:\n  n: nope\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("x.yaml") && e.contains("nested.n"), "{e}");
         let e = parse::<S>(p, "grpcAdr: x\n").unwrap_err().to_string();
         assert!(e.contains("grpcAdr"), "{e}");

@@ -101,7 +101,11 @@ async fn broken_document_is_reported_and_the_rest_loads() {
         service_entry("three", "three.example.com"),
     );
     write(dir.path(), "mesh.yaml", &text);
-    write(dir.path(), "other.yaml", &service_entry("other", "other.example.com"));
+    write(
+        dir.path(),
+        "other.yaml",
+        &service_entry("other", "other.example.com"),
+    );
     let (store, shutdown) = start(dir.path());
     let snap = store.subscribe().borrow().clone();
     assert!(snap.get(&key("one")).is_some());
@@ -136,7 +140,10 @@ async fn invalid_edit_keeps_last_good_object() {
     assert!(snap.diff(&first).is_empty());
     let msg = snap.errors()[0].to_string();
     assert!(msg.contains("a.yaml document 1"), "{msg}");
-    assert!(msg.contains("ServiceEntry.networking.istio.io default/a"), "{msg}");
+    assert!(
+        msg.contains("ServiceEntry.networking.istio.io default/a"),
+        "{msg}"
+    );
     assert!(msg.contains("spec.ports[0].number"), "{msg}");
 
     // The document stops being YAML at all: still the last good object.

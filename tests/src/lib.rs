@@ -28,6 +28,7 @@
 
 mod envoy;
 mod http;
+pub mod mesh;
 mod service;
 mod upstream;
 

@@ -58,12 +58,16 @@ pub struct Service {
 impl Service {
     /// Starts `binary` with `args` plus `--http-addr 127.0.0.1:<free>`; does not wait.
     pub async fn start(binary: &str, args: &[&str]) -> anyhow::Result<Service> {
+        Service::start_at(binary, args, ([127, 0, 0, 1], free_port()).into()).await
+    }
+
+    /// Starts `binary` with `args` plus `--http-addr HTTP`; does not wait.
+    pub async fn start_at(binary: &str, args: &[&str], http: SocketAddr) -> anyhow::Result<Service> {
         let name = binary.to_string();
         let path = tokio::task::spawn_blocking(move || workspace_binary(&name)).await??;
         let dir = tempfile::Builder::new()
             .prefix(&format!("{binary}-"))
             .tempdir()?;
-        let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let log = File::create(dir.path().join("log"))?;
         let child = Command::new(&path)
             .args(args)
@@ -97,7 +101,11 @@ impl Service {
                 }
             }
             if Instant::now() > deadline {
-                bail!("{} not ready after {timeout:?}; log:\n{}", self.name, self.logs());
+                bail!(
+                    "{} not ready after {timeout:?}; log:\n{}",
+                    self.name,
+                    self.logs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -129,7 +137,11 @@ impl Service {
             Ok(status) => Ok(status?),
             Err(_) => {
                 self.child.kill().await?;
-                bail!("{} ignored SIGTERM for 10 s; log:\n{}", self.name, self.logs())
+                bail!(
+                    "{} ignored SIGTERM for 10 s; log:\n{}",
+                    self.name,
+                    self.logs()
+                )
             }
         }
     }

@@ -84,15 +84,14 @@ impl DirectoryStore {
             return Err(DirectoryError::NotADirectory(dir));
         }
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let mut watcher =
-            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                // Any event, or a watcher error, means "look again".
-                let _ = events_tx.send(res.is_ok());
-            })
-            .map_err(|source| DirectoryError::Watch {
-                path: dir.clone(),
-                source,
-            })?;
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            // Any event, or a watcher error, means "look again".
+            let _ = events_tx.send(res.is_ok());
+        })
+        .map_err(|source| DirectoryError::Watch {
+            path: dir.clone(),
+            source,
+        })?;
         use notify::Watcher as _;
         watcher
             .watch(&dir, notify::RecursiveMode::Recursive)
@@ -114,7 +113,9 @@ impl DirectoryStore {
             "config directory loaded"
         );
 
-        tokio::spawn(watch_loop(loader, watcher, events_rx, tx, options, shutdown));
+        tokio::spawn(watch_loop(
+            loader, watcher, events_rx, tx, options, shutdown,
+        ));
         Ok(Self { dir, rx })
     }
 
@@ -257,10 +258,10 @@ impl Loader {
         }
         if !broken_docs.is_empty() {
             for (key, prev) in current.objects() {
-                if let Origin::File { path, document } = &prev.origin {
-                    if broken_docs.iter().any(|(p, d)| p == path && d == document) {
-                        objects.entry(key.clone()).or_insert_with(|| prev.clone());
-                    }
+                if let Origin::File { path, document } = &prev.origin
+                    && broken_docs.iter().any(|(p, d)| p == path && d == document)
+                {
+                    objects.entry(key.clone()).or_insert_with(|| prev.clone());
                 }
             }
         }

@@ -73,13 +73,11 @@ pub(super) fn to_load_error(e: ObjectError, origin: &Origin) -> LoadError {
             key,
             error,
         },
-        (ObjectError::Malformed(message), Origin::File { path, document }) => {
-            LoadError::Document {
-                path: path.clone(),
-                document: *document,
-                message,
-            }
-        }
+        (ObjectError::Malformed(message), Origin::File { path, document }) => LoadError::Document {
+            path: path.clone(),
+            document: *document,
+            message,
+        },
         (ObjectError::Malformed(message), Origin::Kube { .. }) => LoadError::Read {
             path: "kubernetes".into(),
             message,
@@ -208,11 +206,7 @@ fn yaml_message(e: &yaml_serde::Error, first_line: usize) -> String {
     match e.location() {
         Some(loc) => {
             let line = first_line + loc.line() - 1;
-            let base = text
-                .split(" at line ")
-                .next()
-                .unwrap_or(&text)
-                .to_string();
+            let base = text.split(" at line ").next().unwrap_or(&text).to_string();
             format!("line {line} column {}: {base}", loc.column())
         }
         None => text,

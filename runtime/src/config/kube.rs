@@ -65,18 +65,7 @@ impl ConfigStore for KubeStore {
 /// The resource of a kind at a version.
 pub(crate) fn api_resource(kind: &Kind, version: &str) -> ApiResource {
     let gvk = GroupVersionKind::gvk(kind.group(), version, kind.name());
-    ApiResource::from_gvk_with_plural(&gvk, &plural(kind))
-}
-
-fn plural(kind: &Kind) -> String {
-    let lower = kind.name().to_ascii_lowercase();
-    if let Some(stem) = lower.strip_suffix('y') {
-        format!("{stem}ies")
-    } else if lower.ends_with('s') {
-        format!("{lower}es")
-    } else {
-        format!("{lower}s")
-    }
+    ApiResource::from_gvk_with_plural(&gvk, &kind.plural())
 }
 
 async fn publish_loop(
@@ -248,8 +237,11 @@ mod tests {
 
     #[test]
     fn plurals() {
-        assert_eq!(plural(&Kind::ServiceEntry), "serviceentries");
-        assert_eq!(plural(&Kind::VirtualService), "virtualservices");
-        assert_eq!(plural(&Kind::ServiceAccount), "serviceaccounts");
+        let r = api_resource(&Kind::Gateway, "v1alpha3");
+        assert_eq!(r.plural, "gateways");
+        assert_eq!(r.api_version, "networking.istio.io/v1alpha3");
+        let r = api_resource(&Kind::ServiceAccount, "v1");
+        assert_eq!(r.plural, "serviceaccounts");
+        assert_eq!(r.api_version, "v1");
     }
 }

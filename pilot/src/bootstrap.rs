@@ -1,0 +1,125 @@
+//! `pilot bootstrap`: the Envoy bootstrap a proxy needs to join the mesh.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+/// What goes into a bootstrap.
+#[derive(Debug, Clone)]
+pub struct BootstrapOptions {
+    /// Istio node id: `sidecar~IP~POD.NS~NS.svc.cluster.local` or `router~...`.
+    pub node_id: String,
+    /// Pilot's xDS address, `HOST:PORT`.
+    pub xds_address: String,
+    /// Envoy's admin port (on 127.0.0.1).
+    pub admin_port: u16,
+    /// Use the delta (incremental) xDS protocol.
+    pub delta: bool,
+    /// Node metadata.
+    pub metadata: BTreeMap<String, Value>,
+}
+
+/// Errors building a bootstrap.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error(transparent)]
+    Node(#[from] crate::model::ProxyError),
+    #[error("--xds-address {0:?}: expected HOST:PORT")]
+    Address(String),
+}
+
+/// Builds the bootstrap JSON (Envoy accepts JSON or YAML with `-c`).
+pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, BootstrapError> {
+    let proxy = crate::model::Proxy::from_node(&opts.node_id, opts.metadata.clone())?;
+    let (host, port) = opts
+        .xds_address
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+        .ok_or_else(|| BootstrapError::Address(opts.xds_address.clone()))?;
+    let is_ip = host.parse::<std::net::IpAddr>().is_ok();
+    // Istio's service cluster: `app.namespace` when the workload says, else istio-proxy.
+    let cluster = proxy
+        .labels
+        .get("app")
+        .map(|app| format!("{app}.{}", proxy.namespace))
+        .unwrap_or_else(|| "istio-proxy".to_string());
+    let mut metadata = opts.metadata.clone();
+    metadata
+        .entry("NAMESPACE".into())
+        .or_insert_with(|| json!(proxy.namespace));
+    let api_type = if opts.delta { "DELTA_GRPC" } else { "GRPC" };
+    Ok(json!({
+        "node": {
+            "id": opts.node_id,
+            "cluster": cluster,
+            "metadata": metadata,
+        },
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": opts.admin_port}},
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": api_type,
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
+                "set_node_on_first_message_only": true,
+            },
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {
+            "clusters": [{
+                "name": "xds-grpc",
+                "type": if is_ip { "STATIC" } else { "STRICT_DNS" },
+                "connect_timeout": "1s",
+                "load_assignment": {
+                    "cluster_name": "xds-grpc",
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                        "socket_address": {"address": host, "port_value": port},
+                    }}}]}],
+                },
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {
+                            "connection_keepalive": {"interval": "30s", "timeout": "10s"},
+                        }},
+                    },
+                },
+            }],
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_a_bootstrap() {
+        let b = bootstrap(&BootstrapOptions {
+            node_id: "sidecar~127.0.0.5~pp.default~default.svc.cluster.local".into(),
+            xds_address: "127.0.0.1:15010".into(),
+            admin_port: 15000,
+            delta: true,
+            metadata: BTreeMap::from([("LABELS".into(), json!({"app": "productpage"}))]),
+        })
+        .unwrap();
+        assert_eq!(b["node"]["cluster"], "productpage.default");
+        assert_eq!(
+            b["dynamic_resources"]["ads_config"]["api_type"],
+            "DELTA_GRPC"
+        );
+        assert_eq!(b["static_resources"]["clusters"][0]["type"], "STATIC");
+        assert!(
+            bootstrap(&BootstrapOptions {
+                node_id: "bad".into(),
+                xds_address: "x".into(),
+                admin_port: 1,
+                delta: false,
+                metadata: BTreeMap::new(),
+            })
+            .is_err()
+        );
+    }
+}

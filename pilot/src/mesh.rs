@@ -1,0 +1,191 @@
+//! MeshConfig: the mesh-wide settings (Istio's `mesh` key of the `istio` ConfigMap), read from
+//! the `--mesh` file and reloaded when it changes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_proto::types::Duration as IstioDuration;
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use mesh_runtime::Shutdown;
+
+/// What a sidecar does with traffic to hosts not in the registry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundMode {
+    /// Forward it to where the client meant (Istio's default since 1.1).
+    #[default]
+    AllowAny,
+    /// Refuse it.
+    RegistryOnly,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboundTrafficPolicy {
+    #[serde(default)]
+    pub mode: OutboundMode,
+}
+
+/// The mesh-wide settings Pilot acts on. Fields keep Istio's names; unknown fields are kept in
+/// `other` and reported, not refused, so a full Istio MeshConfig loads.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct MeshConfig {
+    /// When set, sidecars get an HTTP proxy listener on 127.0.0.1:PORT that routes every
+    /// outbound HTTP service by Host (for workloads without iptables capture).
+    pub proxy_http_port: u32,
+    /// Connect timeout of upstream connections (Istio's default 10s).
+    pub connect_timeout: IstioDuration,
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+    /// Istio's root namespace: config there applies to the whole mesh.
+    pub root_namespace: String,
+    pub trust_domain: String,
+    /// Mixer's policy endpoint (`host:port`); sidecars call it before each request.
+    pub mixer_check_server: String,
+    /// Mixer's telemetry endpoint (`host:port`).
+    pub mixer_report_server: String,
+    pub disable_policy_checks: bool,
+    /// Let requests through when Mixer cannot be reached.
+    pub policy_check_fail_open: bool,
+    /// Envoy access log path (e.g. `/dev/stdout`); empty disables it.
+    pub access_log_file: String,
+    /// Fields this version does not act on.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            proxy_http_port: 0,
+            connect_timeout: Duration::from_secs(10).into(),
+            outbound_traffic_policy: OutboundTrafficPolicy::default(),
+            root_namespace: "istio-system".into(),
+            trust_domain: "cluster.local".into(),
+            mixer_check_server: String::new(),
+            mixer_report_server: String::new(),
+            disable_policy_checks: true,
+            policy_check_fail_open: false,
+            access_log_file: String::new(),
+            other: BTreeMap::new(),
+        }
+    }
+}
+
+/// Errors reading the mesh config.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("cannot read mesh config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mesh config {path}: {field}: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+// === impl MeshConfig ===
+
+impl MeshConfig {
+    /// Parses MeshConfig YAML. `path` names the file in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, MeshError> {
+        if text.trim().is_empty() {
+            return Ok(MeshConfig::default());
+        }
+        let de = yaml_serde::Deserializer::from_str(text);
+        let mesh: MeshConfig =
+            serde_path_to_error::deserialize(de).map_err(|e| MeshError::Invalid {
+                path: path.to_path_buf(),
+                field: e.path().to_string(),
+                message: e.into_inner().to_string(),
+            })?;
+        if !mesh.other.is_empty() {
+            let keys: Vec<_> = mesh.other.keys().cloned().collect();
+            tracing::info!(fields = ?keys, "mesh config fields not acted on by this version");
+        }
+        Ok(mesh)
+    }
+
+    pub fn load(path: &Path) -> Result<MeshConfig, MeshError> {
+        let text = std::fs::read_to_string(path).map_err(|source| MeshError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        MeshConfig::parse(path, &text)
+    }
+
+    /// Whether sidecars should call Mixer for policy.
+    pub fn policy_checks_enabled(&self) -> bool {
+        !self.disable_policy_checks && !self.mixer_check_server.is_empty()
+    }
+}
+
+/// Loads the mesh config (defaults when `path` is `None`) and reloads it when the file changes
+/// (checked every second). A file that becomes invalid is reported and the last good config
+/// keeps serving.
+pub fn watch_mesh(
+    path: Option<PathBuf>,
+    shutdown: Shutdown,
+) -> Result<watch::Receiver<Arc<MeshConfig>>, MeshError> {
+    let Some(path) = path else {
+        let (_tx, rx) = watch::channel(Arc::new(MeshConfig::default()));
+        return Ok(rx);
+    };
+    let initial = MeshConfig::load(&path)?;
+    let (tx, rx) = watch::channel(Arc::new(initial));
+    tokio::spawn(async move {
+        let mut last_text = std::fs::read_to_string(&path).unwrap_or_default();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            if text == last_text {
+                continue;
+            }
+            last_text = text;
+            match MeshConfig::parse(&path, &last_text) {
+                Ok(mesh) => {
+                    tracing::info!(path = %path.display(), "mesh config reloaded");
+                    tx.send_replace(Arc::new(mesh));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "mesh config refused; keeping the last good one")
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_istio_mesh_config() {
+        let m = MeshConfig::parse(
+            Path::new("mesh"),
+            "proxyHttpPort: 15080\nconnectTimeout: 1s\noutboundTrafficPolicy:\n  mode: REGISTRY_ONLY\nenableTracing: true\n",
+        )
+        .unwrap();
+        assert_eq!(m.proxy_http_port, 15080);
+        assert_eq!(m.connect_timeout.as_std(), Duration::from_secs(1));
+        assert_eq!(m.outbound_traffic_policy.mode, OutboundMode::RegistryOnly);
+        assert!(m.other.contains_key("enableTracing"));
+        let e = MeshConfig::parse(Path::new("mesh"), "proxyHttpPort: lots\n").unwrap_err();
+        assert!(e.to_string().contains("proxyHttpPort"), "{e}");
+    }
+}

@@ -1,0 +1,13 @@
+//! Pilot's model of the mesh: services and their endpoints, proxies, and the push context
+//! that a generation of Envoy config is computed from. Nothing here knows where the data came
+//! from (a config directory or Kubernetes) or how it is served (xDS over gRPC).
+
+pub mod proxy;
+pub mod push_context;
+pub mod registry;
+pub mod service;
+
+pub use proxy::{NodeType, Proxy, ProxyError};
+pub use push_context::PushContext;
+pub use registry::Registry;
+pub use service::{Endpoint, Port, Protocol, Resolution, Service};

@@ -1,0 +1,355 @@
+//! The xDS protocol rules, per stream, as pure state machines: one for state-of-the-world
+//! (SotW) and one for delta (incremental) streams. They decide what a request means (initial
+//! request, ACK, NACK, stale, subscription change) and what a push must send; they never
+//! generate config and never touch the network, so they are tested with scripted requests.
+//!
+//! The rules followed:
+//! - Per-type `version_info` and a fresh nonce for every response.
+//! - A request whose `response_nonce` is not the last one sent for its type is stale and
+//!   ignored (SotW). In delta, subscription changes are applied whatever the nonce, since they
+//!   are deltas and cannot be resent.
+//! - `error_detail` set means NACK: recorded, never answered; the proxy keeps its last good
+//!   config and the same resources are not sent again until they change.
+//! - An ACK is not answered, unless it also changes the subscription.
+//! - Nothing is resent unchanged: each resource's version (a hash of its bytes) is remembered.
+//! - Clusters and listeners are wildcard types: every SotW response carries the complete set.
+//!   Endpoints and routes are named: responses carry only what changed, and names requested
+//!   before they exist are remembered and sent when they appear.
+//! - Delta responses carry changed resources and `removed_resources`; on reconnect,
+//!   `initial_resource_versions` says what the proxy already has.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    Resource as DeltaResource,
+};
+
+use super::resource::{SharedResource, is_wildcard_type};
+
+/// What a request asks of the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Generate and send this type now (first request, or the subscription changed).
+    Respond,
+    /// The last response was accepted; nothing to send.
+    Ack,
+    /// The last response was rejected with this message; nothing to send.
+    Nack(String),
+    /// The request answers an older response; ignored.
+    Stale,
+}
+
+/// The sync status of one type on one stream, as shown on `/debug/syncz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum SyncStatus {
+    /// Nothing sent yet.
+    NotSent,
+    /// The last response was ACKed.
+    Synced,
+    /// A response is waiting for its ACK.
+    Stale,
+    /// The last response was NACKed.
+    Nacked,
+}
+
+/// What is known of one type on one stream.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TypeState {
+    /// Subscribed names (named types).
+    pub names: BTreeSet<String>,
+    /// Subscribed to everything (wildcard types, or `*`).
+    pub wildcard: bool,
+    /// Versions of what the proxy has (or was last sent), by resource name.
+    #[serde(skip)]
+    pub sent: BTreeMap<String, String>,
+    pub sent_version: String,
+    pub sent_nonce: String,
+    pub acked_version: String,
+    pub acked_nonce: String,
+    /// The error of the last NACK, until a later response is ACKed.
+    pub nack: Option<String>,
+    pub responses: u64,
+}
+
+// === impl TypeState ===
+
+impl TypeState {
+    pub fn status(&self) -> SyncStatus {
+        if self.sent_nonce.is_empty() {
+            SyncStatus::NotSent
+        } else if self.nack.is_some() {
+            SyncStatus::Nacked
+        } else if self.acked_nonce == self.sent_nonce {
+            SyncStatus::Synced
+        } else {
+            SyncStatus::Stale
+        }
+    }
+
+    /// Whether the proxy wants resource `name`.
+    pub fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+/// Nonce source: unique per stream and response.
+#[derive(Debug, Default)]
+struct Nonces(u64);
+
+impl Nonces {
+    fn next(&mut self) -> String {
+        self.0 += 1;
+        format!("{:x}", self.0)
+    }
+}
+
+/// A state-of-the-world stream.
+#[derive(Debug, Default)]
+pub struct Sotw {
+    types: HashMap<String, TypeState>,
+    nonces: Nonces,
+}
+
+// === impl Sotw ===
+
+impl Sotw {
+    /// Interprets a request and updates the subscription it carries.
+    pub fn on_request(&mut self, req: &DiscoveryRequest) -> Action {
+        let wildcard_type = is_wildcard_type(&req.type_url);
+        let state = self.types.entry(req.type_url.clone()).or_default();
+        if !req.response_nonce.is_empty() && req.response_nonce != state.sent_nonce {
+            return Action::Stale;
+        }
+        let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
+        let wildcard = names.contains("*") || (wildcard_type && names.is_empty());
+        let changed = names != state.names || wildcard != state.wildcard;
+        state.names = names;
+        state.wildcard = wildcard;
+        if req.response_nonce.is_empty() {
+            // A first request on this stream (or after the proxy restarted the type).
+            state.sent.clear();
+            return Action::Respond;
+        }
+        if let Some(err) = &req.error_detail {
+            state.nack = Some(err.message.clone());
+            return Action::Nack(err.message.clone());
+        }
+        state.acked_version = req.version_info.clone();
+        state.acked_nonce = req.response_nonce.clone();
+        state.nack = None;
+        if changed {
+            // Forget what was sent under names no longer wanted, so they are sent again if
+            // the proxy subscribes to them later.
+            let keep: BTreeSet<String> = state
+                .sent
+                .keys()
+                .filter(|n| state.wants(n))
+                .cloned()
+                .collect();
+            state.sent.retain(|n, _| keep.contains(n));
+            Action::Respond
+        } else {
+            Action::Ack
+        }
+    }
+
+    /// Whether the stream has asked for this type at all.
+    pub fn watches(&self, type_url: &str) -> bool {
+        self.types.contains_key(type_url)
+    }
+
+    /// The subscription of a type.
+    pub fn state(&self, type_url: &str) -> Option<&TypeState> {
+        self.types.get(type_url)
+    }
+
+    /// All types' states.
+    pub fn states(&self) -> impl Iterator<Item = (&String, &TypeState)> {
+        self.types.iter()
+    }
+
+    /// Builds the response for `resources` (everything the proxy should have of this type,
+    /// or for named types, the wanted resources that exist), or `None` when nothing changed.
+    /// `force` sends even when nothing changed (an answer to a request).
+    pub fn respond(
+        &mut self,
+        type_url: &str,
+        version: &str,
+        resources: &[SharedResource],
+        force: bool,
+    ) -> Option<DiscoveryResponse> {
+        let state = self.types.get_mut(type_url)?;
+        let wanted: Vec<&SharedResource> =
+            resources.iter().filter(|r| state.wants(&r.name)).collect();
+        let to_send: Vec<&SharedResource> = if is_wildcard_type(type_url) {
+            let same = wanted.len() == state.sent.len()
+                && wanted
+                    .iter()
+                    .all(|r| state.sent.get(&r.name) == Some(&r.version));
+            if same && !force {
+                return None;
+            }
+            wanted
+        } else {
+            let changed: Vec<&SharedResource> = wanted
+                .into_iter()
+                .filter(|r| state.sent.get(&r.name) != Some(&r.version))
+                .collect();
+            if changed.is_empty() && !force {
+                return None;
+            }
+            changed
+        };
+        if is_wildcard_type(type_url) {
+            state.sent.clear();
+        }
+        for r in &to_send {
+            state.sent.insert(r.name.clone(), r.version.clone());
+        }
+        let nonce = self.nonces.next();
+        state.sent_version = version.to_string();
+        state.sent_nonce = nonce.clone();
+        state.responses += 1;
+        Some(DiscoveryResponse {
+            version_info: version.to_string(),
+            resources: to_send.iter().map(|r| r.any.clone()).collect(),
+            type_url: type_url.to_string(),
+            nonce,
+            ..Default::default()
+        })
+    }
+}
+
+/// A delta (incremental) stream.
+#[derive(Debug, Default)]
+pub struct Delta {
+    types: HashMap<String, TypeState>,
+    nonces: Nonces,
+}
+
+// === impl Delta ===
+
+impl Delta {
+    /// Interprets a request: applies subscription changes (whatever the nonce), then reads
+    /// the ACK or NACK.
+    pub fn on_request(&mut self, req: &DeltaDiscoveryRequest) -> Action {
+        let first = !self.types.contains_key(&req.type_url);
+        let state = self.types.entry(req.type_url.clone()).or_default();
+        if first {
+            state.wildcard =
+                is_wildcard_type(&req.type_url) && req.resource_names_subscribe.is_empty();
+            state.sent = req
+                .initial_resource_versions
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+        }
+        let mut subscribed_new = false;
+        for name in &req.resource_names_subscribe {
+            if name == "*" {
+                subscribed_new |= !state.wildcard;
+                state.wildcard = true;
+            } else if state.names.insert(name.clone()) {
+                subscribed_new = true;
+            }
+        }
+        for name in &req.resource_names_unsubscribe {
+            if name == "*" {
+                state.wildcard = false;
+            } else {
+                state.names.remove(name);
+                // The proxy forgets it; send it again if it comes back.
+                state.sent.remove(name);
+            }
+        }
+        if first {
+            return Action::Respond;
+        }
+        let action = if req.response_nonce.is_empty() {
+            Action::Respond
+        } else if req.response_nonce != state.sent_nonce {
+            Action::Stale
+        } else if let Some(err) = &req.error_detail {
+            state.nack = Some(err.message.clone());
+            Action::Nack(err.message.clone())
+        } else {
+            state.acked_nonce = req.response_nonce.clone();
+            state.acked_version = state.sent_version.clone();
+            state.nack = None;
+            Action::Ack
+        };
+        if subscribed_new {
+            Action::Respond
+        } else {
+            action
+        }
+    }
+
+    pub fn watches(&self, type_url: &str) -> bool {
+        self.types.contains_key(type_url)
+    }
+
+    pub fn state(&self, type_url: &str) -> Option<&TypeState> {
+        self.types.get(type_url)
+    }
+
+    pub fn states(&self) -> impl Iterator<Item = (&String, &TypeState)> {
+        self.types.iter()
+    }
+
+    /// Builds the response bringing the proxy from what it has to `resources` (for wildcard
+    /// subscriptions: everything that exists; for names: the wanted ones that exist), or
+    /// `None` when it is already there. `complete` says `resources` covers every name the
+    /// proxy wants, so a wanted name missing from it was removed.
+    pub fn respond(
+        &mut self,
+        type_url: &str,
+        version: &str,
+        resources: &[SharedResource],
+    ) -> Option<DeltaDiscoveryResponse> {
+        let state = self.types.get_mut(type_url)?;
+        let present: BTreeSet<&str> = resources.iter().map(|r| r.name.as_str()).collect();
+        let changed: Vec<&SharedResource> = resources
+            .iter()
+            .filter(|r| state.wants(&r.name))
+            .filter(|r| state.sent.get(&r.name) != Some(&r.version))
+            .collect();
+        let removed: Vec<String> = state
+            .sent
+            .keys()
+            .filter(|n| !present.contains(n.as_str()))
+            .cloned()
+            .collect();
+        if changed.is_empty() && removed.is_empty() {
+            return None;
+        }
+        for n in &removed {
+            state.sent.remove(n);
+        }
+        for r in &changed {
+            state.sent.insert(r.name.clone(), r.version.clone());
+        }
+        let nonce = self.nonces.next();
+        state.sent_version = version.to_string();
+        state.sent_nonce = nonce.clone();
+        state.responses += 1;
+        Some(DeltaDiscoveryResponse {
+            system_version_info: version.to_string(),
+            resources: changed
+                .iter()
+                .map(|r| DeltaResource {
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                    resource: Some(r.any.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: type_url.to_string(),
+            removed_resources: removed,
+            nonce,
+            ..Default::default()
+        })
+    }
+}

@@ -1,0 +1,357 @@
+//! Pilot drives real Envoy from a config directory: requests through the sidecar's HTTP proxy
+//! listener reach the services, and edits reach Envoy without a restart, over SotW and delta.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use mesh_tests::mesh::{Pilot, eventually, via_proxy};
+use mesh_tests::{Envoy, Upstream, free_port};
+
+const NODE: &str = "sidecar~127.0.0.30~productpage-1.default~default.svc.cluster.local";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn service_entry(name: &str, endpoints: &[(&Upstream, &str)]) -> String {
+    let mut eps = String::new();
+    for (up, version) in endpoints {
+        let addr = up.addr();
+        eps.push_str(&format!(
+            "  - address: {}\n    ports: {{http: {}}}\n    labels: {{app: {name}, version: {version}}}\n",
+            addr.ip(),
+            addr.port()
+        ));
+    }
+    format!(
+        "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata:\n  name: {name}\nspec:\n  hosts: [{name}.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - number: 9080\n    name: http\n    protocol: HTTP\n  endpoints:\n{eps}"
+    )
+}
+
+const SUBSETS: &str = "apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata:
+  name: reviews
+spec:
+  host: reviews
+  subsets:
+  - name: v1
+    labels: {version: v1}
+  - name: v2
+    labels: {version: v2}
+";
+
+const ALL_V2: &str = "apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v2}
+";
+
+async fn upstream(name: &str, ip: &str) -> Upstream {
+    let addr: SocketAddr = format!("{ip}:0").parse().unwrap();
+    Upstream::start(name, addr).await.unwrap()
+}
+
+/// Collects the bodies of `n` requests for `host` through the proxy port.
+async fn bodies(port: u16, host: &str, n: usize) -> anyhow::Result<BTreeSet<String>> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..n {
+        let resp = via_proxy(port, host, "/").await?;
+        seen.insert(format!("{} {}", resp.status.as_u16(), resp.body.trim()));
+    }
+    Ok(seen)
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+async fn sidecar(pilot: &Pilot, delta: bool) -> (Envoy, u16) {
+    let port = free_port();
+    let meta_port = format!("PROXY_HTTP_PORT={port}");
+    let mut args = vec![
+        "--meta",
+        "INTERCEPTION_MODE=NONE",
+        "--meta",
+        &meta_port,
+        "--label",
+        "app=productpage",
+    ];
+    if delta {
+        args.push("--delta");
+    }
+    let envoy = pilot.sidecar(NODE, &args).await.unwrap();
+    (envoy, port)
+}
+
+async fn edits_reach_envoy(delta: bool) {
+    let v1 = upstream("reviews-v1", "127.0.0.21").await;
+    let v2 = upstream("reviews-v2", "127.0.0.22").await;
+    let ratings = upstream("ratings-v1", "127.0.0.23").await;
+    let reviews = service_entry("reviews", &[(&v1, "v1"), (&v2, "v2")]);
+    let pilot = Pilot::start(&[("reviews.yaml", &reviews)], "", &[])
+        .await
+        .unwrap();
+    let (envoy, port) = sidecar(&pilot, delta).await;
+
+    // Both versions serve by default (round robin over the endpoints).
+    eventually("both versions answer", WAIT, || async {
+        Ok(bodies(port, "reviews:9080", 10).await? == set(&["200 reviews-v1", "200 reviews-v2"]))
+    })
+    .await
+    .unwrap();
+
+    // A new route: everything to v2.
+    pilot.write("subsets.yaml", SUBSETS).unwrap();
+    pilot.write("route.yaml", ALL_V2).unwrap();
+    eventually("all traffic on v2", WAIT, || async {
+        Ok(bodies(port, "reviews:9080", 10).await? == set(&["200 reviews-v2"]))
+    })
+    .await
+    .unwrap();
+
+    // A new service, then a new endpoint for it is an EDS update.
+    let ratings_only = service_entry("ratings", &[(&ratings, "v1")]);
+    pilot.write("ratings.yaml", &ratings_only).unwrap();
+    eventually("ratings reachable", WAIT, || async {
+        Ok(bodies(port, "ratings.default.svc.cluster.local:9080", 3).await?
+            == set(&["200 ratings-v1"]))
+    })
+    .await
+    .unwrap();
+    let ratings2 = upstream("ratings-v2", "127.0.0.24").await;
+    pilot
+        .write(
+            "ratings.yaml",
+            &service_entry("ratings", &[(&ratings, "v1"), (&ratings2, "v2")]),
+        )
+        .unwrap();
+    eventually("new ratings endpoint", WAIT, || async {
+        Ok(bodies(port, "ratings:9080", 10).await? == set(&["200 ratings-v1", "200 ratings-v2"]))
+    })
+    .await
+    .unwrap();
+
+    // A removed service disappears from the route table.
+    pilot.remove("ratings.yaml").unwrap();
+    eventually("ratings gone", WAIT, || async {
+        Ok(via_proxy(port, "ratings:9080", "/").await?.status.as_u16() == 404)
+    })
+    .await
+    .unwrap();
+
+    // Pilot's own view: every type synced, nothing rejected.
+    let syncz = pilot.debug("/debug/syncz").await.unwrap();
+    let conn = &syncz[0];
+    assert_eq!(conn["delta"], delta, "{syncz}");
+    for ty in ["cds", "eds", "lds", "rds"] {
+        assert_eq!(conn["types"][ty]["status"], "SYNCED", "{ty}: {syncz}");
+    }
+    let rejects = envoy_rejections(&envoy).await;
+    assert_eq!(rejects, 0, "Envoy rejected config:\n{}", envoy.logs());
+    envoy.stop().await.unwrap();
+}
+
+async fn envoy_rejections(envoy: &Envoy) -> u64 {
+    let mut total = 0;
+    for stat in [
+        "cluster_manager.cds.update_rejected",
+        "listener_manager.lds.update_rejected",
+    ] {
+        total += envoy.stat(stat).await.unwrap().unwrap_or(0);
+    }
+    total
+}
+
+#[tokio::test]
+async fn sotw_edits_reach_envoy() {
+    edits_reach_envoy(false).await;
+}
+
+#[tokio::test]
+async fn delta_edits_reach_envoy() {
+    edits_reach_envoy(true).await;
+}
+
+#[tokio::test]
+async fn a_rejected_route_keeps_traffic_flowing_and_a_fix_is_acked() {
+    let v1 = upstream("reviews-v1", "127.0.0.41").await;
+    let v2 = upstream("reviews-v2", "127.0.0.42").await;
+    let reviews = service_entry("reviews", &[(&v1, "v1"), (&v2, "v2")]);
+    let pilot = Pilot::start(
+        &[
+            ("reviews.yaml", &reviews),
+            ("subsets.yaml", SUBSETS),
+            ("route.yaml", ALL_V2),
+        ],
+        "",
+        &[],
+    )
+    .await
+    .unwrap();
+    let (envoy, port) = sidecar(&pilot, false).await;
+    eventually("v2 serves", WAIT, || async {
+        Ok(bodies(port, "reviews:9080", 5).await? == set(&["200 reviews-v2"]))
+    })
+    .await
+    .unwrap();
+
+    // Traffic in the background for the whole test.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let traffic = tokio::spawn({
+        let (stop, failures, sent) = (stop.clone(), failures.clone(), sent.clone());
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                match via_proxy(port, "reviews:9080", "/").await {
+                    Ok(r) if r.status.is_success() && r.body == "reviews-v2\n" => {}
+                    _ => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+
+    // RE2, which Envoy uses, refuses repetition counts over 1000: Envoy NACKs the route.
+    let bad = ALL_V2.replace(
+        "  - route:",
+        "  - match:\n    - uri: {regex: \"/x{1001}\"}\n    route:",
+    );
+    pilot.write("route.yaml", &bad).unwrap();
+    eventually("pilot records the NACK", WAIT, || async {
+        let syncz = pilot.debug("/debug/syncz").await?;
+        Ok(syncz[0]["types"]["rds"]["status"] == "NACKED")
+    })
+    .await
+    .unwrap();
+    let syncz = pilot.debug("/debug/syncz").await.unwrap();
+    let nack = syncz[0]["types"]["rds"]["nack"].as_str().unwrap_or("");
+    assert!(!nack.is_empty(), "{syncz}");
+    let metrics = mesh_tests::http_get(&format!("{}/metrics", pilot.http_base()), &[])
+        .await
+        .unwrap()
+        .body;
+    assert!(
+        metrics.contains("pilot_total_xds_rejects_total{type=\"rds\"} 1"),
+        "{metrics}"
+    );
+
+    // Fixed: the new route is ACKed.
+    pilot.write("route.yaml", ALL_V2).unwrap();
+    eventually("pilot sees the fix ACKed", WAIT, || async {
+        let syncz = pilot.debug("/debug/syncz").await?;
+        Ok(syncz[0]["types"]["rds"]["status"] == "SYNCED")
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    traffic.await.unwrap();
+    assert!(sent.load(Ordering::Relaxed) > 20);
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "requests failed during the NACK");
+    envoy.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn pilot_restart_under_traffic_fails_no_request() {
+    let v1 = upstream("reviews-v1", "127.0.0.51").await;
+    let reviews = service_entry("reviews", &[(&v1, "v1")]);
+    let pilot = Pilot::start(&[("reviews.yaml", &reviews)], "", &[])
+        .await
+        .unwrap();
+    let (envoy, port) = sidecar(&pilot, false).await;
+    eventually("v1 serves", WAIT, || async {
+        Ok(bodies(port, "reviews:9080", 3).await? == set(&["200 reviews-v1"]))
+    })
+    .await
+    .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let traffic = tokio::spawn({
+        let (stop, failures, sent) = (stop.clone(), failures.clone(), sent.clone());
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                match via_proxy(port, "reviews:9080", "/").await {
+                    Ok(r) if r.status.is_success() => {}
+                    _ => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pilot = pilot.restart().await.unwrap();
+    // Envoy reconnects to the new Pilot and is served again.
+    eventually("envoy reconnected", WAIT, || async {
+        let syncz = pilot.debug("/debug/syncz").await?;
+        Ok(syncz.as_array().is_some_and(|a| a.len() == 1)
+            && syncz[0]["types"]["lds"]["status"] == "SYNCED")
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    traffic.await.unwrap();
+    assert!(sent.load(Ordering::Relaxed) > 20);
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "requests failed across the restart");
+    envoy.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_sidecar_gets_istio_shaped_config() {
+    let v1 = upstream("reviews-v1", "127.0.0.61").await;
+    let me = upstream("productpage", "127.0.0.62").await;
+    let reviews = service_entry("reviews", &[(&v1, "v1")]);
+    let productpage = service_entry("productpage", &[(&me, "v1")]);
+    let pilot = Pilot::start(
+        &[
+            ("reviews.yaml", &reviews),
+            ("productpage.yaml", &productpage),
+            ("subsets.yaml", SUBSETS),
+        ],
+        "",
+        &[],
+    )
+    .await
+    .unwrap();
+    // A capturing sidecar at productpage's own address: the virtual listener and inbound.
+    let node = "sidecar~127.0.0.62~productpage-1.default~default.svc.cluster.local";
+    let envoy = pilot.sidecar(node, &[]).await.unwrap();
+    let dump = envoy.config_dump(false).await.unwrap().to_string();
+    for name in [
+        "outbound|9080||reviews.default.svc.cluster.local",
+        "outbound|9080|v1|reviews.default.svc.cluster.local",
+        "outbound|9080|v2|reviews.default.svc.cluster.local",
+        "inbound|9080||productpage.default.svc.cluster.local",
+        "BlackHoleCluster",
+        "PassthroughCluster",
+        "virtualOutbound",
+        "0.0.0.0_9080",
+        &format!("127.0.0.62_{}", me.addr().port()),
+        "reviews.default.svc.cluster.local:9080",
+    ] {
+        assert!(dump.contains(name), "{name} missing from Envoy's config");
+    }
+    // Pilot's config dump shows the same proxy.
+    let pd = pilot
+        .debug("/debug/config_dump?proxyID=productpage-1.default")
+        .await
+        .unwrap();
+    assert!(pd["clusters"].as_array().unwrap().len() >= 6, "{pd}");
+    envoy.stop().await.unwrap();
+}
