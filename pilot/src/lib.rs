@@ -55,6 +55,7 @@ pub async fn serve(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()>
         "pilot",
         &source,
         settings::watched_kinds(),
+        None,
         shutdown.clone(),
     )
     .await

@@ -10,7 +10,9 @@ use axum::routing::get;
 use mesh_proto::Kind;
 use tokio::sync::watch;
 
-use crate::config::{ConfigStore, DirectoryOptions, DirectoryStore, KubeStore, Snapshot};
+use crate::config::{
+    ConfigStore, DirectoryOptions, DirectoryStore, KubeStore, SharedValidator, Snapshot,
+};
 use crate::monitoring::Condition;
 use crate::{Shutdown, kube_client};
 
@@ -48,17 +50,21 @@ impl ConfigSource {
     pub async fn open(
         &self,
         kinds: Vec<(Kind, String)>,
+        validator: Option<SharedValidator>,
         shutdown: Shutdown,
     ) -> Result<Arc<dyn ConfigStore>, ServiceError> {
         Ok(match self {
             ConfigSource::Directory(dir) => Arc::new(DirectoryStore::start(
                 dir.clone(),
-                DirectoryOptions::default(),
+                DirectoryOptions {
+                    validator,
+                    ..Default::default()
+                },
                 shutdown,
             )?),
             ConfigSource::Kubernetes(kubeconfig) => {
                 let client = kube_client::connect(kubeconfig.as_deref()).await?;
-                Arc::new(KubeStore::start(client, kinds, shutdown))
+                Arc::new(KubeStore::start(client, kinds, validator, shutdown))
             }
         })
     }
@@ -142,13 +148,14 @@ impl Base {
         component: &str,
         source: &ConfigSource,
         kinds: Vec<(Kind, String)>,
+        validator: Option<SharedValidator>,
         shutdown: Shutdown,
     ) -> Result<Self, ServiceError> {
         let readiness = crate::Readiness::default();
         let config_ready = readiness.condition("config");
         let mut registry = prometheus_client::registry::Registry::default();
         crate::monitoring::register_build_info(&mut registry, component);
-        let store = source.open(kinds, shutdown.clone()).await?;
+        let store = source.open(kinds, validator, shutdown.clone()).await?;
         track_readiness(store.subscribe(), config_ready, shutdown);
         Ok(Self {
             readiness,

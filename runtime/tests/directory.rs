@@ -176,3 +176,41 @@ async fn missing_directory_is_an_error() {
     .unwrap_err();
     assert!(err.to_string().contains("/nonexistent/config/dir"), "{err}");
 }
+
+/// Refuses ServiceEntries whose first host is `bad.example.com`.
+struct NoBadHosts;
+
+impl mesh_runtime::config::Validator for NoBadHosts {
+    fn validate(&self, obj: &mesh_runtime::ConfigObject) -> Vec<mesh_proto::SpecError> {
+        match &obj.spec {
+            Spec::ServiceEntry(se)
+                if se.hosts.first().map(String::as_str) == Some("bad.example.com") =>
+            {
+                vec![mesh_proto::SpecError::Invalid {
+                    path: "spec.hosts[0]".into(),
+                    message: "bad host".into(),
+                }]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_validator_refuses_objects_and_the_last_good_one_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.yaml", &service_entry("a", "a.example.com"));
+    let shutdown = Shutdown::new();
+    let options = DirectoryOptions {
+        validator: Some(Arc::new(NoBadHosts)),
+        ..Default::default()
+    };
+    let store = DirectoryStore::start(dir.path(), options, shutdown.clone()).unwrap();
+    let mut rx = store.subscribe();
+    write(dir.path(), "a.yaml", &service_entry("a", "bad.example.com"));
+    let snap = wait_for(&mut rx, "refusal", |s| !s.errors().is_empty()).await;
+    assert_eq!(hosts(&snap, "a"), Some(vec!["a.example.com".into()]));
+    let msg = snap.errors()[0].to_string();
+    assert!(msg.contains("spec.hosts[0]: bad host"), "{msg}");
+    shutdown.cancel();
+}

@@ -8,8 +8,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::document::parse_file;
-use super::{ConfigKey, ConfigObject, ConfigStore, LoadError, Origin, Snapshot, publish};
+use super::document::{parse_file, validate};
+use super::{
+    ConfigKey, ConfigObject, ConfigStore, LoadError, Origin, SharedValidator, Snapshot, publish,
+};
 use crate::Shutdown;
 
 /// Errors starting the directory store.
@@ -28,7 +30,7 @@ pub enum DirectoryError {
 }
 
 /// Tuning of the directory store.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DirectoryOptions {
     /// How long the directory must be quiet before a change is loaded.
     pub debounce: Duration,
@@ -36,6 +38,19 @@ pub struct DirectoryOptions {
     pub max_delay: Duration,
     /// A full rescan at this interval, in case a file-system event was missed.
     pub resync: Duration,
+    /// Semantic checks run on every object loaded.
+    pub validator: Option<SharedValidator>,
+}
+
+impl std::fmt::Debug for DirectoryOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectoryOptions")
+            .field("debounce", &self.debounce)
+            .field("max_delay", &self.max_delay)
+            .field("resync", &self.resync)
+            .field("validator", &self.validator.is_some())
+            .finish()
+    }
 }
 
 impl Default for DirectoryOptions {
@@ -44,6 +59,7 @@ impl Default for DirectoryOptions {
             debounce: Duration::from_millis(100),
             max_delay: Duration::from_secs(1),
             resync: Duration::from_secs(30),
+            validator: None,
         }
     }
 }
@@ -63,10 +79,11 @@ struct FileState {
     results: Vec<Result<Arc<ConfigObject>, LoadError>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Loader {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
+    validator: Option<SharedValidator>,
 }
 
 // === impl DirectoryStore ===
@@ -103,6 +120,7 @@ impl DirectoryStore {
         let mut loader = Loader {
             dir: dir.clone(),
             files: BTreeMap::new(),
+            validator: options.validator.clone(),
         };
         let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
         publish(&tx, loader.scan(&Snapshot::default()));
@@ -204,7 +222,7 @@ impl Loader {
             let state = match self.files.remove(&path) {
                 Some(prev) if prev.text == text => prev,
                 _ => FileState {
-                    results: parse_file(&path, &text)
+                    results: validate(parse_file(&path, &text), self.validator.as_deref())
                         .into_iter()
                         .map(|r| r.map(Arc::new))
                         .collect(),

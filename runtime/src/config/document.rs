@@ -66,6 +66,38 @@ pub fn parse_file(path: &Path, text: &str) -> Vec<Result<ConfigObject, LoadError
     out
 }
 
+/// Runs `validator` over parsed results: a valid object stays, an object with problems becomes
+/// one [`LoadError::Invalid`] per problem.
+pub fn validate(
+    results: Vec<Result<ConfigObject, LoadError>>,
+    validator: Option<&dyn super::Validator>,
+) -> Vec<Result<ConfigObject, LoadError>> {
+    let Some(validator) = validator else {
+        return results;
+    };
+    let mut out = Vec::with_capacity(results.len());
+    for r in results {
+        match r {
+            Ok(obj) => {
+                let problems = validator.validate(&obj);
+                if problems.is_empty() {
+                    out.push(Ok(obj));
+                } else {
+                    for error in problems {
+                        out.push(Err(LoadError::Invalid {
+                            origin: obj.origin.to_string(),
+                            key: obj.key.clone(),
+                            error,
+                        }));
+                    }
+                }
+            }
+            Err(e) => out.push(Err(e)),
+        }
+    }
+    out
+}
+
 pub(super) fn to_load_error(e: ObjectError, origin: &Origin) -> LoadError {
     match (e, origin) {
         (ObjectError::Invalid(key, error), _) => LoadError::Invalid {

@@ -10,6 +10,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use mesh_proto::Kind;
 use tokio::sync::{Notify, watch};
 
+use super::SharedValidator;
 use super::document::{ObjectError, object_from_value, to_load_error};
 use super::{ConfigKey, ConfigObject, ConfigStore, LoadError, Origin, Snapshot, publish};
 use crate::Shutdown;
@@ -36,7 +37,12 @@ struct State {
 impl KubeStore {
     /// Starts watching `kinds` (`version` is the API version to watch each at). The first
     /// snapshot with [`Snapshot::is_synced`] comes once every kind has been listed.
-    pub fn start(client: kube::Client, kinds: Vec<(Kind, String)>, shutdown: Shutdown) -> Self {
+    pub fn start(
+        client: kube::Client,
+        kinds: Vec<(Kind, String)>,
+        validator: Option<SharedValidator>,
+        shutdown: Shutdown,
+    ) -> Self {
         let state = Arc::new(Mutex::new(State::default()));
         let changed = Arc::new(Notify::new());
         let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
@@ -48,6 +54,7 @@ impl KubeStore {
                 version,
                 state.clone(),
                 changed.clone(),
+                validator.clone(),
                 shutdown.clone(),
             ));
         }
@@ -101,8 +108,10 @@ async fn watch_kind(
     version: String,
     state: Arc<Mutex<State>>,
     changed: Arc<Notify>,
+    validator: Option<SharedValidator>,
     shutdown: Shutdown,
 ) {
+    let validator = validator.as_deref();
     let resource = api_resource(&kind, &version);
     let api: Api<DynamicObject> = Api::all_with(client, &resource);
     let mut stream = watcher(api, watcher::Config::default())
@@ -133,7 +142,7 @@ async fn watch_kind(
                 s.objects.retain(|k, _| k.kind != kind);
                 s.errors.retain(|k, _| k.kind != kind);
                 for obj in objs {
-                    apply(&mut s, &kind, &resource, obj);
+                    apply(&mut s, &kind, &resource, validator, obj);
                 }
                 s.synced.insert(kind.clone());
                 tracing::debug!(%kind, "initial list done");
@@ -141,7 +150,7 @@ async fn watch_kind(
             }
             Ok(watcher::Event::Apply(obj)) => {
                 let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
-                apply(&mut s, &kind, &resource, obj);
+                apply(&mut s, &kind, &resource, validator, obj);
                 s
             }
             Ok(watcher::Event::Delete(obj)) => {
@@ -189,7 +198,13 @@ fn key_of(kind: &Kind, obj: &DynamicObject) -> ConfigKey {
     )
 }
 
-fn apply(state: &mut State, kind: &Kind, resource: &ApiResource, obj: DynamicObject) {
+fn apply(
+    state: &mut State,
+    kind: &Kind,
+    resource: &ApiResource,
+    validator: Option<&dyn super::Validator>,
+    obj: DynamicObject,
+) {
     let key = key_of(kind, &obj);
     let origin = Origin::Kube {
         resource_version: obj.metadata.resource_version.clone(),
@@ -212,6 +227,12 @@ fn apply(state: &mut State, kind: &Kind, resource: &ApiResource, obj: DynamicObj
         Ok(Some(mut obj)) => {
             // Cluster-scoped objects have no namespace; the file default does not apply.
             obj.key.namespace = key.namespace.clone();
+            if let Some(problem) = validator.and_then(|v| v.validate(&obj).into_iter().next()) {
+                // The last good version (if any) stays in `objects`.
+                let e = ObjectError::Invalid(key.clone(), problem);
+                state.errors.insert(key, to_load_error(e, &origin));
+                return;
+            }
             state.errors.remove(&obj.key);
             let obj = match state.objects.get(&obj.key) {
                 Some(prev) if **prev == obj => prev.clone(),

@@ -21,7 +21,7 @@ use mesh_proto::{Kind, Spec, SpecError};
 use tokio::sync::watch;
 
 pub use self::directory::{DirectoryOptions, DirectoryStore};
-pub use self::document::parse_file;
+pub use self::document::{parse_file, validate};
 pub use self::kube::KubeStore;
 
 /// The identity of a configuration object.
@@ -104,6 +104,17 @@ pub struct Snapshot {
     objects: BTreeMap<ConfigKey, Arc<ConfigObject>>,
     errors: Vec<LoadError>,
 }
+
+/// Checks what a schema cannot: a service's semantic rules (weights sum to 100, regexes
+/// compile, ...). Stores run it on every object they load; an object with problems is refused
+/// like one that does not parse, and its last good version keeps serving.
+pub trait Validator: Send + Sync + 'static {
+    /// The problems of `obj`, each naming its field (empty when valid).
+    fn validate(&self, obj: &ConfigObject) -> Vec<SpecError>;
+}
+
+/// A shared validator.
+pub type SharedValidator = Arc<dyn Validator>;
 
 /// A source of configuration snapshots.
 pub trait ConfigStore: Send + Sync + 'static {
