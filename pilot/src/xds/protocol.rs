@@ -353,3 +353,206 @@ impl Delta {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use envoy_types::pb::google::protobuf::Any;
+    use envoy_types::pb::google::rpc::Status as RpcStatus;
+
+    use super::*;
+    use crate::xds::resource::{CLUSTER, ENDPOINT, Resource};
+
+    fn res(name: &str, version: &str) -> SharedResource {
+        Arc::new(Resource {
+            name: name.into(),
+            version: version.into(),
+            any: Any {
+                type_url: String::new(),
+                value: version.as_bytes().to_vec(),
+            },
+        })
+    }
+
+    fn req(type_url: &str, names: &[&str], nonce: &str, nack: Option<&str>) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: type_url.into(),
+            resource_names: names.iter().map(|s| s.to_string()).collect(),
+            response_nonce: nonce.into(),
+            error_detail: nack.map(|m| RpcStatus {
+                code: 3,
+                message: m.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sotw_initial_ack_nack_and_stale() {
+        let mut s = Sotw::default();
+        assert_eq!(s.on_request(&req(CLUSTER, &[], "", None)), Action::Respond);
+        let r1 = s.respond(CLUSTER, "v1", &[res("a", "1")], true).unwrap();
+        assert_eq!(r1.resources.len(), 1);
+        assert_eq!(s.state(CLUSTER).unwrap().status(), SyncStatus::Stale);
+
+        // ACK: not answered.
+        assert_eq!(
+            s.on_request(&req(CLUSTER, &[], &r1.nonce, None)),
+            Action::Ack
+        );
+        assert_eq!(s.state(CLUSTER).unwrap().status(), SyncStatus::Synced);
+
+        // A push with the same content sends nothing.
+        assert!(s.respond(CLUSTER, "v2", &[res("a", "1")], false).is_none());
+
+        // A change is sent, complete (wildcard type): both clusters.
+        let r2 = s
+            .respond(CLUSTER, "v3", &[res("a", "1"), res("b", "1")], false)
+            .unwrap();
+        assert_eq!(r2.resources.len(), 2);
+        assert_ne!(r2.nonce, r1.nonce);
+
+        // A request carrying the old nonce is stale and ignored.
+        assert_eq!(
+            s.on_request(&req(CLUSTER, &[], &r1.nonce, None)),
+            Action::Stale
+        );
+
+        // NACK: recorded, not answered, not resent unchanged.
+        assert_eq!(
+            s.on_request(&req(CLUSTER, &[], &r2.nonce, Some("bad cluster"))),
+            Action::Nack("bad cluster".into())
+        );
+        assert_eq!(s.state(CLUSTER).unwrap().status(), SyncStatus::Nacked);
+        assert!(
+            s.respond(CLUSTER, "v4", &[res("a", "1"), res("b", "1")], false)
+                .is_none()
+        );
+        // A fixed config goes out and its ACK clears the NACK.
+        let r3 = s
+            .respond(CLUSTER, "v5", &[res("a", "1"), res("b", "2")], false)
+            .unwrap();
+        assert_eq!(
+            s.on_request(&req(CLUSTER, &[], &r3.nonce, None)),
+            Action::Ack
+        );
+        assert_eq!(s.state(CLUSTER).unwrap().status(), SyncStatus::Synced);
+        assert!(s.state(CLUSTER).unwrap().nack.is_none());
+    }
+
+    #[test]
+    fn sotw_named_types_send_only_what_changed_and_remember_missing_names() {
+        let mut s = Sotw::default();
+        assert_eq!(
+            s.on_request(&req(ENDPOINT, &["x", "y"], "", None)),
+            Action::Respond
+        );
+        // Only x exists yet: the answer carries x; y is remembered.
+        let r1 = s.respond(ENDPOINT, "v1", &[res("x", "1")], true).unwrap();
+        assert_eq!(r1.resources.len(), 1);
+        assert_eq!(
+            s.on_request(&req(ENDPOINT, &["x", "y"], &r1.nonce, None)),
+            Action::Ack
+        );
+        // y appears: only y is sent.
+        let r2 = s
+            .respond(ENDPOINT, "v2", &[res("x", "1"), res("y", "1")], false)
+            .unwrap();
+        assert_eq!(r2.resources.len(), 1);
+        // A subscription change on the ACK is answered.
+        assert_eq!(
+            s.on_request(&req(ENDPOINT, &["x", "y", "z"], &r2.nonce, None)),
+            Action::Respond
+        );
+        // Resources nobody asked for are never sent.
+        let r3 = s
+            .respond(ENDPOINT, "v3", &[res("q", "1"), res("z", "1")], true)
+            .unwrap();
+        let names: Vec<_> = r3.resources.iter().map(|a| a.value.clone()).collect();
+        assert_eq!(names, vec![b"1".to_vec()]);
+        assert!(s.watches(ENDPOINT) && !s.watches(CLUSTER));
+    }
+
+    fn dreq(
+        type_url: &str,
+        sub: &[&str],
+        unsub: &[&str],
+        nonce: &str,
+        initial: &[(&str, &str)],
+    ) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: type_url.into(),
+            resource_names_subscribe: sub.iter().map(|s| s.to_string()).collect(),
+            resource_names_unsubscribe: unsub.iter().map(|s| s.to_string()).collect(),
+            response_nonce: nonce.into(),
+            initial_resource_versions: initial
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn delta_sends_changes_and_removals_and_honours_initial_versions() {
+        let mut d = Delta::default();
+        // Reconnect: the proxy already has a@1 and gone@1.
+        assert_eq!(
+            d.on_request(&dreq(CLUSTER, &[], &[], "", &[("a", "1"), ("gone", "1")])),
+            Action::Respond
+        );
+        let r1 = d
+            .respond(CLUSTER, "v1", &[res("a", "1"), res("b", "1")])
+            .unwrap();
+        let sent: Vec<_> = r1.resources.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(sent, vec!["b"]);
+        assert_eq!(r1.removed_resources, vec!["gone".to_string()]);
+        assert_eq!(
+            d.on_request(&dreq(CLUSTER, &[], &[], &r1.nonce, &[])),
+            Action::Ack
+        );
+        assert!(
+            d.respond(CLUSTER, "v2", &[res("a", "1"), res("b", "1")])
+                .is_none()
+        );
+        let r2 = d.respond(CLUSTER, "v3", &[res("b", "2")]).unwrap();
+        assert_eq!(r2.resources[0].name, "b");
+        assert_eq!(r2.removed_resources, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn delta_subscriptions_apply_even_on_stale_nonces() {
+        let mut d = Delta::default();
+        assert_eq!(
+            d.on_request(&dreq(ENDPOINT, &["x"], &[], "", &[])),
+            Action::Respond
+        );
+        let r1 = d.respond(ENDPOINT, "v1", &[res("x", "1")]).unwrap();
+        let r2 = d.respond(ENDPOINT, "v2", &[res("x", "2")]).unwrap();
+        // Subscribing with an old nonce still subscribes.
+        assert_eq!(
+            d.on_request(&dreq(ENDPOINT, &["y"], &[], &r1.nonce, &[])),
+            Action::Respond
+        );
+        assert!(d.state(ENDPOINT).unwrap().names.contains("y"));
+        // A stale ACK with no changes is ignored.
+        assert_eq!(
+            d.on_request(&dreq(ENDPOINT, &[], &[], &r1.nonce, &[])),
+            Action::Stale
+        );
+        assert_eq!(
+            d.on_request(&dreq(ENDPOINT, &[], &[], &r2.nonce, &[])),
+            Action::Ack
+        );
+        // Unsubscribed names are forgotten and never reported removed.
+        assert_eq!(
+            d.on_request(&dreq(ENDPOINT, &[], &["x"], &r2.nonce, &[])),
+            Action::Ack
+        );
+        let r3 = d.respond(ENDPOINT, "v3", &[res("y", "1")]).unwrap();
+        assert!(r3.removed_resources.is_empty());
+        assert_eq!(r3.resources[0].name, "y");
+    }
+}
