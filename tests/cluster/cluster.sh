@@ -36,12 +36,19 @@ SERVICE_CIDR="10.96.0.0/16"
 SERVICE_APISERVER_IP="10.96.0.1"
 SA_ISSUER="https://kubernetes.default.svc.cluster.local"
 
-# Start order; `down` stops in reverse.
+# Start order.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
 log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+UP_STARTED=0
 die() {
 	log "ERROR: $*"
+	if ((UP_STARTED)); then
+		# A failed `up` leaves nothing running; state and logs stay for a look.
+		UP_STARTED=0
+		log "stopping what was started; logs stay in $STATE/logs ('$0 down' removes them)"
+		stop_all
+	fi
 	exit 1
 }
 
@@ -49,18 +56,40 @@ die() {
 
 pidfile() { echo "$STATE/$1.pid"; }
 
+# alive PID: the process exists and is not a zombie waiting to be reaped.
+alive() {
+	local stat
+	stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+	stat="${stat##*) }"
+	[[ ${stat%% *} != Z ]]
+}
+
 # Prints the recorded pid of a component if that process is alive and is
 # still our binary (guards against pid reuse); fails otherwise.
 running_pid() {
-	local f pid exe
+	local f pid exe bin_dir
 	f="$(pidfile "$1")"
 	[[ -f $f ]] || return 1
 	pid="$(<"$f")"
 	[[ $pid =~ ^[0-9]+$ ]] || return 1
-	kill -0 "$pid" 2>/dev/null || return 1
+	alive "$pid" || return 1
+	# The bin dir `up` used (MESH_CACHE may differ now).
+	bin_dir="$(cat "$STATE/bin-dir" 2>/dev/null || echo "$BIN_DIR")"
 	exe="$(readlink "/proc/$pid/exe" 2>/dev/null || true)"
-	[[ $exe == "$BIN_DIR/$1" || $exe == "$BIN_DIR/$1 (deleted)" ]] || return 1
+	[[ $exe == "$bin_dir/$1" || $exe == "$bin_dir/$1 (deleted)" ]] || return 1
 	echo "$pid"
+}
+
+# Dies, showing its log, if a component that `up` started has exited.
+check_started() {
+	local c
+	for c in "${COMPONENTS[@]}"; do
+		[[ -f $(pidfile "$c") ]] || continue
+		running_pid "$c" >/dev/null ||
+			die "$c (pid $(<"$(pidfile "$c")")) has exited; last lines of $STATE/logs/$c.log:
+$(tail -n 20 "$STATE/logs/$c.log" 2>/dev/null)
+"
+	done
 }
 
 # start NAME ARGS...: runs $BIN_DIR/NAME in its own session, in the
@@ -79,30 +108,35 @@ start() {
 	pid=$!
 	echo "$pid" >"$(pidfile "$name")"
 	sleep 0.2
-	kill -0 "$pid" 2>/dev/null || die "$name exited at once; see $STATE/logs/$name.log:
+	alive "$pid" || die "$name exited at once; see $STATE/logs/$name.log:
 $(tail -n 20 "$STATE/logs/$name.log")"
 }
 
-# stop NAME: TERM, then KILL after a timeout; only the recorded pid.
+# stop NAME...: TERM, then KILL after a timeout; only the recorded pids.
 stop() {
-	local name=$1 pid i
-	if pid="$(running_pid "$name")"; then
-		log "stopping $name (pid $pid)"
-		kill -TERM "$pid" 2>/dev/null || true
-		for ((i = 0; i < 100; i++)); do
-			kill -0 "$pid" 2>/dev/null || break
+	local name pid i pids=()
+	for name in "$@"; do
+		if pid="$(running_pid "$name")"; then
+			log "stopping $name (pid $pid)"
+			kill -TERM "$pid" 2>/dev/null || true
+			pids+=("$pid")
+		fi
+	done
+	for pid in "${pids[@]}"; do
+		for ((i = 0; i < 150; i++)); do
+			alive "$pid" || break
 			sleep 0.1
 		done
-		if kill -0 "$pid" 2>/dev/null; then
-			log "$name did not exit after TERM; killing it"
+		if alive "$pid"; then
+			log "pid $pid did not exit within 15s of TERM; killing it"
 			kill -KILL "$pid" 2>/dev/null || true
 			for ((i = 0; i < 50; i++)); do
-				kill -0 "$pid" 2>/dev/null || break
+				alive "$pid" || break
 				sleep 0.1
 			done
 		fi
-	fi
-	rm -f "$(pidfile "$name")"
+	done
+	for name in "$@"; do rm -f "$(pidfile "$name")"; done
 }
 
 # wait_for WHAT TIMEOUT_SECONDS COMMAND...: retries COMMAND until it succeeds.
@@ -110,10 +144,9 @@ wait_for() {
 	local what=$1 timeout=$2 t0=$SECONDS
 	shift 2
 	until "$@" >/dev/null 2>&1; do
-		if ((SECONDS - t0 >= timeout)); then
-			log "timed out after ${timeout}s waiting for $what"
-			return 1
-		fi
+		check_started
+		((SECONDS - t0 < timeout)) ||
+			die "timed out after ${timeout}s waiting for $what"
 		sleep 0.5
 	done
 	log "$what ok ($((SECONDS - t0))s)"
@@ -121,13 +154,30 @@ wait_for() {
 
 # ---------------------------------------------------------------- PKI
 
-# cert NAME SUBJECT [SAN]: key + certificate signed by the cluster CA.
+# new_key FILE: a P-256 key in PKCS#8 form.
+new_key() {
+	openssl ecparam -name prime256v1 -genkey -noout -out "$1.tmp" 2>/dev/null
+	openssl pkcs8 -topk8 -nocrypt -in "$1.tmp" -out "$1"
+	rm -f "$1.tmp"
+}
+
+# new_ca NAME CN: a self-signed CA.
+new_ca() {
+	local pki="$STATE/pki"
+	[[ -f $pki/$1.crt ]] && return 0
+	new_key "$pki/$1.key"
+	openssl req -x509 -new -key "$pki/$1.key" -subj "/CN=$2" -days 3650 -sha256 \
+		-addext "basicConstraints=critical,CA:TRUE" \
+		-addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+		-out "$pki/$1.crt"
+}
+
+# cert NAME SUBJECT [SAN [CA]]: key + certificate signed by CA (default: the
+# cluster CA); with a SAN it is a server (and client) certificate.
 cert() {
-	local name=$1 subj=$2 san=${3:-} pki="$STATE/pki" ext
+	local name=$1 subj=$2 san=${3:-} ca=${4:-ca} pki="$STATE/pki" ext
 	[[ -f $pki/$name.crt ]] && return 0
-	openssl ecparam -name prime256v1 -genkey -noout -out "$pki/$name.key.tmp" 2>/dev/null
-	openssl pkcs8 -topk8 -nocrypt -in "$pki/$name.key.tmp" -out "$pki/$name.key"
-	rm -f "$pki/$name.key.tmp"
+	new_key "$pki/$name.key"
 	openssl req -new -key "$pki/$name.key" -subj "$subj" -out "$pki/$name.csr"
 	ext="$pki/$name.ext"
 	{
@@ -140,7 +190,7 @@ cert() {
 			echo "extendedKeyUsage=clientAuth"
 		fi
 	} >"$ext"
-	openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+	openssl x509 -req -in "$pki/$name.csr" -CA "$pki/$ca.crt" -CAkey "$pki/$ca.key" -CAcreateserial \
 		-days 3650 -sha256 -extfile "$ext" -out "$pki/$name.crt" 2>/dev/null
 	rm -f "$pki/$name.csr" "$ext"
 }
@@ -149,16 +199,12 @@ make_pki() {
 	local pki="$STATE/pki"
 	mkdir -p "$pki"
 	chmod 700 "$pki"
-	if [[ ! -f $pki/ca.crt ]]; then
-		log "generating CA, certificates and service-account keys in $pki"
-		openssl ecparam -name prime256v1 -genkey -noout -out "$pki/ca.key.tmp" 2>/dev/null
-		openssl pkcs8 -topk8 -nocrypt -in "$pki/ca.key.tmp" -out "$pki/ca.key"
-		rm -f "$pki/ca.key.tmp"
-		openssl req -x509 -new -key "$pki/ca.key" -subj "/CN=mesh-test-cluster-ca" -days 3650 -sha256 \
-			-addext "basicConstraints=critical,CA:TRUE" \
-			-addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
-			-out "$pki/ca.crt"
-	fi
+	[[ -f $pki/ca.crt ]] || log "generating CAs, certificates and service-account keys in $pki"
+	new_ca ca mesh-test-cluster-ca
+	# Front proxy (request-header authentication) for aggregated API servers;
+	# also keeps kube-controller-manager/kube-scheduler from complaining.
+	new_ca front-proxy-ca mesh-test-front-proxy-ca
+	cert front-proxy-client "/CN=front-proxy-client" "" front-proxy-ca
 	cert apiserver "/CN=kube-apiserver" \
 		"IP:127.0.0.1,IP:$SERVICE_APISERVER_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 	cert admin "/O=system:masters/CN=admin"
@@ -224,9 +270,11 @@ cmd_up() {
 	fi
 
 	"$HERE/build.sh"
+	UP_STARTED=1
 
 	mkdir -p "$STATE/logs" "$STATE/etcd"
 	chmod 700 "$STATE/etcd"
+	echo "$BIN_DIR" >"$STATE/bin-dir"
 	make_pki
 	write_kubeconfig "$KUBECONFIG_OUT" admin
 	for c in kube-controller-manager kube-scheduler kwok; do
@@ -261,6 +309,14 @@ cmd_up() {
 		--service-account-signing-key-file="$pki/sa.key" \
 		--authorization-mode=Node,RBAC \
 		--service-cluster-ip-range="$SERVICE_CIDR" \
+		--requestheader-client-ca-file="$pki/front-proxy-ca.crt" \
+		--requestheader-allowed-names=front-proxy-client \
+		--requestheader-username-headers=X-Remote-User \
+		--requestheader-group-headers=X-Remote-Group \
+		--requestheader-extra-headers-prefix=X-Remote-Extra- \
+		--proxy-client-cert-file="$pki/front-proxy-client.crt" \
+		--proxy-client-key-file="$pki/front-proxy-client.key" \
+		--enable-aggregator-routing=true \
 		--allow-privileged=true \
 		--profiling=false \
 		--event-ttl=1h
@@ -329,15 +385,20 @@ EOF
 	wait_for "node $NODE_NAME Ready" 90 node_ready
 	# Pods cannot be created in a namespace before its default ServiceAccount.
 	wait_for "default ServiceAccount" 60 kc -n default get serviceaccount default
+	UP_STARTED=0
 	log "cluster up in $((SECONDS - t0))s; kubeconfig: $KUBECONFIG_OUT"
 	log "  e.g. kubectl --kubeconfig $KUBECONFIG_OUT get nodes"
 }
 
+stop_all() {
+	# Clients of the API server first (together), then it, then etcd.
+	stop kwok kube-scheduler kube-controller-manager
+	stop kube-apiserver
+	stop etcd
+}
+
 cmd_down() {
-	local i
-	for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
-		stop "${COMPONENTS[$i]}"
-	done
+	stop_all
 	if [[ -d $STATE ]]; then
 		rm -rf -- "$STATE"
 		log "removed $STATE"

@@ -14,8 +14,12 @@ mkdir -p "$STATE"
 
 say() { printf '\033[1m%s\033[0m\n' "$*"; }
 
-say "==> building pilot, mixer and citadel"
-cargo build --bin pilot --bin mixer --bin citadel
+say "==> building pilot, mixer, citadel and the sample upstreams"
+cargo build --bin pilot --bin mixer --bin citadel --bin sample-upstream
+say "==> installing Envoy (first run only)"
+ENVOY="$(bash "$ROOT/tests/scripts/install-envoy.sh")"
+MESH="${DEMO_MESH:-$ROOT/manifests/mesh.yaml}"
+NODE="sidecar~127.0.0.10~productpage-demo.default~default.svc.cluster.local"
 
 PIDS=()
 cleanup() {
@@ -52,13 +56,39 @@ wait_ready() {
     return 1
 }
 
-start pilot --config-dir "$SAMPLE" --http-addr 127.0.0.1:15014
+# The sample services of manifests/sample/services.yaml, each answering with its name.
+start sample-upstream reviews-v1=127.0.0.11:19080 reviews-v2=127.0.0.12:19080 ratings-v1=127.0.0.13:19080
+start pilot --config-dir "$SAMPLE" --mesh "$MESH" --grpc-addr 127.0.0.1:15010 --http-addr 127.0.0.1:15014
 start mixer --config-dir "$SAMPLE" --http-addr 127.0.0.1:15015
 start citadel --config-dir "$SAMPLE" --http-addr 127.0.0.1:15016
 
 wait_ready pilot http://127.0.0.1:15014
 wait_ready mixer http://127.0.0.1:15015
 wait_ready citadel http://127.0.0.1:15016
+
+# A real Envoy sidecar for a "productpage" workload, bootstrapped by pilot, no iptables.
+"$BIN/pilot" bootstrap --node "$NODE" --xds-address 127.0.0.1:15010 --admin-port 15000 \
+    --meta INTERCEPTION_MODE=NONE --label app=productpage >"$STATE/envoy.json"
+"$ENVOY" -c "$STATE/envoy.json" --disable-hot-restart --base-id 15000 --concurrency 1 \
+    --log-level warn >"$STATE/envoy.log" 2>&1 &
+PIDS+=("$!")
+say "==> started envoy (pid $!, admin 127.0.0.1:15000, log target/demo/envoy.log)"
+wait_ready envoy http://127.0.0.1:15000
+
+# Show the routing: 20 requests through the sidecar, then one as jason.
+v1=0; v2=0
+for _ in $(seq 20); do
+    case "$(curl -fsS -x http://127.0.0.1:15080 http://reviews:9080/)" in
+        reviews-v1) v1=$((v1 + 1)) ;;
+        reviews-v2) v2=$((v2 + 1)) ;;
+    esac
+done
+jason="$(curl -fsS -x http://127.0.0.1:15080 -H 'end-user: jason' http://reviews:9080/)"
+say "==> 20 requests to reviews through the sidecar: $v1 on reviews-v1, $v2 on reviews-v2 (rule: 80/20); as jason: $jason"
+if [ "$((v1 + v2))" -ne 20 ] || [ "$jason" != reviews-v2 ]; then
+    echo "routing through the sidecar did not work; see target/demo/*.log" >&2
+    exit 1
+fi
 
 if [ "${DEMO_CHECK:-0}" = 1 ]; then
     for port in 15014 15015 15016; do
@@ -71,11 +101,18 @@ cat <<BANNER
 
   pilot, mixer and citadel are running on the sample config in ${SAMPLE#"$ROOT"/}.
 
+  An Envoy sidecar (admin localhost:15000) routes through its HTTP proxy port 15080.
+
   Try:
+    curl -x localhost:15080 http://reviews:9080/                      # 80% reviews-v1, 20% reviews-v2
+    curl -x localhost:15080 -H 'end-user: jason' http://reviews:9080/ # always reviews-v2
+    curl -x localhost:15080 http://ratings:9080/
+    curl localhost:15014/debug/syncz           # what pilot sent the sidecar, and its ACKs
+    curl localhost:15000/config_dump           # what the sidecar got
     curl localhost:15014/ready                 # each service's readiness (mixer :15015, citadel :15016)
     curl localhost:15014/metrics               # Prometheus metrics
     curl localhost:15014/debug/configz         # the config pilot loaded, and anything it refused
-    \$EDITOR ${SAMPLE#"$ROOT"/}/services.yaml     # edits take effect within a second
+    \$EDITOR ${SAMPLE#"$ROOT"/}/routing.yaml      # edits reach the sidecar within a second
 
   Logs are in target/demo/. Press Ctrl-C to stop everything.
 

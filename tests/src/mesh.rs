@@ -26,7 +26,11 @@ pub struct Pilot {
 impl Pilot {
     /// Starts Pilot on a fresh config directory holding `files` (name, YAML), with `mesh` as
     /// its MeshConfig, and waits until it is ready. `extra` flags are passed through.
-    pub async fn start(files: &[(&str, &str)], mesh: &str, extra: &[&str]) -> anyhow::Result<Pilot> {
+    pub async fn start(
+        files: &[(&str, &str)],
+        mesh: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Pilot> {
         let dir = tempfile::Builder::new().prefix("pilot-config-").tempdir()?;
         let config = dir.path().join("config");
         std::fs::create_dir(&config)?;
@@ -147,11 +151,7 @@ fn write_atomic(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
 /// Sends a GET for `host` (the Host header, e.g. `reviews:9080`) and `path` through an HTTP
 /// proxy listener on 127.0.0.1:`port`.
 pub async fn via_proxy(port: u16, host: &str, path: &str) -> anyhow::Result<HttpResponse> {
-    http_get(
-        &format!("http://127.0.0.1:{port}{path}"),
-        &[("host", host)],
-    )
-    .await
+    http_get(&format!("http://127.0.0.1:{port}{path}"), &[("host", host)]).await
 }
 
 /// Polls `f` until it returns `Ok(true)` or `timeout` passes; the error names `what`.

@@ -62,7 +62,11 @@ impl Service {
     }
 
     /// Starts `binary` with `args` plus `--http-addr HTTP`; does not wait.
-    pub async fn start_at(binary: &str, args: &[&str], http: SocketAddr) -> anyhow::Result<Service> {
+    pub async fn start_at(
+        binary: &str,
+        args: &[&str],
+        http: SocketAddr,
+    ) -> anyhow::Result<Service> {
         let name = binary.to_string();
         let path = tokio::task::spawn_blocking(move || workspace_binary(&name)).await??;
         let dir = tempfile::Builder::new()
@@ -95,10 +99,10 @@ impl Service {
             if let Some(status) = self.child.try_wait()? {
                 bail!("{} exited with {status}; log:\n{}", self.name, self.logs());
             }
-            if let Ok(resp) = http_get(&format!("http://{}/ready", self.http), &[]).await {
-                if resp.status.is_success() {
-                    return Ok(());
-                }
+            if let Ok(resp) = http_get(&format!("http://{}/ready", self.http), &[]).await
+                && resp.status.is_success()
+            {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!(

@@ -8,8 +8,8 @@
 // k8s.io/sample-cli-plugin and k8s.io/sample-controller, which kubernetes does
 // not require (and which are not published for this tag).
 //
-// To move to another release: change K8S_VERSION in ../versions.env, then every
-// version below, then run `go mod tidy` here.
+// To move to another release: change the kubernetes version and every v0.x.y
+// below (build.sh reads the version from this file), then run `go mod tidy`.
 module meshtest/cluster/k8s
 
 go 1.24.0
