@@ -72,6 +72,7 @@ wait_ready citadel http://127.0.0.1:15016
 "$ENVOY" -c "$STATE/envoy.json" --disable-hot-restart --base-id 15000 --concurrency 1 \
     --log-level warn >"$STATE/envoy.log" 2>&1 &
 PIDS+=("$!")
+echo "$!" >"$STATE/envoy.pid"
 say "==> started envoy (pid $!, admin 127.0.0.1:15000, log target/demo/envoy.log)"
 wait_ready envoy http://127.0.0.1:15000
 
