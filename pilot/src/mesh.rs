@@ -137,7 +137,12 @@ pub fn watch_mesh(
     shutdown: Shutdown,
 ) -> Result<watch::Receiver<Arc<MeshConfig>>, MeshError> {
     let Some(path) = path else {
-        let (_tx, rx) = watch::channel(Arc::new(MeshConfig::default()));
+        // Defaults that never change; the sender lives as long as the process serves.
+        let (tx, rx) = watch::channel(Arc::new(MeshConfig::default()));
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            drop(tx);
+        });
         return Ok(rx);
     };
     let initial = MeshConfig::load(&path)?;

@@ -23,6 +23,7 @@ pub enum KubeClientError {
 /// Builds a client from `kubeconfig` when given, else from `KUBECONFIG`, `~/.kube/config` or the
 /// in-cluster service account.
 pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client, KubeClientError> {
+    install_crypto_provider();
     let config = match kubeconfig {
         Some(path) => {
             let err = |source| KubeClientError::Kubeconfig {
@@ -37,4 +38,11 @@ pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client, KubeClie
         None => kube::Config::infer().await?,
     };
     Ok(kube::Client::try_from(config)?)
+}
+
+/// Selects rustls' process-wide crypto provider (aws-lc-rs, as everywhere in this workspace)
+/// before any TLS client is built. Idempotent.
+pub fn install_crypto_provider() {
+    // An error only means a provider is installed already.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }

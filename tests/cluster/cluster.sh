@@ -322,13 +322,16 @@ cmd_up() {
 		--event-ttl=1h
 	wait_for "kube-apiserver /readyz" 120 apiserver_ready
 
+	# No node-lifecycle controller: kwok's fake node does not heartbeat like a kubelet, and
+	# the controller would mark every pod NotReady (emptying EndpointSlices) when the node's
+	# status goes stale, with nothing to mark them ready again.
 	start kube-controller-manager \
 		--kubeconfig="$STATE/kube-controller-manager.kubeconfig" \
 		--authentication-kubeconfig="$STATE/kube-controller-manager.kubeconfig" \
 		--authorization-kubeconfig="$STATE/kube-controller-manager.kubeconfig" \
 		--bind-address=127.0.0.1 \
 		--secure-port="$KCM_PORT" \
-		--controllers='*' \
+		--controllers='*,-node-lifecycle-controller' \
 		--use-service-account-credentials=true \
 		--service-account-private-key-file="$pki/sa.key" \
 		--root-ca-file="$pki/ca.crt" \
@@ -383,6 +386,9 @@ metadata:
     type: kwok
 EOF
 	wait_for "node $NODE_NAME Ready" 90 node_ready
+	# The API server taints every new node not-ready; without the node-lifecycle controller
+	# (see above) nothing lifts it, so lift it here once kwok has made the node Ready.
+	kc taint nodes "$NODE_NAME" node.kubernetes.io/not-ready:NoSchedule- >/dev/null 2>&1 || true
 	# Pods cannot be created in a namespace before its default ServiceAccount.
 	wait_for "default ServiceAccount" 60 kc -n default get serviceaccount default
 	UP_STARTED=0

@@ -9,5 +9,5 @@ pub mod service;
 
 pub use proxy::{NodeType, Proxy, ProxyError};
 pub use push_context::PushContext;
-pub use registry::Registry;
+pub use registry::{Registry, Workload};
 pub use service::{Endpoint, Port, Protocol, Resolution, Service};

@@ -17,6 +17,17 @@ use super::service::{Endpoint, Port, Protocol, Resolution, Service};
 pub struct Registry {
     services: BTreeMap<String, Arc<Service>>,
     endpoints: BTreeMap<(String, u32), Arc<Vec<Endpoint>>>,
+    /// Workloads (pods) by IP, where the platform knows them.
+    workloads: BTreeMap<String, Arc<Workload>>,
+}
+
+/// A workload the platform knows by IP (a Kubernetes pod): what a proxy at that IP is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    pub name: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: Option<String>,
 }
 
 /// What changed between two registries.
@@ -82,6 +93,31 @@ impl Registry {
         (reg, warnings)
     }
 
+    /// Adds a service and its endpoints by service port; a host already present is kept.
+    pub fn add(&mut self, service: Service, endpoints: BTreeMap<u32, Vec<Endpoint>>) {
+        if self.services.contains_key(&service.hostname) {
+            return;
+        }
+        for port in &service.ports {
+            let mut eps = endpoints.get(&port.number).cloned().unwrap_or_default();
+            eps.sort();
+            self.endpoints
+                .insert((service.hostname.clone(), port.number), Arc::new(eps));
+        }
+        self.services
+            .insert(service.hostname.clone(), Arc::new(service));
+    }
+
+    /// Records the workload at an IP.
+    pub fn add_workload(&mut self, ip: String, workload: Workload) {
+        self.workloads.insert(ip, Arc::new(workload));
+    }
+
+    /// The workload at an IP, if the platform knows one.
+    pub fn workload(&self, ip: &str) -> Option<&Arc<Workload>> {
+        self.workloads.get(ip)
+    }
+
     /// Every service, by hostname.
     pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
         self.services.values()
@@ -124,6 +160,9 @@ impl Registry {
         }
         for (key, eps) in other.endpoints {
             self.endpoints.entry(key).or_insert(eps);
+        }
+        for (ip, w) in other.workloads {
+            self.workloads.entry(ip).or_insert(w);
         }
     }
 

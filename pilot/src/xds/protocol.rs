@@ -88,6 +88,21 @@ impl TypeState {
         }
     }
 
+    /// A copy without the per-resource versions, for status pages.
+    pub fn summary(&self) -> TypeState {
+        TypeState {
+            names: self.names.clone(),
+            wildcard: self.wildcard,
+            sent: BTreeMap::new(),
+            sent_version: self.sent_version.clone(),
+            sent_nonce: self.sent_nonce.clone(),
+            acked_version: self.acked_version.clone(),
+            acked_nonce: self.acked_nonce.clone(),
+            nack: self.nack.clone(),
+            responses: self.responses,
+        }
+    }
+
     /// Whether the proxy wants resource `name`.
     pub fn wants(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)

@@ -58,12 +58,28 @@ fn next_version() -> String {
 
 /// Builds the registry of the file-mode embedded default: ServiceEntries and WorkloadEntries.
 pub fn registry_from(config: &Snapshot) -> Arc<Registry> {
-    let (registry, warnings) = Registry::from_config(config);
+    merged_registry(config, None)
+}
+
+/// The platform's registry (Kubernetes services, when there is one) merged with the
+/// ServiceEntries and WorkloadEntries of the config; a host the platform defines wins.
+pub fn merged_registry(config: &Snapshot, platform: Option<&Registry>) -> Arc<Registry> {
+    let (entries, warnings) = Registry::from_config(config);
     for w in warnings {
         tracing::warn!("{w}");
     }
-    Arc::new(registry)
+    match platform {
+        Some(p) => {
+            let mut merged = p.clone();
+            merged.merge(entries);
+            Arc::new(merged)
+        }
+        None => Arc::new(entries),
+    }
 }
+
+/// The platform registry's updates: Kubernetes, or nothing in file mode.
+pub type PlatformRx = watch::Receiver<Option<Arc<Registry>>>;
 
 /// Builds a generation from inputs.
 pub fn build(inputs: &Inputs, server_metrics: Option<&super::XdsMetrics>) -> Generation {
@@ -131,14 +147,19 @@ pub async fn run(
     mut inputs: Inputs,
     mut config_rx: watch::Receiver<Arc<Snapshot>>,
     mut mesh_rx: watch::Receiver<Arc<MeshConfig>>,
+    platform_rx: Option<PlatformRx>,
     debounce: Debounce,
     shutdown: Shutdown,
 ) {
+    // In file mode a channel that never changes stands in for the platform.
+    let (_keep, idle) = watch::channel(None);
+    let mut platform_rx = platform_rx.unwrap_or(idle);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             r = config_rx.changed() => if r.is_err() { return },
             r = mesh_rx.changed() => if r.is_err() { return },
+            r = platform_rx.changed() => if r.is_err() { return },
         }
         let first_change = Instant::now();
         loop {
@@ -147,6 +168,7 @@ pub async fn run(
                 _ = tokio::time::sleep(debounce.after) => break,
                 r = config_rx.changed() => if r.is_err() { return },
                 r = mesh_rx.changed() => if r.is_err() { return },
+                r = platform_rx.changed() => if r.is_err() { return },
             }
             if first_change.elapsed() >= debounce.max {
                 break;
@@ -154,8 +176,9 @@ pub async fn run(
         }
         let config = config_rx.borrow_and_update().clone();
         let mesh = mesh_rx.borrow_and_update().clone();
+        let platform = platform_rx.borrow_and_update().clone();
         let next = Inputs {
-            registry: registry_from(&config),
+            registry: merged_registry(&config, platform.as_deref()),
             config,
             mesh,
         };

@@ -95,7 +95,7 @@ impl Connection {
     }
 
     fn set_status<'a>(&self, states: impl Iterator<Item = (&'a String, &'a TypeState)>) {
-        let copy = states.map(|(k, v)| (k.clone(), v.clone())).collect();
+        let copy = states.map(|(k, v)| (k.clone(), v.summary())).collect();
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = copy;
     }
 
@@ -232,11 +232,23 @@ pub fn node_metadata(node: &Node) -> BTreeMap<String, Value> {
         .unwrap_or_default()
 }
 
-fn proxy_of(node: Option<&Node>) -> Result<Proxy, Status> {
+/// The proxy a stream's first request names, completed from the platform: a proxy that
+/// sends no labels gets those of the workload (pod) at its IP.
+fn proxy_of(server: &XdsServer, node: Option<&Node>) -> Result<Proxy, Status> {
     let node =
         node.ok_or_else(|| Status::invalid_argument("the first request must carry a node"))?;
-    Proxy::from_node(&node.id, node_metadata(node))
-        .map_err(|e| Status::invalid_argument(e.to_string()))
+    let mut proxy = Proxy::from_node(&node.id, node_metadata(node))
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let generation = server.current();
+    if let Some(w) = generation.ctx.registry.workload(proxy.ip()) {
+        if proxy.labels.is_empty() {
+            proxy.labels = w.labels.clone();
+        }
+        if !proxy.metadata.contains_key("NAMESPACE") {
+            proxy.namespace = w.namespace.clone();
+        }
+    }
+    Ok(proxy)
 }
 
 /// Whether a push concerns this type of a connection: everything on a full push, endpoints
@@ -319,7 +331,7 @@ async fn sotw_stream(
     let Some(first) = requests.message().await? else {
         return Ok(());
     };
-    let proxy = proxy_of(first.node.as_ref())?;
+    let proxy = proxy_of(server, first.node.as_ref())?;
     let conn = server.register(proxy, false);
     let _registration = Registration {
         server,
@@ -442,7 +454,7 @@ async fn delta_stream(
     let Some(first) = requests.message().await? else {
         return Ok(());
     };
-    let proxy = proxy_of(first.node.as_ref())?;
+    let proxy = proxy_of(server, first.node.as_ref())?;
     let conn = server.register(proxy, true);
     let _registration = Registration {
         server,

@@ -56,7 +56,9 @@ impl std::fmt::Debug for DirectoryOptions {
 impl Default for DirectoryOptions {
     fn default() -> Self {
         Self {
-            debounce: Duration::from_millis(100),
+            // Short: writers that matter (kubectl, ConfigMap updates, editors) replace files
+            // atomically; the services debounce their own work on top of this.
+            debounce: Duration::from_millis(20),
             max_delay: Duration::from_secs(1),
             resync: Duration::from_secs(30),
             validator: None,

@@ -1,0 +1,288 @@
+//! Pilot on a real Kubernetes API server: bookinfo applied with kubectl becomes Envoy config
+//! (subset clusters with the pods' IPs, the `end-user: jason` route), requests through a real
+//! Envoy reach servers bound on the pod IPs, scaling reaches EDS, deleting a VirtualService
+//! removes its routes, and an API server restart leaves Pilot serving.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mesh_tests::cluster::Cluster;
+use mesh_tests::mesh::{eventually, via_proxy};
+use mesh_tests::{Envoy, Service, Upstream, free_port, repo_root};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+const RULES: &str = "apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata:
+  name: reviews
+spec:
+  host: reviews
+  subsets:
+  - name: v1
+    labels: {version: v1}
+  - name: v2
+    labels: {version: v2}
+  - name: v3
+    labels: {version: v3}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - headers:
+        end-user: {exact: jason}
+    route:
+    - destination: {host: reviews, subset: v2}
+  - route:
+    - destination: {host: reviews, subset: v1}
+";
+
+fn bookinfo() -> String {
+    let shared = repo_root().join("../shared/conformance/istio-current/platform/bookinfo.yaml");
+    std::fs::read_to_string(shared).unwrap_or_else(|_| {
+        std::fs::read_to_string(repo_root().join("tests/fixtures/bookinfo.yaml")).unwrap()
+    })
+}
+
+/// `version=ip` of the running pods of an app.
+async fn pod_ips(cluster: &Cluster, ns: &str, app: &str) -> Vec<(String, String)> {
+    let out = cluster
+        .kubectl_ok([
+            "-n",
+            ns,
+            "get",
+            "pods",
+            "-l",
+            &format!("app={app}"),
+            "--field-selector=status.phase=Running",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.labels.version}={.status.podIP}={.metadata.name}{\"\\n\"}{end}",
+        ])
+        .await
+        .unwrap();
+    out.lines()
+        .filter_map(|l| {
+            let mut parts = l.split('=');
+            let version = parts.next()?.to_string();
+            let ip = parts.next()?.to_string();
+            (!ip.is_empty()).then_some((version, ip))
+        })
+        .collect()
+}
+
+/// The endpoint addresses Envoy holds for a cluster.
+async fn envoy_endpoints(envoy: &Envoy, cluster: &str) -> BTreeSet<String> {
+    envoy
+        .clusters()
+        .await
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{cluster}::")))
+        .filter_map(|rest| rest.split("::").next())
+        .filter(|addr| {
+            addr.contains(':') && addr.chars().next().is_some_and(|c| c.is_ascii_digit())
+        })
+        .map(|addr| {
+            addr.rsplit_once(':')
+                .map(|(ip, _)| ip.to_string())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn bookinfo_on_kubernetes_reaches_envoy() {
+    let Some(cluster) = Cluster::for_test().await.unwrap() else {
+        return;
+    };
+    cluster.install_crds().await.unwrap();
+    let ns = cluster.namespace("pilot").await.unwrap();
+    let ns_name = ns.name().to_string();
+    cluster.apply(&ns_name, &bookinfo()).await.unwrap();
+    cluster.apply(&ns_name, RULES).await.unwrap();
+
+    // Wait for the pods: kwok gives them 127.1.x IPs.
+    eventually("bookinfo pods running", WAIT, || async {
+        let reviews = pod_ips(cluster, &ns_name, "reviews").await;
+        let pp = pod_ips(cluster, &ns_name, "productpage").await;
+        Ok(reviews.len() == 3 && pp.len() == 1)
+    })
+    .await
+    .unwrap();
+    let reviews = pod_ips(cluster, &ns_name, "reviews").await;
+    let productpage_ip = pod_ips(cluster, &ns_name, "productpage").await[0].1.clone();
+
+    // Servers on the pods' IPs stand in for the workloads.
+    let mut upstreams = Vec::new();
+    for (version, ip) in &reviews {
+        let addr: SocketAddr = format!("{ip}:9080").parse().unwrap();
+        upstreams.push(
+            Upstream::start(&format!("reviews-{version}"), addr)
+                .await
+                .unwrap(),
+        );
+    }
+
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let kubeconfig = cluster.kubeconfig();
+    let mut pilot = Service::start(
+        "pilot",
+        &[
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--grpc-addr",
+            &grpc,
+        ],
+    )
+    .await
+    .unwrap();
+    pilot.wait_ready(WAIT).await.unwrap();
+
+    let proxy_port = free_port();
+    let node =
+        format!("sidecar~{productpage_ip}~productpage.{ns_name}~{ns_name}.svc.cluster.local");
+    let bootstrap = pilot_bootstrap(&node, &grpc, proxy_port);
+    let mut envoy = Envoy::start_not_ready(bootstrap).await.unwrap();
+    envoy.wait_ready(WAIT).await.unwrap();
+
+    // Subset clusters hold exactly the pods of each version.
+    let host = format!("reviews.{ns_name}.svc.cluster.local");
+    for (version, ip) in &reviews {
+        let cluster_name = format!("outbound|9080|{version}|{host}");
+        eventually(&format!("{cluster_name} has {ip}"), WAIT, || async {
+            Ok(envoy_endpoints(&envoy, &cluster_name).await == BTreeSet::from([ip.clone()]))
+        })
+        .await
+        .unwrap();
+    }
+
+    // Requests through Envoy reach the servers Kubernetes says back the service.
+    let target = format!("reviews.{ns_name}:9080");
+    eventually("jason is routed to v2", WAIT, || async {
+        let r = mesh_tests::http_get(
+            &format!("http://127.0.0.1:{proxy_port}/"),
+            &[("host", &target), ("end-user", "jason")],
+        )
+        .await?;
+        Ok(r.body == "reviews-v2\n")
+    })
+    .await
+    .unwrap();
+    for _ in 0..5 {
+        let r = via_proxy(proxy_port, &target, "/").await.unwrap();
+        assert_eq!(r.body, "reviews-v1\n");
+    }
+
+    // Scaling reviews-v2 reaches Envoy's EDS.
+    cluster
+        .kubectl_ok([
+            "-n",
+            &ns_name,
+            "scale",
+            "deployment/reviews-v2",
+            "--replicas=2",
+        ])
+        .await
+        .unwrap();
+    let v2 = format!("outbound|9080|v2|{host}");
+    eventually("a second v2 endpoint", WAIT, || async {
+        Ok(envoy_endpoints(&envoy, &v2).await.len() == 2)
+    })
+    .await
+    .unwrap();
+
+    // The API server restarts: Pilot keeps serving, then resyncs.
+    let pid_file = repo_root().join("target/cluster/kube-apiserver.pid");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", pid.trim()])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for _ in 0..3 {
+        let r = via_proxy(proxy_port, &target, "/").await.unwrap();
+        assert_eq!(
+            r.body, "reviews-v1\n",
+            "served while the API server is down"
+        );
+    }
+    let up = tokio::task::spawn_blocking(|| {
+        std::process::Command::new("bash")
+            .arg(repo_root().join("tests/cluster/cluster.sh"))
+            .arg("up")
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+
+    // After the restart, deleting the VirtualService removes its routes: v2 and v3 now share
+    // the traffic with v1.
+    cluster
+        .kubectl_ok(["-n", &ns_name, "delete", "virtualservice", "reviews"])
+        .await
+        .unwrap();
+    eventually(
+        "the default route spreads over every version",
+        WAIT,
+        || async {
+            let mut seen = BTreeSet::new();
+            for _ in 0..20 {
+                seen.insert(via_proxy(proxy_port, &target, "/").await?.body);
+            }
+            Ok(seen.len() == 3)
+        },
+    )
+    .await
+    .unwrap();
+    // Scaling back also reaches EDS after the restart.
+    cluster
+        .kubectl_ok([
+            "-n",
+            &ns_name,
+            "scale",
+            "deployment/reviews-v2",
+            "--replicas=1",
+        ])
+        .await
+        .unwrap();
+    eventually("back to one v2 endpoint", WAIT, || async {
+        Ok(envoy_endpoints(&envoy, &v2).await.len() == 1)
+    })
+    .await
+    .unwrap();
+
+    envoy.stop().await.unwrap();
+    pilot.stop().await.unwrap();
+    for u in upstreams {
+        u.stop().await;
+    }
+    ns.cleanup().await.unwrap();
+}
+
+fn pilot_bootstrap(node: &str, grpc: &str, proxy_port: u16) -> serde_json::Value {
+    let pilot = mesh_tests::workspace_binary("pilot").unwrap();
+    let out = std::process::Command::new(pilot)
+        .args(["bootstrap", "--node", node, "--xds-address", grpc])
+        .args(["--meta", "INTERCEPTION_MODE=NONE"])
+        .args(["--meta", &format!("PROXY_HTTP_PORT={proxy_port}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
