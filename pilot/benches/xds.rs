@@ -116,8 +116,20 @@ fn free_port() -> u16 {
 }
 
 /// One simulated proxy: subscribes to everything a sidecar does and ACKs every response.
-/// Publishes the time it received each route version.
+/// Publishes the time it received each route version. Reconnects, as Envoy does, when the
+/// stream breaks.
 async fn client(url: String, i: usize, routes_tx: watch::Sender<(String, Instant)>) {
+    loop {
+        client_stream(&url, i, &routes_tx).await;
+        if routes_tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn client_stream(url: &str, i: usize, routes_tx: &watch::Sender<(String, Instant)>) {
+    let url = url.to_string();
     let mut ads = loop {
         match AggregatedDiscoveryServiceClient::connect(url.clone()).await {
             Ok(c) => break c,
@@ -142,11 +154,13 @@ async fn client(url: String, i: usize, routes_tx: watch::Sender<(String, Instant
     tx.send(req(LISTENER, vec![], String::new(), String::new()))
         .await
         .unwrap();
-    let mut stream = ads
+    let Ok(stream) = ads
         .stream_aggregated_resources(ReceiverStream::new(rx))
         .await
-        .expect("stream")
-        .into_inner();
+    else {
+        return;
+    };
+    let mut stream = stream.into_inner();
     let mut eds_names: Vec<String> = Vec::new();
     let route_names = vec!["9080".to_string()];
     let mut asked_eds = false;
@@ -178,7 +192,12 @@ async fn client(url: String, i: usize, routes_tx: watch::Sender<(String, Instant
             _ => vec![],
         };
         if tx
-            .send(req(ty, names, resp.version_info.clone(), resp.nonce.clone()))
+            .send(req(
+                ty,
+                names,
+                resp.version_info.clone(),
+                resp.nonce.clone(),
+            ))
             .await
             .is_err()
         {
@@ -186,15 +205,25 @@ async fn client(url: String, i: usize, routes_tx: watch::Sender<(String, Instant
         }
         if ty == CLUSTER && !asked_eds {
             asked_eds = true;
-            tx.send(req(ENDPOINT, eds_names.clone(), String::new(), String::new()))
-                .await
-                .ok();
+            tx.send(req(
+                ENDPOINT,
+                eds_names.clone(),
+                String::new(),
+                String::new(),
+            ))
+            .await
+            .ok();
         }
         if ty == LISTENER && !asked_rds {
             asked_rds = true;
-            tx.send(req(ROUTE, route_names.clone(), String::new(), String::new()))
-                .await
-                .ok();
+            tx.send(req(
+                ROUTE,
+                route_names.clone(),
+                String::new(),
+                String::new(),
+            ))
+            .await
+            .ok();
         }
     }
 }
@@ -226,7 +255,7 @@ async fn main() {
     write_atomic(&config, "routing.yaml", &routing(80));
     let grpc = format!("127.0.0.1:{}", free_port());
     let http = format!("127.0.0.1:{}", free_port());
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pilot"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_pilot"))
         .args(["--config-dir", config.to_str().unwrap()])
         .args(["--grpc-addr", &grpc, "--http-addr", &http])
         .args(["--debounce-after", "10ms", "--debounce-max", "1s"])
@@ -235,6 +264,8 @@ async fn main() {
         .spawn()
         .expect("start pilot");
     let pid = child.id();
+    // Stopped however the benchmark ends.
+    let child = KillOnDrop(child);
     let ready_url = format!("http://{http}/ready");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ready(&ready_url).await {
@@ -281,19 +312,14 @@ async fn main() {
             assert!(Instant::now() < deadline, "push did not reach every client");
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let last = receivers
-            .iter()
-            .map(|r| r.borrow().1)
-            .max()
-            .unwrap();
+        let last = receivers.iter().map(|r| r.borrow().1).max().unwrap();
         pushes.push((last - start).as_secs_f64() * 1000.0);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let p50 = percentile(&mut pushes.clone(), 0.5);
     let p99 = percentile(&mut pushes, 0.99);
     eprintln!("push to {proxies} proxies: p50 {p50:.1} ms, p99 {p99:.1} ms");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
 
     let suffix = if proxies == 1000 {
         "1000_proxies".to_string()
@@ -314,6 +340,15 @@ async fn main() {
         std::fs::create_dir_all(parent).unwrap();
     }
     std::fs::write(&out, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn round1(v: f64) -> f64 {

@@ -86,7 +86,11 @@ pub fn watch_registry(
                 build(&o, &domain)
             };
             let changed = tx.borrow().as_deref() != Some(&registry);
-            tracing::debug!(changed, services = registry.services().count(), "registry rebuilt");
+            tracing::debug!(
+                changed,
+                services = registry.services().count(),
+                "registry rebuilt"
+            );
             if changed {
                 tx.send_replace(Some(Arc::new(registry)));
             }
@@ -253,7 +257,11 @@ fn build(o: &Objects, domain: &str) -> Registry {
                 }
             }
         } else {
-            for slice in slices.get(&(ns.as_str(), name.as_str())).into_iter().flatten() {
+            for slice in slices
+                .get(&(ns.as_str(), name.as_str()))
+                .into_iter()
+                .flatten()
+            {
                 add_slice_endpoints(slice, &ports, &pods_by_name, domain, &mut endpoints);
             }
         }
@@ -306,7 +314,9 @@ fn add_slice_endpoints(
         });
         let locality = ep.zone.clone();
         for slice_port in slice.ports.iter().flatten() {
-            let Some(number) = slice_port.port else { continue };
+            let Some(number) = slice_port.port else {
+                continue;
+            };
             // A slice port matches the service port of the same name.
             let name = slice_port.name.clone().unwrap_or_default();
             let Some(svc_port) = ports.iter().find(|p| p.name == name) else {
@@ -333,8 +343,14 @@ mod tests {
     #[test]
     fn protocols_follow_istio() {
         assert_eq!(port_protocol(Some("http-web"), None, None), Protocol::Http);
-        assert_eq!(port_protocol(Some("web"), Some("http"), None), Protocol::Http);
-        assert_eq!(port_protocol(Some("x"), Some("kubernetes.io/h2c"), None), Protocol::Http2);
+        assert_eq!(
+            port_protocol(Some("web"), Some("http"), None),
+            Protocol::Http
+        );
+        assert_eq!(
+            port_protocol(Some("x"), Some("kubernetes.io/h2c"), None),
+            Protocol::Http2
+        );
         assert_eq!(port_protocol(Some("grpc"), None, None), Protocol::Grpc);
         assert_eq!(port_protocol(Some("dns"), None, Some("UDP")), Protocol::Udp);
         assert_eq!(port_protocol(None, None, None), Protocol::Unsupported);

@@ -9,9 +9,12 @@
 
 pub mod bootstrap;
 mod debug;
+pub mod kube;
+pub mod legacy;
 pub mod mesh;
 pub mod model;
 pub mod settings;
+pub mod validate;
 pub mod xds;
 
 use std::sync::Arc;
@@ -31,6 +34,17 @@ pub async fn main(cli: Cli, shutdown: Shutdown) -> anyhow::Result<()> {
             let json = bootstrap::bootstrap(&args.options())?;
             println!("{}", serde_json::to_string_pretty(&json)?);
             Ok(())
+        }
+        Some(Command::Validate(args)) => {
+            let problems = validate::validate_files(&args.files);
+            for p in &problems {
+                println!("{p}");
+            }
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                anyhow::bail!("{} problem(s) found", problems.len())
+            }
         }
         None => {
             let settings = Settings::resolve(&cli.common, cli.serve)?;
@@ -55,7 +69,8 @@ pub async fn serve(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()>
         "pilot",
         &source,
         settings::watched_kinds(),
-        None,
+        (!settings.skip_validation)
+            .then(|| Arc::new(validate::PilotValidator) as mesh_runtime::config::SharedValidator),
         shutdown.clone(),
     )
     .await
@@ -74,8 +89,28 @@ pub async fn serve(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()>
             r = config_rx.changed() => r.context("config store stopped")?,
         }
     };
+    // On Kubernetes, Services and EndpointSlices are the registry: wait for the first full
+    // list of them too.
+    let platform_rx = match &source {
+        ConfigSource::Kubernetes(kubeconfig) => {
+            let client = mesh_runtime::kube_client::connect(kubeconfig.as_deref()).await?;
+            let mut rx = kube::watch_registry(client, "cluster.local".into(), shutdown.clone());
+            loop {
+                if rx.borrow_and_update().is_some() {
+                    break;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    r = rx.changed() => r.context("registry watch stopped")?,
+                }
+            }
+            Some(rx)
+        }
+        ConfigSource::Directory(_) => None,
+    };
+    let platform = platform_rx.as_ref().and_then(|rx| rx.borrow().clone());
     let inputs = xds::push::Inputs {
-        registry: xds::push::registry_from(&config),
+        registry: xds::push::merged_registry(&config, platform.as_deref()),
         config,
         mesh: mesh_rx.borrow().clone(),
     };
@@ -95,6 +130,7 @@ pub async fn serve(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()>
         inputs,
         config_rx,
         mesh_rx,
+        platform_rx,
         debounce,
         shutdown.clone(),
     ));

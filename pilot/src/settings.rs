@@ -33,6 +33,17 @@ pub struct Cli {
 pub enum Command {
     /// Print the Envoy bootstrap (JSON) a proxy needs to join the mesh.
     Bootstrap(BootstrapArgs),
+    /// Check Istio config files like `istioctl validate`: one line per problem (file, object,
+    /// field); exits non-zero when there is any.
+    Validate(ValidateArgs),
+}
+
+/// Flags of `pilot validate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ValidateArgs {
+    /// A YAML file to check (repeatable; `-` for stdin).
+    #[arg(short = 'f', long = "filename", value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
 }
 
 /// Flags of `pilot` (serving).
@@ -69,6 +80,11 @@ pub struct ServeArgs {
     /// How many proxies may be generating and receiving a push at once [default: 100].
     #[arg(long, value_name = "N")]
     pub push_concurrency: Option<usize>,
+
+    /// Load config without Pilot's semantic validation (tests only: lets config that Envoy
+    /// refuses reach Envoy).
+    #[arg(long, hide = true)]
+    pub skip_validation: bool,
 }
 
 /// Flags of `pilot bootstrap`.
@@ -131,6 +147,7 @@ pub struct Settings {
     pub debounce_after: Duration,
     pub debounce_max: Duration,
     pub push_concurrency: usize,
+    pub skip_validation: bool,
 }
 
 impl BinaryCli for Cli {
@@ -174,6 +191,7 @@ impl Settings {
                 .push_concurrency
                 .or(file.push_concurrency)
                 .unwrap_or(100),
+            skip_validation: cli.skip_validation,
         })
     }
 }

@@ -1,22 +1,51 @@
 //! CDS: outbound clusters for every visible service port and subset, inbound clusters for the
 //! proxy's own service instances, and Istio's `BlackHoleCluster` and `PassthroughCluster`.
+//!
+//! Outbound clusters carry the DestinationRule's traffic policy, merged as Istio does: the
+//! rule's policy, overridden by its `portLevelSettings` for the port, overridden by the
+//! subset's policy and the subset's port-level settings. Load balancing (simple and consistent
+//! hash; the hash itself is a route property, see [`hash_policy()`]), connection pool limits
+//! (circuit breakers, keepalive, HTTP options), outlier detection and client TLS from files.
 
 use envoy_types::pb::envoy::config::cluster::v3::{
-    Cluster,
-    cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
+    CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlierDetection, UpstreamConnectionOptions,
+    circuit_breakers::Thresholds,
+    cluster::{
+        ClusterDiscoveryType, CommonLbConfig, DiscoveryType, DnsLookupFamily, EdsClusterConfig,
+        LbConfig, LbPolicy, MaglevLbConfig, RingHashLbConfig,
+    },
 };
-use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
+use envoy_types::pb::envoy::config::core::v3::{
+    DataSource, Http1ProtocolOptions, Http2ProtocolOptions,
+    HttpProtocolOptions as CoreHttpProtocolOptions, TcpKeepalive, TransportSocket, data_source,
+    transport_socket,
+};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
 };
+use envoy_types::pb::envoy::config::route::v3::route_action::{
+    HashPolicy, hash_policy, hash_policy::PolicySpecifier,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, TlsCertificate, UpstreamTlsContext,
+    common_tls_context::ValidationContextType,
+};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions,
-    http_protocol_options::{ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config},
+    http_protocol_options::{
+        ExplicitHttpConfig, UpstreamProtocolOptions, UseDownstreamHttpConfig, explicit_http_config,
+    },
+};
+use envoy_types::pb::envoy::r#type::v3::Percent as EnvoyPercent;
+use envoy_types::pb::google::protobuf::{UInt32Value, UInt64Value};
+use mesh_proto::networking::{
+    ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, DestinationRule, H2UpgradePolicy,
+    LoadBalancerSettings, OutlierDetection, SimpleLb, Subset, TrafficPolicy,
 };
 
 use super::util::{ads, duration, socket_address};
 use crate::model::service::{inbound_cluster_name, outbound_cluster_name};
-use crate::model::{Port, Proxy, PushContext, Resolution, Service};
+use crate::model::{Port, Protocol, Proxy, PushContext, Resolution, Service};
 use crate::xds::resource::{Resource, SharedResource, any};
 
 /// Istio's cluster that drops traffic.
@@ -29,12 +58,15 @@ const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProt
 /// Every cluster `proxy` gets, sorted by name.
 pub fn clusters(ctx: &PushContext, proxy: &Proxy) -> Vec<SharedResource> {
     let mut out = Vec::new();
-    for svc in ctx.services_for(&proxy.namespace) {
+    for svc in ctx.services_for_proxy(proxy) {
+        let dr = ctx.destination_rule(&proxy.namespace, svc);
         for port in &svc.ports {
-            out.push(outbound(ctx, svc, port, None));
-            if let Some(dr) = ctx.destination_rule(&proxy.namespace, svc) {
+            let policy = dr.map(|dr| merged_policy(&dr.spec, None, port.number));
+            out.push(outbound(ctx, svc, port, None, policy.as_ref()));
+            if let Some(dr) = dr {
                 for subset in &dr.spec.subsets {
-                    out.push(outbound(ctx, svc, port, Some(&subset.name)));
+                    let policy = merged_policy(&dr.spec, Some(subset), port.number);
+                    out.push(outbound(ctx, svc, port, Some(&subset.name), Some(&policy)));
                 }
             }
         }
@@ -50,6 +82,15 @@ pub fn clusters(ctx: &PushContext, proxy: &Proxy) -> Vec<SharedResource> {
             out.push(inbound(ctx, &name, &ep.address, ep.port, port));
         }
     }
+    for ing in sidecar_ingress(ctx, proxy) {
+        let port = Port {
+            name: ing.port.name.clone().unwrap_or_default(),
+            number: ing.port.number,
+            protocol: Protocol::parse(ing.port.protocol.as_deref().unwrap_or("TCP")),
+            target_port: None,
+        };
+        out.push(inbound(ctx, &ing.cluster, &ing.address, ing.target, &port));
+    }
     out.push(black_hole(ctx));
     out.push(passthrough(ctx));
     let mut resources: Vec<SharedResource> = out
@@ -61,6 +102,42 @@ pub fn clusters(ctx: &PushContext, proxy: &Proxy) -> Vec<SharedResource> {
     resources
 }
 
+/// An ingress listener of the proxy's Sidecar resource with a `defaultEndpoint` on a TCP
+/// address: where its traffic goes.
+#[derive(Debug)]
+pub struct SidecarIngress<'a> {
+    pub port: &'a mesh_proto::networking::SidecarPort,
+    /// Address the listener binds (`bind`, else all addresses).
+    pub bind: String,
+    /// The `inbound|PORT||` cluster it forwards to.
+    pub cluster: String,
+    pub address: String,
+    pub target: u32,
+}
+
+/// The Sidecar resource's ingress listeners with a `defaultEndpoint` of `IP:PORT`.
+pub fn sidecar_ingress<'a>(ctx: &'a PushContext, proxy: &Proxy) -> Vec<SidecarIngress<'a>> {
+    let Some(sc) = ctx.sidecar_for(proxy) else {
+        return Vec::new();
+    };
+    sc.spec
+        .ingress
+        .iter()
+        .filter_map(|ing| {
+            let endpoint = ing.default_endpoint.as_deref()?;
+            let (ip, port) = endpoint.rsplit_once(':')?;
+            let ip = ip.trim_start_matches('[').trim_end_matches(']');
+            Some(SidecarIngress {
+                port: &ing.port,
+                bind: ing.bind.clone().unwrap_or_else(|| "0.0.0.0".into()),
+                cluster: format!("inbound|{}||", ing.port.number),
+                address: ip.to_string(),
+                target: port.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
 fn base(ctx: &PushContext, name: String) -> Cluster {
     Cluster {
         name,
@@ -69,7 +146,13 @@ fn base(ctx: &PushContext, name: String) -> Cluster {
     }
 }
 
-fn outbound(ctx: &PushContext, svc: &Service, port: &Port, subset: Option<&str>) -> Cluster {
+fn outbound(
+    ctx: &PushContext,
+    svc: &Service,
+    port: &Port,
+    subset: Option<&str>,
+    policy: Option<&Policy>,
+) -> Cluster {
     let name = outbound_cluster_name(port.number, subset.unwrap_or(""), &svc.hostname);
     let mut c = base(ctx, name.clone());
     match svc.resolution {
@@ -83,6 +166,8 @@ fn outbound(ctx: &PushContext, svc: &Service, port: &Port, subset: Option<&str>)
         Resolution::Dns => {
             c.cluster_discovery_type =
                 Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32));
+            // Istio's single-stack default: IPv4 only.
+            c.dns_lookup_family = DnsLookupFamily::V4Only as i32;
             let selector = subset
                 .and_then(|s| ctx.subset(&svc.namespace, svc, s))
                 .map(|s| s.labels.clone())
@@ -110,9 +195,12 @@ fn outbound(ctx: &PushContext, svc: &Service, port: &Port, subset: Option<&str>)
             c.lb_policy = LbPolicy::ClusterProvided as i32;
         }
     }
-    if port.protocol.is_http2() {
-        set_http2(&mut c);
-    }
+    c.circuit_breakers = Some(CircuitBreakers {
+        thresholds: vec![default_thresholds()],
+        ..Default::default()
+    });
+    let default_policy = Policy::default();
+    apply_policy(&mut c, policy.unwrap_or(&default_policy), port);
     c
 }
 
@@ -162,16 +250,401 @@ pub fn lb_endpoint(address: &str, port: u32, weight: Option<u32>) -> LbEndpoint 
 }
 
 fn set_http2(c: &mut Cluster) {
-    let opts = HttpProtocolOptions {
-        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
-            ExplicitHttpConfig {
-                protocol_config: Some(explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+    set_http_options(c, true, false, None);
+}
+
+/// Sets the cluster's upstream HTTP options: the protocol (HTTP/2, the client's, or HTTP/1.1)
+/// and the common connection options.
+fn set_http_options(
+    c: &mut Cluster,
+    http2: bool,
+    use_client_protocol: bool,
+    common: Option<CoreHttpProtocolOptions>,
+) {
+    let protocol = if use_client_protocol {
+        UpstreamProtocolOptions::UseDownstreamProtocolConfig(UseDownstreamHttpConfig {
+            http_protocol_options: Some(Http1ProtocolOptions::default()),
+            http2_protocol_options: Some(Http2ProtocolOptions::default()),
+            ..Default::default()
+        })
+    } else {
+        UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+            protocol_config: Some(if http2 {
+                explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
                     Http2ProtocolOptions::default(),
-                )),
-            },
-        )),
+                )
+            } else {
+                explicit_http_config::ProtocolConfig::HttpProtocolOptions(
+                    Http1ProtocolOptions::default(),
+                )
+            }),
+        })
+    };
+    let opts = HttpProtocolOptions {
+        upstream_protocol_options: Some(protocol),
+        common_http_protocol_options: common,
         ..Default::default()
     };
     c.typed_extension_protocol_options
         .insert(HTTP_PROTOCOL_OPTIONS.to_string(), any(&opts));
+}
+
+// === traffic policy ===
+
+/// A traffic policy merged for one subset and port.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Policy {
+    pub load_balancer: Option<LoadBalancerSettings>,
+    pub connection_pool: Option<ConnectionPoolSettings>,
+    pub outlier_detection: Option<OutlierDetection>,
+    pub tls: Option<ClientTlsSettings>,
+}
+
+// === impl Policy ===
+
+impl Policy {
+    fn overlay(&mut self, p: &TrafficPolicy, port: u32) {
+        self.overlay_fields(
+            p.load_balancer.as_ref(),
+            p.connection_pool.as_ref(),
+            p.outlier_detection.as_ref(),
+            p.tls.as_ref(),
+        );
+        let port_level = p
+            .port_level_settings
+            .iter()
+            .find(|pl| pl.port.as_ref().and_then(|s| s.number) == Some(port));
+        if let Some(pl) = port_level {
+            self.overlay_fields(
+                pl.load_balancer.as_ref(),
+                pl.connection_pool.as_ref(),
+                pl.outlier_detection.as_ref(),
+                pl.tls.as_ref(),
+            );
+        }
+    }
+
+    fn overlay_fields(
+        &mut self,
+        lb: Option<&LoadBalancerSettings>,
+        pool: Option<&ConnectionPoolSettings>,
+        outlier: Option<&OutlierDetection>,
+        tls: Option<&ClientTlsSettings>,
+    ) {
+        if let Some(v) = lb {
+            self.load_balancer = Some(v.clone());
+        }
+        if let Some(v) = pool {
+            self.connection_pool = Some(v.clone());
+        }
+        if let Some(v) = outlier {
+            self.outlier_detection = Some(v.clone());
+        }
+        if let Some(v) = tls {
+            self.tls = Some(v.clone());
+        }
+    }
+}
+
+/// The policy of `dr` for `subset` (or the whole host) on `port`.
+pub fn merged_policy(dr: &DestinationRule, subset: Option<&Subset>, port: u32) -> Policy {
+    let mut policy = Policy::default();
+    if let Some(p) = &dr.traffic_policy {
+        policy.overlay(p, port);
+    }
+    if let Some(p) = subset.and_then(|s| s.traffic_policy.as_ref()) {
+        policy.overlay(p, port);
+    }
+    policy
+}
+
+/// The route hash policy for traffic to `svc`'s `subset` on `port`: what consistent hashing
+/// hashes, from the DestinationRule that applies to `proxy` (empty without consistent hash).
+pub fn hash_policy(
+    ctx: &PushContext,
+    proxy: &Proxy,
+    svc: &Service,
+    subset: &str,
+    port: u32,
+) -> Vec<HashPolicy> {
+    let Some(dr) = ctx.destination_rule(&proxy.namespace, svc) else {
+        return Vec::new();
+    };
+    let subset = dr.spec.subsets.iter().find(|s| s.name == subset);
+    let policy = merged_policy(&dr.spec, subset, port);
+    let Some(ch) = policy
+        .load_balancer
+        .as_ref()
+        .and_then(|lb| lb.consistent_hash.as_ref())
+    else {
+        return Vec::new();
+    };
+    let specifier = if let Some(h) = &ch.http_header_name {
+        PolicySpecifier::Header(hash_policy::Header {
+            header_name: h.clone(),
+            ..Default::default()
+        })
+    } else if let Some(c) = &ch.http_cookie {
+        PolicySpecifier::Cookie(hash_policy::Cookie {
+            name: c.name.clone(),
+            ttl: c.ttl.as_ref().map(|t| duration(t.as_std())),
+            path: c.path.clone().unwrap_or_default(),
+            attributes: c
+                .attributes
+                .iter()
+                .map(|a| hash_policy::CookieAttribute {
+                    name: a.name.clone(),
+                    value: a.value.clone().unwrap_or_default(),
+                })
+                .collect(),
+        })
+    } else if ch.use_source_ip == Some(true) {
+        PolicySpecifier::ConnectionProperties(hash_policy::ConnectionProperties { source_ip: true })
+    } else if let Some(q) = &ch.http_query_parameter_name {
+        PolicySpecifier::QueryParameter(hash_policy::QueryParameter { name: q.clone() })
+    } else {
+        return Vec::new();
+    };
+    vec![HashPolicy {
+        policy_specifier: Some(specifier),
+        ..Default::default()
+    }]
+}
+
+/// Istio's default circuit breakers: no limits (Envoy's defaults of 1024 would cap traffic).
+fn default_thresholds() -> Thresholds {
+    let max = Some(UInt32Value { value: u32::MAX });
+    Thresholds {
+        max_connections: max,
+        max_pending_requests: max,
+        max_requests: max,
+        max_retries: max,
+        track_remaining: true,
+        ..Default::default()
+    }
+}
+
+fn positive(v: Option<i32>) -> Option<UInt32Value> {
+    v.filter(|v| *v > 0)
+        .map(|v| UInt32Value { value: v as u32 })
+}
+
+fn apply_policy(c: &mut Cluster, policy: &Policy, port: &Port) {
+    if let Some(lb) = &policy.load_balancer {
+        apply_lb(c, lb);
+    }
+    let mut http_common = None;
+    let mut use_client_protocol = false;
+    let mut http2 = port.protocol.is_http2();
+    if let Some(pool) = &policy.connection_pool {
+        let mut t = default_thresholds();
+        if let Some(tcp) = &pool.tcp {
+            if let Some(v) = positive(tcp.max_connections) {
+                t.max_connections = Some(v);
+            }
+            if let Some(ct) = &tcp.connect_timeout {
+                c.connect_timeout = Some(duration(ct.as_std()));
+            }
+            if let Some(ka) = &tcp.tcp_keepalive {
+                c.upstream_connection_options = Some(UpstreamConnectionOptions {
+                    tcp_keepalive: Some(TcpKeepalive {
+                        keepalive_probes: ka.probes.map(|value| UInt32Value { value }),
+                        keepalive_time: ka.time.as_ref().map(|d| UInt32Value {
+                            value: d.as_std().as_secs() as u32,
+                        }),
+                        keepalive_interval: ka.interval.as_ref().map(|d| UInt32Value {
+                            value: d.as_std().as_secs() as u32,
+                        }),
+                    }),
+                    ..Default::default()
+                });
+            }
+            if let Some(d) = &tcp.max_connection_duration {
+                http_common
+                    .get_or_insert_with(CoreHttpProtocolOptions::default)
+                    .max_connection_duration = Some(duration(d.as_std()));
+            }
+            if let Some(d) = &tcp.idle_timeout {
+                http_common
+                    .get_or_insert_with(CoreHttpProtocolOptions::default)
+                    .idle_timeout = Some(duration(d.as_std()));
+            }
+        }
+        if let Some(http) = &pool.http {
+            if let Some(v) = positive(http.http1_max_pending_requests) {
+                t.max_pending_requests = Some(v);
+            }
+            if let Some(v) = positive(http.http2_max_requests) {
+                t.max_requests = Some(v);
+            }
+            if let Some(v) = positive(http.max_retries) {
+                t.max_retries = Some(v);
+            }
+            if let Some(v) = positive(http.max_requests_per_connection) {
+                http_common
+                    .get_or_insert_with(CoreHttpProtocolOptions::default)
+                    .max_requests_per_connection = Some(v);
+            }
+            if let Some(d) = &http.idle_timeout {
+                http_common
+                    .get_or_insert_with(CoreHttpProtocolOptions::default)
+                    .idle_timeout = Some(duration(d.as_std()));
+            }
+            if http.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade) && port.protocol.is_http() {
+                http2 = true;
+            }
+            use_client_protocol = http.use_client_protocol == Some(true);
+        }
+        c.circuit_breakers = Some(CircuitBreakers {
+            thresholds: vec![t],
+            ..Default::default()
+        });
+    }
+    if http2 || use_client_protocol || (http_common.is_some() && port.protocol.is_http()) {
+        set_http_options(c, http2, use_client_protocol, http_common);
+    }
+    if let Some(od) = &policy.outlier_detection {
+        apply_outlier(c, od);
+    }
+    if let Some(tls) = &policy.tls {
+        apply_tls(c, tls);
+    }
+}
+
+fn apply_lb(c: &mut Cluster, lb: &LoadBalancerSettings) {
+    if c.lb_policy == LbPolicy::ClusterProvided as i32 {
+        return;
+    }
+    if let Some(ch) = &lb.consistent_hash {
+        if let Some(m) = &ch.maglev {
+            c.lb_policy = LbPolicy::Maglev as i32;
+            c.lb_config = Some(LbConfig::MaglevLbConfig(MaglevLbConfig {
+                table_size: m.table_size.map(|value| UInt64Value { value }),
+            }));
+        } else {
+            let size = ch
+                .ring_hash
+                .as_ref()
+                .and_then(|r| r.minimum_ring_size)
+                .or(ch.minimum_ring_size)
+                .unwrap_or(1024);
+            c.lb_policy = LbPolicy::RingHash as i32;
+            c.lb_config = Some(LbConfig::RingHashLbConfig(RingHashLbConfig {
+                minimum_ring_size: Some(UInt64Value { value: size }),
+                ..Default::default()
+            }));
+        }
+        return;
+    }
+    match lb.simple {
+        Some(SimpleLb::RoundRobin) => c.lb_policy = LbPolicy::RoundRobin as i32,
+        Some(SimpleLb::LeastConn | SimpleLb::LeastRequest) => {
+            c.lb_policy = LbPolicy::LeastRequest as i32
+        }
+        Some(SimpleLb::Random) => c.lb_policy = LbPolicy::Random as i32,
+        Some(SimpleLb::Passthrough) => {
+            c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(
+                DiscoveryType::OriginalDst as i32,
+            ));
+            c.eds_cluster_config = None;
+            c.load_assignment = None;
+            c.lb_policy = LbPolicy::ClusterProvided as i32;
+        }
+        Some(SimpleLb::Unspecified) | None => {}
+    }
+}
+
+/// Istio's outlier detection: consecutive 5xx and gateway errors eject, success-rate
+/// ejection is off, and `minHealthPercent` is the panic threshold (0 when not set).
+fn apply_outlier(c: &mut Cluster, od: &OutlierDetection) {
+    let pct = |v: u32| Some(UInt32Value { value: v });
+    let mut out = EnvoyOutlierDetection {
+        enforcing_success_rate: pct(0),
+        ..Default::default()
+    };
+    let five_xx = od
+        .consecutive_5xx_errors
+        .or(od.consecutive_errors.filter(|v| *v > 0).map(|v| v as u32));
+    match five_xx {
+        Some(v) => {
+            out.consecutive_5xx = pct(v);
+            out.enforcing_consecutive_5xx = pct(if v > 0 { 100 } else { 0 });
+        }
+        None if od.consecutive_gateway_errors.is_some() => {
+            out.enforcing_consecutive_5xx = pct(0);
+        }
+        None => {}
+    }
+    if let Some(v) = od.consecutive_gateway_errors {
+        out.consecutive_gateway_failure = pct(v);
+        out.enforcing_consecutive_gateway_failure = pct(if v > 0 { 100 } else { 0 });
+    }
+    if od.split_external_local_origin_errors == Some(true) {
+        out.split_external_local_origin_errors = true;
+        if let Some(v) = od.consecutive_local_origin_failures {
+            out.consecutive_local_origin_failure = pct(v);
+            out.enforcing_consecutive_local_origin_failure = pct(100);
+        }
+    }
+    if let Some(i) = &od.interval {
+        out.interval = Some(duration(i.as_std()));
+    }
+    if let Some(b) = &od.base_ejection_time {
+        out.base_ejection_time = Some(duration(b.as_std()));
+    }
+    if let Some(m) = od.max_ejection_percent.filter(|m| *m >= 0) {
+        out.max_ejection_percent = pct(m.min(100) as u32);
+    }
+    c.outlier_detection = Some(out);
+    let min_health = od.min_health_percent.unwrap_or(0).clamp(0, 100);
+    c.common_lb_config = Some(CommonLbConfig {
+        healthy_panic_threshold: Some(EnvoyPercent {
+            value: f64::from(min_health),
+        }),
+        ..Default::default()
+    });
+}
+
+/// Client TLS from files (SIMPLE, MUTUAL). ISTIO_MUTUAL needs the mesh's certificates,
+/// delivered over SDS by Citadel; until then it leaves the cluster in plain text.
+fn apply_tls(c: &mut Cluster, tls: &ClientTlsSettings) {
+    let mode = tls.mode.unwrap_or(ClientTlsMode::Disable);
+    if !matches!(mode, ClientTlsMode::Simple | ClientTlsMode::Mutual) {
+        return;
+    }
+    let file = |f: &str| DataSource {
+        specifier: Some(data_source::Specifier::Filename(f.to_string())),
+        ..Default::default()
+    };
+    let mut common = CommonTlsContext::default();
+    if let Some(ca) = tls
+        .ca_certificates
+        .as_deref()
+        .filter(|_| tls.insecure_skip_verify != Some(true))
+    {
+        common.validation_context_type = Some(ValidationContextType::ValidationContext(
+            CertificateValidationContext {
+                trusted_ca: Some(file(ca)),
+                ..Default::default()
+            },
+        ));
+    }
+    if mode == ClientTlsMode::Mutual
+        && let (Some(cert), Some(key)) = (&tls.client_certificate, &tls.private_key)
+    {
+        common.tls_certificates = vec![TlsCertificate {
+            certificate_chain: Some(file(cert)),
+            private_key: Some(file(key)),
+            ..Default::default()
+        }];
+    }
+    let ctx = UpstreamTlsContext {
+        common_tls_context: Some(common),
+        sni: tls.sni.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    c.transport_socket = Some(TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(&ctx))),
+    });
 }

@@ -3,8 +3,13 @@
 
 pub mod cds;
 pub mod eds;
+pub mod gateway;
 pub mod lds;
 pub mod rds;
+pub mod route;
 mod util;
 
 pub use util::{duration, socket_address};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,216 @@
+//! Shared helpers of the `pilot_traffic_*` tests: a mesh of Pilot and one Envoy sidecar with an
+//! HTTP proxy port, services as ServiceEntries, request counting, and upstreams that misbehave
+//! on purpose (slow, flaky, always failing).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use mesh_tests::mesh::{Pilot, eventually};
+use mesh_tests::{Envoy, HttpResponse, Upstream, free_port, http_get};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub const NODE: &str = "sidecar~127.0.0.30~productpage-1.default~default.svc.cluster.local";
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A ServiceEntry for `name.default.svc.cluster.local:9080` (HTTP) with one endpoint per
+/// `(address, version)`.
+pub fn service_entry(name: &str, endpoints: &[(SocketAddr, &str)]) -> String {
+    let mut eps = String::new();
+    for (addr, version) in endpoints {
+        eps.push_str(&format!(
+            "  - address: {}\n    ports: {{http: {}}}\n    labels: {{app: {name}, version: {version}}}\n",
+            addr.ip(),
+            addr.port()
+        ));
+    }
+    format!(
+        "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata:\n  name: {name}\nspec:\n  hosts: [{name}.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - number: 9080\n    name: http\n    protocol: HTTP\n  endpoints:\n{eps}"
+    )
+}
+
+/// A DestinationRule with subsets `v1`, `v2`, `v3` by `version` label for `host`.
+pub fn subsets(host: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata:\n  name: {host}\nspec:\n  host: {host}\n  subsets:\n  - name: v1\n    labels: {{version: v1}}\n  - name: v2\n    labels: {{version: v2}}\n  - name: v3\n    labels: {{version: v3}}\n"
+    )
+}
+
+pub async fn upstream(name: &str) -> Upstream {
+    Upstream::start(name, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Pilot serving `files`, and one sidecar with an HTTP proxy port.
+pub struct Mesh {
+    pub pilot: Pilot,
+    pub envoy: Envoy,
+    pub port: u16,
+}
+
+// === impl Mesh ===
+
+impl Mesh {
+    pub async fn start(files: &[(&str, &str)]) -> Mesh {
+        Mesh::start_with(files, "", &[]).await
+    }
+
+    pub async fn start_with(files: &[(&str, &str)], mesh: &str, labels: &[&str]) -> Mesh {
+        let pilot = Pilot::start(files, mesh, &[]).await.unwrap();
+        let port = free_port();
+        let meta_port = format!("PROXY_HTTP_PORT={port}");
+        let mut args = vec!["--meta", "INTERCEPTION_MODE=NONE", "--meta", &meta_port];
+        for l in labels {
+            args.push("--label");
+            args.push(l);
+        }
+        let envoy = pilot.sidecar(NODE, &args).await.unwrap();
+        Mesh { pilot, envoy, port }
+    }
+
+    /// GET `path` for `host` through the proxy port, with extra headers.
+    pub async fn get(
+        &self,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<HttpResponse> {
+        let mut all = vec![("host", host)];
+        all.extend_from_slice(headers);
+        http_get(&format!("http://127.0.0.1:{}{path}", self.port), &all).await
+    }
+
+    /// Sends `n` requests and counts the answers by `"STATUS BODY"` (body trimmed).
+    pub async fn count(
+        &self,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        n: usize,
+    ) -> anyhow::Result<BTreeMap<String, usize>> {
+        let mut out = BTreeMap::new();
+        for _ in 0..n {
+            let r = self.get(host, path, headers).await?;
+            *out.entry(format!("{} {}", r.status.as_u16(), r.body.trim()))
+                .or_insert(0) += 1;
+        }
+        Ok(out)
+    }
+
+    /// Waits until `n` requests all answer `expect` (`"STATUS BODY"`).
+    pub async fn wait_for(&self, host: &str, path: &str, headers: &[(&str, &str)], expect: &str) {
+        eventually(expect, WAIT, || async {
+            let c = self.count(host, path, headers, 3).await?;
+            Ok(c.len() == 1 && c.contains_key(expect))
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Asserts Envoy accepted all config, then stops it.
+    pub async fn finish(self) {
+        for stat in [
+            "cluster_manager.cds.update_rejected",
+            "listener_manager.lds.update_rejected",
+        ] {
+            let n = self.envoy.stat(stat).await.unwrap().unwrap_or(0);
+            assert_eq!(
+                n,
+                0,
+                "Envoy rejected config ({stat}):\n{}",
+                self.envoy.logs()
+            );
+        }
+        let syncz = self.pilot.debug("/debug/syncz").await.unwrap();
+        assert_ne!(syncz[0]["types"]["rds"]["status"], "NACKED", "{syncz}");
+        self.envoy.stop().await.unwrap();
+    }
+}
+
+/// How a [`RawServer`] answers.
+#[derive(Debug, Clone, Copy)]
+pub enum Behaviour {
+    /// Waits this long, then answers 200 `<name>`.
+    Slow(Duration),
+    /// Answers 503 to the first `n` requests of every `n + 1`, then 200.
+    Flaky(u64),
+    /// Always answers 503.
+    Failing,
+}
+
+/// A tiny HTTP/1.1 server with a deliberate misbehaviour; one request per connection.
+pub struct RawServer {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+// === impl RawServer ===
+
+impl RawServer {
+    pub async fn start(name: &str, behaviour: Behaviour) -> RawServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicU64::new(0));
+        let name = name.to_string();
+        let counter = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let counter = counter.clone();
+                let name = name.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 2048];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let seq = counter.fetch_add(1, Ordering::SeqCst);
+                    let status = match behaviour {
+                        Behaviour::Slow(d) => {
+                            tokio::time::sleep(d).await;
+                            200
+                        }
+                        Behaviour::Flaky(n) if seq % (n + 1) < n => 503,
+                        Behaviour::Flaky(_) => 200,
+                        Behaviour::Failing => 503,
+                    };
+                    let body = format!("{name}\n");
+                    let resp = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(resp.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        RawServer {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for RawServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
