@@ -13,7 +13,7 @@ help: ## list the targets
 run: deps ## build and run pilot, mixer and citadel on the sample config (Ctrl-C stops all)
 	@bash tests/scripts/demo.sh
 
-test: deps lint unit ## everything CI runs: fmt, clippy, unit and integration tests with real Envoy
+test: deps lint unit ## everything CI runs: fmt, clippy, unit and integration tests (real Envoy, local Kubernetes)
 
 deps: ## install what builds and tests need (toolchain, curl, python3 pip, Envoy)
 	@bash tests/scripts/deps.sh
@@ -31,8 +31,13 @@ fmt: ## format the code
 build: ## build every crate
 	$(CARGO) build --workspace --locked
 
-unit: ## unit and integration tests (real Envoy)
+# The cluster_* tests need the local Kubernetes: started here (built from the Go module proxy
+# on first use, several minutes; reused when already up) and left running (`make cluster-down`
+# stops it; .ci/run does). MESH_SKIP_CLUSTER=1 skips both the start and those tests.
+unit: ## unit and integration tests (real Envoy; local Kubernetes for tests/tests/cluster_*.rs)
 	$(CARGO) build --workspace --bins --locked
+	@if [[ "$${MESH_SKIP_CLUSTER:-}" == 1 ]]; then echo "MESH_SKIP_CLUSTER=1: not starting the local Kubernetes; cluster tests skip"; \
+	else bash tests/cluster/cluster.sh up; fi
 	ENVOY_BIN="$$(bash tests/scripts/install-envoy.sh)" $(CARGO) test --workspace --locked
 
 cluster: ## start the local Kubernetes (etcd, kube-apiserver, controller-manager, kwok)

@@ -5,8 +5,9 @@
 //! Typed kinds get their schema from the spec type (through kube's `CustomResource` derive and
 //! schemars); the per-adapter and per-template Mixer kinds get a spec that preserves unknown
 //! fields. Every CRD serves all of the kind's [`versions`](Kind::versions) with one schema, the
-//! first being the storage version; `spec` is optional (Istio allows empty specs) and `status`
-//! is free-form. `manifests/crds.yaml` is the output of [`crds_yaml`]:
+//! first being the storage version; `spec` is optional and nullable (Istio allows empty specs,
+//! and its own files write `spec:` with nothing after it, e.g. a `checknothing` instance) and
+//! `status` is free-form. `manifests/crds.yaml` is the output of [`crds_yaml`]:
 //! `cargo run -p mesh-proto --bin gen-crds -- --out manifests/crds.yaml`.
 //!
 //! [`parse_spec`]: crate::parse_spec
@@ -82,8 +83,9 @@ pub fn crds_yaml() -> String {
     out
 }
 
-/// Applies what every CRD shares: one version entry per served version, optional `spec`,
-/// free-form `status`, and no schema defaults (the API server would write them into objects).
+/// Applies what every CRD shares: one version entry per served version, optional and nullable
+/// `spec`, free-form `status`, and no schema defaults (the API server would write them into
+/// objects).
 fn finish(kind: &Kind, mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
     let template = crd
         .spec
@@ -127,6 +129,10 @@ fn finish_schema(mut root: Value) -> Value {
             }
         }
         if let Some(props) = obj.get_mut("properties").and_then(Value::as_object_mut) {
+            if let Some(spec) = props.get_mut("spec").and_then(Value::as_object_mut) {
+                // `spec:` with no value is null; Istio accepts it as an empty spec.
+                spec.insert("nullable".into(), Value::Bool(true));
+            }
             props.insert(
                 "status".into(),
                 json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
@@ -173,6 +179,7 @@ fn free_form_crd(kind: &Kind) -> CustomResourceDefinition {
             "spec": {
                 "type": "object",
                 "description": format!("The {what}'s params, checked by Mixer when it loads them."),
+                "nullable": true,
                 "x-kubernetes-preserve-unknown-fields": true,
             },
         },

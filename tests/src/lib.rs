@@ -12,6 +12,9 @@
 //! - [`Service`] runs one of this project's binaries (built on demand) with its monitoring
 //!   server on a free port.
 //!
+//! - [`cluster`]: the local Kubernetes cluster (`tests/cluster/`) for the `cluster_*` tests:
+//!   started once per run, a namespace per test, a kube client and kubectl on its kubeconfig.
+//!
 //! All traffic stays on `127.0.0.0/8`.
 //!
 //! ```no_run
@@ -26,12 +29,14 @@
 //! # let _ = up; Ok(()) }
 //! ```
 
+pub mod cluster;
 mod envoy;
 mod http;
 pub mod mesh;
 mod service;
 mod upstream;
 
+pub use cluster::{Cluster, TestNamespace};
 pub use envoy::{Envoy, READY_TIMEOUT, envoy_binary};
 pub use http::{HttpResponse, http_get, http_request};
 /// Re-exported for [`http_request`] callers and status checks.

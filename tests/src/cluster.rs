@@ -1,0 +1,654 @@
+//! The local Kubernetes test cluster (`tests/cluster/`), shared by every test of a run.
+//!
+//! [`Cluster::shared`] runs `tests/cluster/cluster.sh up` once per test process: the first
+//! caller builds (cold: several minutes) or starts (cached: about 10 s) the cluster, or finds
+//! it already up and reuses it; every later caller gets the same [`Cluster`] (or the same
+//! error). A lock file (`target/cluster.lock`) serialises `up` across test binaries running at
+//! the same time. The cluster is left running: `tests/cluster/cluster.sh down` (or
+//! `make cluster-down`) stops it; CI does so at the end of `.ci/run`.
+//!
+//! Tests that need the cluster live in `tests/tests/cluster_*.rs` and start with
+//! [`Cluster::for_test`]. When the cluster cannot be started they **fail**; setting
+//! `MESH_SKIP_CLUSTER=1` makes them print a line and pass without running instead (for
+//! machines without Go). Each test works in its own namespace ([`Cluster::namespace`]),
+//! deleted when the [`TestNamespace`] is dropped (`MESH_KEEP_NAMESPACES=1` keeps them for a
+//! look after a failure).
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use mesh_tests::cluster::Cluster;
+//! let Some(cluster) = Cluster::for_test().await? else { return Ok(()) };
+//! cluster.install_crds().await?;
+//! let ns = cluster.namespace("demo").await?;
+//! cluster.kubectl_ok(["apply", "--server-side", "-n", ns.name(), "-f", "x.yaml"]).await?;
+//! let client = cluster.client().await?;
+//! # let _ = client;
+//! ns.cleanup().await
+//! # }
+//! ```
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
+use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::OnceCell;
+
+use crate::repo_root;
+
+/// Set to `1` to skip cluster tests (they print a line and pass) instead of failing when the
+/// cluster cannot be started.
+pub const SKIP_ENV: &str = "MESH_SKIP_CLUSTER";
+/// Set to `1` to keep test namespaces instead of deleting them.
+pub const KEEP_NAMESPACES_ENV: &str = "MESH_KEEP_NAMESPACES";
+/// The field manager of everything the tests apply server-side.
+pub const FIELD_MANAGER: &str = "mesh-tests";
+/// How long [`Cluster::install_crds`] waits for every CRD to become Established.
+pub const CRD_ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The running local cluster: its kubeconfig, and helpers to talk to it.
+pub struct Cluster {
+    root: PathBuf,
+    kubeconfig: PathBuf,
+    crds: OnceCell<Result<(), String>>,
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cluster")
+            .field("kubeconfig", &self.kubeconfig)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// The cluster of this test run, started (or found up) on first use.
+    ///
+    /// The outcome of the first call, success or failure, is kept for the whole process, so
+    /// a failed start is not retried by every test.
+    pub async fn shared() -> anyhow::Result<&'static Cluster> {
+        static SHARED: OnceCell<Result<Cluster, String>> = OnceCell::const_new();
+        let outcome = SHARED
+            .get_or_init(|| async {
+                let root = repo_root();
+                tokio::task::spawn_blocking(move || start(&root))
+                    .await
+                    .map_err(|e| format!("starting the cluster panicked: {e}"))
+                    .and_then(|r| r.map_err(|e| format!("{e:#}")))
+            })
+            .await;
+        match outcome {
+            Ok(cluster) => Ok(cluster),
+            Err(e) => bail!(
+                "the local Kubernetes cluster could not be started: {e}\n\
+                 (set {SKIP_ENV}=1 to skip the cluster tests instead)"
+            ),
+        }
+    }
+
+    /// [`Cluster::shared`] for a test: `None` (after printing why) when `MESH_SKIP_CLUSTER=1`
+    /// is set, so the test returns early; otherwise the cluster, or an error that fails the
+    /// test.
+    pub async fn for_test() -> anyhow::Result<Option<&'static Cluster>> {
+        if std::env::var_os(SKIP_ENV).is_some_and(|v| v == "1") {
+            // Straight to stderr, past the test harness's capture: a skip should be seen.
+            let _ = writeln!(
+                std::io::stderr(),
+                "{SKIP_ENV}=1: skipping a test that needs the local Kubernetes cluster"
+            );
+            return Ok(None);
+        }
+        Self::shared().await.map(Some)
+    }
+
+    /// The admin kubeconfig (`target/cluster/kubeconfig`).
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.kubeconfig.clone()
+    }
+
+    /// The repository root the cluster was started from.
+    pub fn repo_root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A new client of the cluster (the kubeconfig's admin user).
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        mesh_runtime::kube_client::connect(Some(&self.kubeconfig))
+            .await
+            .with_context(|| format!("kube client from {}", self.kubeconfig.display()))
+    }
+
+    /// Runs `kubectl --kubeconfig <ours> ARGS`, whatever its exit status (an error only when
+    /// kubectl cannot be run).
+    pub async fn kubectl<I, S>(&self, args: I) -> anyhow::Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.kubectl_with_stdin(args, None).await
+    }
+
+    /// [`Cluster::kubectl`] that fails (with kubectl's output) unless kubectl exits with 0;
+    /// returns its stdout.
+    pub async fn kubectl_ok<I, S>(&self, args: I) -> anyhow::Result<String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let out = self.kubectl(&args).await?;
+        checked(&args, out)
+    }
+
+    /// Runs kubectl with `input` on its stdin (e.g. `apply -f -`), whatever its exit status.
+    pub async fn kubectl_with_stdin<I, S>(
+        &self,
+        args: I,
+        input: Option<&[u8]>,
+    ) -> anyhow::Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = tokio::process::Command::new(kubectl_bin());
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().context("running kubectl")?;
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            stdin.write_all(input).await.context("kubectl stdin")?;
+            // Dropping stdin closes it: kubectl sees the end of its input.
+        }
+        child
+            .wait_with_output()
+            .await
+            .context("waiting for kubectl")
+    }
+
+    /// Server-side applies a YAML (or JSON) stream into `namespace`, strictly validated by
+    /// the API server; fails with kubectl's message when any object is refused.
+    pub async fn apply(&self, namespace: &str, yaml: &str) -> anyhow::Result<String> {
+        let args = apply_args(namespace);
+        let out = self
+            .kubectl_with_stdin(&args, Some(yaml.as_bytes()))
+            .await?;
+        checked(&args, out)
+    }
+
+    /// Installs the mesh's CRDs (`manifests/crds.yaml`, server-side apply: idempotent) and
+    /// waits until every one of them is Established. Done once per process; later calls
+    /// return the first call's outcome.
+    pub async fn install_crds(&self) -> anyhow::Result<()> {
+        let outcome = self
+            .crds
+            .get_or_init(|| async { self.install_crds_now().await.map_err(|e| format!("{e:#}")) })
+            .await;
+        outcome
+            .clone()
+            .map_err(|e| anyhow::anyhow!("installing manifests/crds.yaml: {e}"))
+    }
+
+    async fn install_crds_now(&self) -> anyhow::Result<()> {
+        let path = self.root.join("manifests/crds.yaml");
+        let names = crd_names(&path)?;
+        let manifest = path.to_string_lossy().into_owned();
+        self.kubectl_ok([
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager",
+            FIELD_MANAGER,
+            "-f",
+            &manifest,
+        ])
+        .await?;
+        self.wait_established(&names, CRD_ESTABLISHED_TIMEOUT).await
+    }
+
+    /// Waits until each named CRD has the condition `Established=True`.
+    pub async fn wait_established(
+        &self,
+        names: &[String],
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let api: Api<CustomResourceDefinition> = Api::all(self.client().await?);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut pending = Vec::new();
+            for name in names {
+                let established = api.get_opt(name).await?.is_some_and(|crd| {
+                    crd.status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                });
+                if !established {
+                    pending.push(name.as_str());
+                }
+            }
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} CRDs not Established after {timeout:?}: {}",
+                    pending.len(),
+                    pending.join(", ")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Creates a namespace named `<prefix>-<unique suffix>` for one test.
+    pub async fn namespace(&self, prefix: &str) -> anyhow::Result<TestNamespace> {
+        let name = unique_name(prefix);
+        let client = self.client().await?;
+        let api: Api<Namespace> = Api::all(client.clone());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some([("mesh-tests".to_string(), "true".to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &ns)
+            .await
+            .with_context(|| format!("creating namespace {name}"))?;
+        Ok(TestNamespace {
+            name,
+            client,
+            kubeconfig: self.kubeconfig.clone(),
+            done: false,
+        })
+    }
+}
+
+/// A namespace of one test; deleted (best effort, not waiting for its contents to go) when
+/// dropped, or by [`TestNamespace::cleanup`].
+pub struct TestNamespace {
+    name: String,
+    client: kube::Client,
+    kubeconfig: PathBuf,
+    done: bool,
+}
+
+impl fmt::Debug for TestNamespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TestNamespace")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestNamespace {
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A client of the cluster (the one that created the namespace).
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// Deletes the namespace now (unless `MESH_KEEP_NAMESPACES=1`), reporting failures.
+    pub async fn cleanup(mut self) -> anyhow::Result<()> {
+        self.done = true;
+        if keep_namespaces() {
+            eprintln!("{KEEP_NAMESPACES_ENV}=1: keeping namespace {}", self.name);
+            return Ok(());
+        }
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        match api.delete(&self.name, &DeleteParams::background()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("deleting namespace {}", self.name)),
+        }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if keep_namespaces() {
+            eprintln!("{KEEP_NAMESPACES_ENV}=1: keeping namespace {}", self.name);
+            return;
+        }
+        // No runtime to await on here (it may be shutting down): a short blocking kubectl,
+        // which asks for the deletion and does not wait for it.
+        let _ = std::process::Command::new(kubectl_bin())
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["delete", "namespace", &self.name, "--wait=false"])
+            .args(["--ignore-not-found", "--request-timeout=10s"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A YAML stream with every document that names a namespace moved to `namespace` (documents
+/// without one are left as they are: `kubectl apply -n` puts namespaced ones there); empty
+/// documents dropped. Returns the documents as JSON, separated by `---` lines, and how many.
+///
+/// Cross-references by name (`reviews.default.svc.cluster.local`, a handler's
+/// `name.istio-system`) are strings the API server does not check, and stay as they are.
+pub fn move_to_namespace(yaml: &str, namespace: &str) -> anyhow::Result<(String, usize)> {
+    let mut docs = Vec::new();
+    for (i, doc) in yaml_serde::Deserializer::from_str(yaml).enumerate() {
+        let mut doc: serde_json::Value = serde::Deserialize::deserialize(doc)
+            .with_context(|| format!("YAML document {}", i + 1))?;
+        if doc.is_null() {
+            continue;
+        }
+        if let Some(ns) = doc.get_mut("metadata").and_then(|m| m.get_mut("namespace")) {
+            *ns = namespace.into();
+        }
+        docs.push(serde_json::to_string(&doc)?);
+    }
+    let n = docs.len();
+    Ok((docs.join("\n---\n"), n))
+}
+
+/// The arguments of a strict server-side apply of stdin into `namespace`.
+fn apply_args(namespace: &str) -> Vec<String> {
+    [
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--validate=strict",
+        "--field-manager",
+        FIELD_MANAGER,
+        "-n",
+        namespace,
+        "-f",
+        "-",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn checked<S: AsRef<OsStr>>(args: &[S], out: Output) -> anyhow::Result<String> {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        return Ok(stdout);
+    }
+    let args: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
+    bail!(
+        "`kubectl {}` failed ({}):\n{}{}",
+        args.join(" "),
+        out.status,
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn kubectl_bin() -> String {
+    std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into())
+}
+
+fn keep_namespaces() -> bool {
+    std::env::var_os(KEEP_NAMESPACES_ENV).is_some_and(|v| v == "1")
+}
+
+/// `<prefix>-<pid>-<counter>-<time>`, cut to a DNS label (63 characters, lower case).
+fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let suffix = format!("{:x}{n:x}{:x}", std::process::id(), nanos & 0xffff);
+    let mut prefix: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    prefix.truncate(62 - suffix.len());
+    let prefix = prefix.trim_matches('-');
+    if prefix.is_empty() {
+        format!("t-{suffix}")
+    } else {
+        format!("{prefix}-{suffix}")
+    }
+}
+
+/// The names of the CRDs in a manifest.
+fn crd_names(path: &Path) -> anyhow::Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut names = Vec::new();
+    for doc in yaml_serde::Deserializer::from_str(&text) {
+        let doc: serde_json::Value = serde::Deserialize::deserialize(doc)
+            .with_context(|| format!("parsing {}", path.display()))?;
+        if doc["kind"] == "CustomResourceDefinition"
+            && let Some(name) = doc["metadata"]["name"].as_str()
+        {
+            names.push(name.to_string());
+        }
+    }
+    if names.is_empty() {
+        bail!("{} holds no CustomResourceDefinition", path.display());
+    }
+    Ok(names)
+}
+
+/// Blocking: takes the lock file, then runs `cluster.sh up` (which returns at once when the
+/// cluster is already up).
+fn start(root: &Path) -> anyhow::Result<Cluster> {
+    let target = root.join("target");
+    std::fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
+    let lock_path = target.join("cluster.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    // Held until `lock` is dropped; the file is opened close-on-exec, so the cluster's
+    // processes do not inherit it.
+    lock.lock()
+        .with_context(|| format!("locking {}", lock_path.display()))?;
+    let script = root.join("tests/cluster/cluster.sh");
+    let t0 = Instant::now();
+    // stdout/stderr are inherited: a cold build takes minutes and says what it is doing.
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("up")
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !status.success() {
+        bail!(
+            "`{} up` failed ({status}) after {:.0?}; its logs are in target/cluster/logs/",
+            script.display(),
+            t0.elapsed()
+        );
+    }
+    let kubeconfig = root.join("target/cluster/kubeconfig");
+    if !kubeconfig.is_file() {
+        bail!(
+            "`cluster.sh up` succeeded but {} is missing",
+            kubeconfig.display()
+        );
+    }
+    ensure_scheduling(root, &kubeconfig)?;
+    drop(lock);
+    Ok(Cluster {
+        root: root.to_path_buf(),
+        kubeconfig,
+        crds: OnceCell::new(),
+    })
+}
+
+/// How long a probe pod may take to be bound to the node.
+const SCHEDULING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Checks that the scheduler binds pods, with a probe pod in `default`.
+///
+/// Once (on a loaded machine, right after a fresh start) kube-scheduler came up healthy but
+/// never scheduled anything: its queue stayed empty for good and every pod stayed Pending.
+/// When the probe is not bound in time, the scheduler (its pid from `cluster.sh`'s pid file)
+/// is stopped and `cluster.sh up` starts it again; the probe is then retried once.
+fn ensure_scheduling(root: &Path, kubeconfig: &Path) -> anyhow::Result<()> {
+    if probe_scheduling(kubeconfig)? {
+        return Ok(());
+    }
+    eprintln!(
+        "[mesh-tests] kube-scheduler did not bind a probe pod within {SCHEDULING_TIMEOUT:?}; \
+         restarting it"
+    );
+    let pid_file = root.join("target/cluster/kube-scheduler.pid");
+    let pid = std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("reading {}", pid_file.display()))?;
+    let pid = pid.trim();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    if exe.file_name().is_some_and(|n| n == "kube-scheduler") {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", pid])
+            .status();
+        for _ in 0..150 {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let status = std::process::Command::new("bash")
+        .arg(root.join("tests/cluster/cluster.sh"))
+        .arg("up")
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .status()?;
+    if !status.success() || !probe_scheduling(kubeconfig)? {
+        bail!(
+            "kube-scheduler does not schedule pods (a probe pod in `default` stayed Pending); \
+             see target/cluster/logs/kube-scheduler.log"
+        );
+    }
+    Ok(())
+}
+
+/// Creates a probe pod, waits for it to be bound to a node, deletes it; `Ok(false)` when it
+/// was not bound in time.
+fn probe_scheduling(kubeconfig: &Path) -> anyhow::Result<bool> {
+    let name = unique_name("mesh-tests-scheduler-probe");
+    let kubectl = |args: &[&str], input: Option<&str>| -> anyhow::Result<Output> {
+        let mut child = std::process::Command::new(kubectl_bin())
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["-n", "default"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running kubectl")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.unwrap_or_default().as_bytes())?;
+        }
+        Ok(child.wait_with_output()?)
+    };
+    let pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"mesh-tests": "scheduler-probe"}},
+        "spec": {
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "probe", "image": "mesh-tests/probe"}],
+        },
+    });
+    let args = ["create", "-f", "-"];
+    checked(&args, kubectl(&args, Some(&pod.to_string()))?)?;
+    let deadline = Instant::now() + SCHEDULING_TIMEOUT;
+    let bound = loop {
+        let out = kubectl(
+            &["get", "pod", &name, "-o", "jsonpath={.spec.nodeName}"],
+            None,
+        )?;
+        if out.status.success() && !out.stdout.trim_ascii().is_empty() {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let _ = kubectl(
+        &["delete", "pod", &name, "--wait=false", "--ignore-not-found"],
+        None,
+    );
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_names_are_dns_labels() {
+        let long = "A_very long prefix ".repeat(10);
+        for prefix in ["crds", "", "--", long.as_str()] {
+            let name = unique_name(prefix);
+            assert!(name.len() <= 63, "{name}");
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                "{name}"
+            );
+            assert!(!name.starts_with('-') && !name.ends_with('-'), "{name}");
+        }
+        assert_ne!(unique_name("x"), unique_name("x"));
+    }
+
+    #[test]
+    fn documents_move_to_the_namespace() {
+        let yaml = "a: 1\nmetadata: {name: x, namespace: other}\n---\n---\nmetadata: {name: y}\n";
+        let (out, n) = move_to_namespace(yaml, "ns").unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(
+            out,
+            "{\"a\":1,\"metadata\":{\"name\":\"x\",\"namespace\":\"ns\"}}\n---\n{\"metadata\":{\"name\":\"y\"}}"
+        );
+    }
+
+    #[test]
+    fn the_manifest_names_every_crd() {
+        let names = crd_names(&repo_root().join("manifests/crds.yaml")).unwrap();
+        assert!(
+            names
+                .iter()
+                .any(|n| n == "virtualservices.networking.istio.io")
+        );
+    }
+}
