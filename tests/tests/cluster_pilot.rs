@@ -197,14 +197,27 @@ async fn bookinfo_on_kubernetes_reaches_envoy() {
     .await
     .unwrap();
 
-    // The API server restarts: Pilot keeps serving, then resyncs.
+    // The API server dies: Pilot keeps serving, then resyncs once it is back.
     let pid_file = repo_root().join("target/cluster/kube-apiserver.pid");
-    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_string();
     std::process::Command::new("kill")
-        .args(["-TERM", pid.trim()])
+        .args(["-KILL", &pid])
         .status()
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    eventually("the API server is gone", WAIT, || async {
+        let alive = std::process::Command::new("kill")
+            .args(["-0", &pid])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        Ok(!alive)
+    })
+    .await
+    .unwrap();
     for _ in 0..3 {
         let r = via_proxy(proxy_port, &target, "/").await.unwrap();
         assert_eq!(
