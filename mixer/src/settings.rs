@@ -29,6 +29,33 @@ pub struct Cli {
     /// Address of the monitoring server (/ready, /metrics, /debug/*) [default: 0.0.0.0:15014].
     #[arg(long, value_name = "ADDR")]
     pub http_addr: Option<SocketAddr>,
+
+    /// Address of the gRPC server (ext_authz v3, access-log service v3) [default: 0.0.0.0:9091].
+    #[arg(long, value_name = "ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+
+    /// Address the prometheus adapter serves /metrics on [default: 0.0.0.0:42422].
+    #[arg(long, value_name = "ADDR")]
+    pub prometheus_addr: Option<SocketAddr>,
+
+    /// Namespace whose rules apply to every request [default: istio-system].
+    #[arg(long, value_name = "NAMESPACE")]
+    pub config_default_namespace: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Validates Mixer config files (like `istioctl validate`): exits 0 when every object is
+    /// valid, otherwise prints one line per problem and exits 1.
+    Validate {
+        /// Files to validate.
+        #[arg(short = 'f', long = "filename", value_name = "FILE", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+    },
 }
 
 /// The settings file: the same settings as the flags, in camelCase.
@@ -38,6 +65,9 @@ struct FileSettings {
     config_dir: Option<PathBuf>,
     kubeconfig: Option<PathBuf>,
     http_addr: Option<SocketAddr>,
+    grpc_addr: Option<SocketAddr>,
+    prometheus_addr: Option<SocketAddr>,
+    config_default_namespace: Option<String>,
 }
 
 /// Mixer's settings, resolved from flags, environment, settings file and defaults.
@@ -46,6 +76,9 @@ pub struct Settings {
     pub config_dir: Option<PathBuf>,
     pub kubeconfig: Option<PathBuf>,
     pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub prometheus_addr: SocketAddr,
+    pub config_default_namespace: String,
 }
 
 impl BinaryCli for Cli {
@@ -67,20 +100,41 @@ impl Settings {
                 .http_addr
                 .or(file.http_addr)
                 .unwrap_or_else(|| ([0, 0, 0, 0], 15014).into()),
+            grpc_addr: cli
+                .grpc_addr
+                .or(file.grpc_addr)
+                .unwrap_or_else(|| ([0, 0, 0, 0], 9091).into()),
+            prometheus_addr: cli
+                .prometheus_addr
+                .or(file.prometheus_addr)
+                .unwrap_or_else(|| ([0, 0, 0, 0], 42422).into()),
+            config_default_namespace: cli
+                .config_default_namespace
+                .or(file.config_default_namespace)
+                .unwrap_or_else(|| crate::config::DEFAULT_CONFIG_NAMESPACE.to_string()),
         })
     }
 }
 
 /// The kinds Mixer watches on Kubernetes, with the version it reads them at.
 pub fn watched_kinds() -> Vec<(Kind, String)> {
-    ["rule", "handler", "instance", "attributemanifest"]
+    let mut kinds = vec![
+        "rule",
+        "handler",
+        "instance",
+        "attributemanifest",
+        "QuotaSpec",
+        "QuotaSpecBinding",
+    ];
+    for (adapter, _) in crate::adapter::ADAPTERS {
+        kinds.push(adapter);
+    }
+    for (template, _, _) in crate::config::templates::TEMPLATES {
+        kinds.push(template);
+    }
+    kinds
         .into_iter()
-        .map(|k| {
-            let kind = Kind::Other {
-                group: "config.istio.io".to_string(),
-                kind: k.to_string(),
-            };
-            (kind, "v1alpha2".to_string())
-        })
+        .filter_map(|k| Kind::from_api_version("config.istio.io/v1alpha2", k).ok())
+        .map(|kind| (kind, "v1alpha2".to_string()))
         .collect()
 }

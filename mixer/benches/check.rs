@@ -1,0 +1,267 @@
+//! Mixer's speed: ext_authz checks over gRPC (Istio 1.0's default config plus the test
+//! policy: a denier, a listchecker and a memquota rule) with the load generator in the same
+//! process, and access-log entries dispatched to the prometheus (and stdio) adapters.
+//!
+//! Writes `target/bench/mixer.json` with `mixer_check_rps`, `mixer_check_p99_us` and
+//! `mixer_report_entries_per_s`. `MIXER_BENCH_SECS` sets the length of each phase (default 5),
+//! `MIXER_BENCH_CONCURRENCY` the checks in flight (default 16).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
+use envoy_types::pb::envoy::data::accesslog::v3::{
+    AccessLogCommon, HttpAccessLogEntry, HttpRequestProperties, HttpResponseProperties,
+};
+use envoy_types::pb::envoy::service::accesslog::v3::StreamAccessLogsMessage;
+use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::{
+    HttpAccessLogEntries, LogEntries,
+};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, attribute_context,
+};
+use mesh_runtime::Snapshot;
+use mixer::adapter::AdapterEnv;
+use mixer::config::{CompileOptions, Compiler};
+use mixer::dispatch::{Dispatcher, Metrics};
+
+// The same allocator as the mixer binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The default config and the test policy, with the stdio access log sent to /dev/null.
+fn dispatcher(start_tasks: bool) -> Arc<Dispatcher> {
+    let mut objects = BTreeMap::new();
+    for f in ["istio-1.0-default-config.yaml", "policy.yaml"] {
+        let path = fixtures().join(f);
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "  outputAsJson: true\n",
+            "  outputAsJson: true\n  logStream: FILE\n  outputPath: /dev/null\n",
+        );
+        for r in mesh_runtime::config::parse_file(&path, &text) {
+            let o = r.unwrap();
+            objects.insert(o.key.clone(), Arc::new(o));
+        }
+    }
+    let env = AdapterEnv {
+        prometheus: Default::default(),
+        start_tasks,
+        shutdown: Default::default(),
+    };
+    let metrics = Arc::new(Metrics::default());
+    let mut compiler = Compiler::new(CompileOptions::default(), env, metrics.clone());
+    let resolved = compiler.compile(&Snapshot::new(1, true, objects, Vec::new()));
+    assert!(resolved.refused.is_empty(), "{:#?}", resolved.refused);
+    // The compiler owns the handlers' task guards only through the config; keep it alive.
+    std::mem::forget(compiler);
+    Arc::new(Dispatcher::new(resolved, metrics))
+}
+
+fn check_request(i: usize) -> CheckRequest {
+    let user = if i.is_multiple_of(100) {
+        "john"
+    } else {
+        "jane"
+    };
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    id: format!("req-{i}"),
+                    method: "GET".into(),
+                    path: format!("/products/{}", i % 50),
+                    host: "productpage:9080".into(),
+                    headers: [
+                        ("x-user".to_string(), user.to_string()),
+                        ("user-agent".to_string(), "bench".to_string()),
+                        (":authority".to_string(), "productpage:9080".to_string()),
+                    ]
+                    .into_iter()
+                    .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: [
+                (
+                    "destination.service.name".to_string(),
+                    format!("svc{}", i % 10),
+                ),
+                (
+                    "destination.service.namespace".to_string(),
+                    "default".to_string(),
+                ),
+            ]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        }),
+    }
+}
+
+async fn bench_checks(secs: u64) -> (f64, f64) {
+    let d = dispatcher(true);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = mesh_runtime::Shutdown::new();
+    tokio::spawn(mixer::server::serve(listener, d, shutdown.clone()));
+    // Closed loop: CONCURRENCY requests in flight over 4 connections (as a few sidecars
+    // would hold), so latency is not just queueing behind an arbitrary backlog.
+    let concurrency: usize = std::env::var("MIXER_BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(16);
+    let connections = 4;
+    let per_connection = concurrency.div_ceil(connections).max(1);
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        clients.push(AuthorizationClient::new(channel));
+    }
+    // Warm up.
+    let mut warm = clients[0].clone();
+    for i in 0..1000 {
+        warm.check(check_request(i)).await.unwrap();
+    }
+    let end = Instant::now() + Duration::from_secs(secs);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, client) in clients.iter().enumerate() {
+        for t in 0..per_connection {
+            let mut client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut i = c * 1000 + t;
+                while Instant::now() < end {
+                    let req = check_request(i);
+                    let t0 = Instant::now();
+                    client.check(req).await.unwrap();
+                    latencies.push(t0.elapsed().as_micros() as u32);
+                    i += 17;
+                }
+                latencies
+            }));
+        }
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    shutdown.cancel();
+    all.sort_unstable();
+    let p99 = all[(all.len() * 99 / 100).min(all.len() - 1)] as f64;
+    (all.len() as f64 / elapsed, p99)
+}
+
+fn socket(ip: &str, port: u32) -> Option<Address> {
+    Some(Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip.into(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    })
+}
+
+fn bench_reports(secs: u64) -> f64 {
+    let d = dispatcher(false);
+    let cfg = d.config();
+    let entries: Vec<HttpAccessLogEntry> = (0..100)
+        .map(|i: u32| HttpAccessLogEntry {
+            common_properties: Some(AccessLogCommon {
+                downstream_remote_address: socket("10.0.0.1", 5000),
+                downstream_local_address: socket("10.0.0.2", 9080),
+                custom_tags: [
+                    (
+                        "destination.service.host".to_string(),
+                        format!("svc{}.default.svc.cluster.local", i % 10),
+                    ),
+                    (
+                        "destination.service.name".to_string(),
+                        format!("svc{}", i % 10),
+                    ),
+                ]
+                .into_iter()
+                .collect(),
+                time_to_last_downstream_tx_byte: Some(
+                    envoy_types::pb::google::protobuf::Duration {
+                        seconds: 0,
+                        nanos: 3_000_000,
+                    },
+                ),
+                ..Default::default()
+            }),
+            request: Some(HttpRequestProperties {
+                request_method: 1,
+                path: format!("/p/{i}"),
+                request_body_bytes: 100,
+                ..Default::default()
+            }),
+            response: Some(HttpResponseProperties {
+                response_code: Some(envoy_types::pb::google::protobuf::UInt32Value {
+                    value: if i.is_multiple_of(20) { 503 } else { 200 },
+                }),
+                response_body_bytes: 1000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let msg = StreamAccessLogsMessage {
+        identifier: None,
+        log_entries: Some(LogEntries::HttpLogs(HttpAccessLogEntries {
+            log_entry: entries,
+        })),
+    };
+    for _ in 0..20 {
+        mixer::server::accesslog::report_message(&d, &cfg, &msg);
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(secs) {
+        mixer::server::accesslog::report_message(&d, &cfg, &msg);
+        n += 100;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let secs: u64 = std::env::var("MIXER_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (rps, p99) = runtime.block_on(bench_checks(secs));
+    let reports = bench_reports(secs);
+    let result = serde_json::json!({
+        "mixer_check_rps": rps.round(),
+        "mixer_check_p99_us": p99,
+        "mixer_report_entries_per_s": reports.round(),
+    });
+    println!("{result}");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target.join("bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("mixer.json"),
+        serde_json::to_vec_pretty(&result).unwrap(),
+    )
+    .unwrap();
+}

@@ -1,0 +1,275 @@
+//! Envoy access-log service v3: every HTTP and TCP entry becomes a Report bag.
+//!
+//! HTTP entries give `request.*` (method, scheme, host, path, url_path, useragent, referer,
+//! id, headers, size, total_size, time), `response.*` (code, size, total_size, headers,
+//! duration, time), `source.ip`, `destination.ip`/`destination.port`, peer principals from
+//! TLS, `connection.mtls`, `context.protocol` (`http`, or `grpc`); TCP entries give
+//! `connection.received.bytes`/`sent.bytes` (and the `_total` forms), `connection.duration`
+//! and `context.protocol: tcp`. Custom tags named like attributes set those attributes.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::{Address, address};
+use envoy_types::pb::envoy::data::accesslog::v3::{
+    AccessLogCommon, HttpAccessLogEntry, TcpAccessLogEntry,
+};
+use envoy_types::pb::envoy::service::accesslog::v3::access_log_service_server::AccessLogService;
+use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::LogEntries;
+use envoy_types::pb::envoy::service::accesslog::v3::{
+    StreamAccessLogsMessage, StreamAccessLogsResponse,
+};
+use futures::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::bag::{self, set, set_str};
+use crate::attribute::{Bag, DenseBag, Value, Vocabulary};
+use crate::config::Resolved;
+use crate::dispatch::Dispatcher;
+
+/// The access-log service.
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    dispatcher: Arc<Dispatcher>,
+}
+
+const METHODS: &[&str] = &[
+    "", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+fn socket(addr: &Option<Address>) -> Option<(std::net::IpAddr, u32)> {
+    match addr.as_ref()?.address.as_ref()? {
+        address::Address::SocketAddress(sa) => {
+            let ip = sa.address.parse().ok()?;
+            let port = match sa.port_specifier {
+                Some(envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(p)) => p,
+                _ => 0,
+            };
+            Some((ip, port))
+        }
+        _ => None,
+    }
+}
+
+type Cert = envoy_types::pb::envoy::data::accesslog::v3::tls_properties::CertificateProperties;
+
+/// The URI subject alternative name of a certificate (the SPIFFE identity).
+fn san(p: &Option<Cert>) -> Option<&str> {
+    use envoy_types::pb::envoy::data::accesslog::v3::tls_properties::certificate_properties::subject_alt_name::San;
+    p.as_ref()?
+        .subject_alt_name
+        .iter()
+        .find_map(|s| match &s.san {
+            Some(San::Uri(u)) => Some(u.as_str()),
+            _ => None,
+        })
+}
+
+fn common<'a>(b: &mut DenseBag<'a>, vocab: &Vocabulary, c: &'a AccessLogCommon) {
+    if let Some((ip, _)) = socket(&c.downstream_remote_address) {
+        set(b, vocab, "source.ip", Value::IpAddress(ip));
+    }
+    if let Some((ip, port)) = socket(&c.downstream_local_address) {
+        set(b, vocab, "destination.ip", Value::IpAddress(ip));
+        set(b, vocab, "destination.port", Value::Int64(i64::from(port)));
+    }
+    let start = c.start_time.as_ref().and_then(bag::timestamp);
+    if let Some(t) = start {
+        set(b, vocab, "request.time", Value::Timestamp(t));
+        set(b, vocab, "context.time", Value::Timestamp(t));
+    }
+    if let Some(tls) = &c.tls_properties {
+        set_str(
+            b,
+            vocab,
+            "connection.requested_server_name",
+            &tls.tls_sni_hostname,
+        );
+        if let Some(p) = san(&tls.peer_certificate_properties) {
+            set_str(b, vocab, "source.principal", bag::principal(p));
+            set(b, vocab, "connection.mtls", Value::Bool(true));
+        }
+        if let Some(p) = san(&tls.local_certificate_properties) {
+            set_str(b, vocab, "destination.principal", bag::principal(p));
+        }
+    }
+    for (k, v) in &c.custom_tags {
+        bag::set_text(b, vocab, k, v);
+    }
+}
+
+/// The bag of an HTTP entry.
+pub fn http_bag<'a>(vocab: &Vocabulary, e: &'a HttpAccessLogEntry) -> DenseBag<'a> {
+    let mut b = DenseBag::with_len(vocab.len());
+    let mut grpc = false;
+    if let Some(req) = &e.request {
+        let method = METHODS
+            .get(req.request_method as usize)
+            .copied()
+            .unwrap_or("");
+        set_str(&mut b, vocab, "request.method", method);
+        set_str(&mut b, vocab, "request.scheme", &req.scheme);
+        set_str(&mut b, vocab, "request.host", &req.authority);
+        set_str(&mut b, vocab, "request.path", &req.path);
+        set_str(
+            &mut b,
+            vocab,
+            "request.url_path",
+            req.path.split(['?', '#']).next().unwrap_or(""),
+        );
+        set_str(&mut b, vocab, "request.useragent", &req.user_agent);
+        set_str(&mut b, vocab, "request.referer", &req.referer);
+        set_str(&mut b, vocab, "request.id", &req.request_id);
+        set(
+            &mut b,
+            vocab,
+            "request.size",
+            Value::Int64(req.request_body_bytes as i64),
+        );
+        set(
+            &mut b,
+            vocab,
+            "request.total_size",
+            Value::Int64((req.request_headers_bytes + req.request_body_bytes) as i64),
+        );
+        if !req.request_headers.is_empty() {
+            set(
+                &mut b,
+                vocab,
+                "request.headers",
+                Value::StringMap(&req.request_headers),
+            );
+            grpc = req
+                .request_headers
+                .get("content-type")
+                .is_some_and(|c| c.starts_with("application/grpc"));
+        }
+    }
+    if let Some(resp) = &e.response {
+        if let Some(code) = &resp.response_code {
+            set(
+                &mut b,
+                vocab,
+                "response.code",
+                Value::Int64(i64::from(code.value)),
+            );
+        }
+        set(
+            &mut b,
+            vocab,
+            "response.size",
+            Value::Int64(resp.response_body_bytes as i64),
+        );
+        set(
+            &mut b,
+            vocab,
+            "response.total_size",
+            Value::Int64((resp.response_headers_bytes + resp.response_body_bytes) as i64),
+        );
+        if !resp.response_headers.is_empty() {
+            set(
+                &mut b,
+                vocab,
+                "response.headers",
+                Value::StringMap(&resp.response_headers),
+            );
+        }
+    }
+    set(
+        &mut b,
+        vocab,
+        "context.protocol",
+        Value::String(Cow::Borrowed(if grpc { "grpc" } else { "http" })),
+    );
+    if let Some(c) = &e.common_properties {
+        common(&mut b, vocab, c);
+        let start = c.start_time.as_ref().and_then(bag::timestamp);
+        if let Some(d) = c
+            .time_to_last_downstream_tx_byte
+            .as_ref()
+            .and_then(bag::duration)
+        {
+            set(&mut b, vocab, "response.duration", Value::Duration(d));
+            if let Some(t) = start {
+                set(&mut b, vocab, "response.time", Value::Timestamp(t + d));
+            }
+        }
+    }
+    b
+}
+
+/// The bag of a TCP entry.
+pub fn tcp_bag<'a>(vocab: &Vocabulary, e: &'a TcpAccessLogEntry) -> DenseBag<'a> {
+    let mut b = DenseBag::with_len(vocab.len());
+    set(
+        &mut b,
+        vocab,
+        "context.protocol",
+        Value::String(Cow::Borrowed("tcp")),
+    );
+    if let Some(p) = &e.connection_properties {
+        for (n, v) in [
+            ("connection.received.bytes", p.received_bytes),
+            ("connection.received.bytes_total", p.received_bytes),
+            ("connection.sent.bytes", p.sent_bytes),
+            ("connection.sent.bytes_total", p.sent_bytes),
+        ] {
+            set(&mut b, vocab, n, Value::Int64(v as i64));
+        }
+    }
+    if let Some(c) = &e.common_properties {
+        common(&mut b, vocab, c);
+        if let Some(d) = c.duration.as_ref().and_then(bag::duration) {
+            set(&mut b, vocab, "connection.duration", Value::Duration(d));
+        }
+    }
+    b
+}
+
+/// Reports every entry of `msg`.
+pub fn report_message(dispatcher: &Dispatcher, cfg: &Resolved, msg: &StreamAccessLogsMessage) {
+    let bags: Vec<DenseBag<'_>> = match &msg.log_entries {
+        Some(LogEntries::HttpLogs(l)) => l
+            .log_entry
+            .iter()
+            .map(|e| http_bag(&cfg.vocab, e))
+            .collect(),
+        Some(LogEntries::TcpLogs(l)) => {
+            l.log_entry.iter().map(|e| tcp_bag(&cfg.vocab, e)).collect()
+        }
+        None => return,
+    };
+    dispatcher.report(cfg, bags.iter().map(|b| b as &dyn Bag));
+}
+
+// === impl AccessLog ===
+
+impl AccessLog {
+    pub fn new(dispatcher: Arc<Dispatcher>) -> Self {
+        Self { dispatcher }
+    }
+}
+
+#[tonic::async_trait]
+impl AccessLogService for AccessLog {
+    async fn stream_access_logs(
+        &self,
+        request: Request<Streaming<StreamAccessLogsMessage>>,
+    ) -> Result<Response<StreamAccessLogsResponse>, Status> {
+        let mut stream = request.into_inner();
+        while let Some(msg) = stream.next().await {
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    self.dispatcher.metrics.malformed("accesslog");
+                    return Err(Status::invalid_argument(format!(
+                        "bad access-log message: {e}"
+                    )));
+                }
+            };
+            let cfg = self.dispatcher.config();
+            report_message(&self.dispatcher, &cfg, &msg);
+        }
+        Ok(Response::new(StreamAccessLogsResponse {}))
+    }
+}

@@ -1,0 +1,388 @@
+//! Mixer behind a real Envoy: ext_authz v3 for policy, the gRPC access-log service v3 for
+//! telemetry. Mixer runs Istio 1.0's default config plus the test policy
+//! (`mixer/tests/fixtures/policy.yaml`: a denier for `x-user: john`, a blacklist of `/admin`
+//! and `/secret`, and a memquota of 5 requests per 10s for the `limited` service).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mesh_tests::{Envoy, Service, Upstream, free_port, http_get, repo_root};
+use serde_json::{Value, json};
+
+struct Mixer {
+    svc: Service,
+    grpc: SocketAddr,
+    prometheus: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_mixer() -> Mixer {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = repo_root().join("mixer/tests/fixtures");
+    for f in ["istio-1.0-default-config.yaml", "policy.yaml"] {
+        std::fs::copy(fixtures.join(f), dir.path().join(f)).unwrap();
+    }
+    let grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let prometheus: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut svc = Service::start(
+        "mixer",
+        &[
+            "--config-dir",
+            dir.path().to_str().unwrap(),
+            "--grpc-addr",
+            &grpc.to_string(),
+            "--prometheus-addr",
+            &prometheus.to_string(),
+        ],
+    )
+    .await
+    .unwrap();
+    svc.wait_ready(Duration::from_secs(60)).await.unwrap();
+    Mixer {
+        svc,
+        grpc,
+        prometheus,
+        _dir: dir,
+    }
+}
+
+fn cluster(name: &str, addr: SocketAddr, http2: bool) -> Value {
+    let mut c = json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "socket_address": {
+                "address": addr.ip().to_string(),
+                "port_value": addr.port(),
+            }}}}]}],
+        },
+    });
+    if http2 {
+        c["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": { "http2_protocol_options": {} },
+            }
+        });
+    }
+    c
+}
+
+/// A route to the upstream that tells Mixer (through ext_authz context extensions) which
+/// destination service it is.
+fn route(domain: &str, service: &str) -> Value {
+    json!({
+        "name": domain,
+        "domains": [domain],
+        "routes": [{
+            "match": { "prefix": "/" },
+            "route": { "cluster": "upstream" },
+            "typed_per_filter_config": {
+                "envoy.filters.http.ext_authz": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+                    "check_settings": { "context_extensions": {
+                        "destination.service.name": service,
+                        "destination.service.namespace": "default",
+                        "destination.service.host": format!("{service}.default.svc.cluster.local"),
+                    }},
+                },
+            },
+        }],
+    })
+}
+
+fn bootstrap(port: u16, mixer: SocketAddr, upstream: SocketAddr) -> Value {
+    json!({
+        "static_resources": {
+            "listeners": [{
+                "name": "http",
+                "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } },
+                "filter_chains": [{ "filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "http",
+                        "route_config": { "name": "local", "virtual_hosts": [
+                            route("svc", "svc"),
+                            route("limited", "limited"),
+                        ]},
+                        "access_log": [{
+                            "name": "envoy.access_loggers.http_grpc",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+                                "common_config": {
+                                    "log_name": "mixer",
+                                    "transport_api_version": "V3",
+                                    "grpc_service": { "envoy_grpc": { "cluster_name": "mixer" } },
+                                    "buffer_flush_interval": "0.1s",
+                                    "custom_tags": [
+                                        { "tag": "destination.service.host", "request_header": { "name": "x-destination-host", "default_value": "svc.default.svc.cluster.local" } },
+                                        { "tag": "destination.service.name", "literal": { "value": "svc" } },
+                                    ],
+                                },
+                            },
+                        }],
+                        "http_filters": [
+                            {
+                                "name": "envoy.filters.http.ext_authz",
+                                "typed_config": {
+                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                                    "transport_api_version": "V3",
+                                    "grpc_service": { "envoy_grpc": { "cluster_name": "mixer" }, "timeout": "2s" },
+                                    "failure_mode_allow": false,
+                                },
+                            },
+                            {
+                                "name": "envoy.filters.http.router",
+                                "typed_config": {
+                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                                },
+                            },
+                        ],
+                    },
+                }]}],
+            }],
+            "clusters": [cluster("upstream", upstream, false), cluster("mixer", mixer, true)],
+        },
+    })
+}
+
+struct Setup {
+    mixer: Mixer,
+    _envoy: Envoy,
+    upstream: Upstream,
+    url: String,
+}
+
+async fn setup() -> Setup {
+    let mixer = start_mixer().await;
+    let upstream = Upstream::start("backend", "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let port = free_port();
+    let envoy = Envoy::start(bootstrap(port, mixer.grpc, upstream.addr()))
+        .await
+        .unwrap();
+    Setup {
+        mixer,
+        _envoy: envoy,
+        upstream,
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+#[tokio::test]
+async fn mixer_denier_returns_403_for_the_matching_header_only() {
+    let s = setup().await;
+    let ok = http_get(
+        &format!("{}/", s.url),
+        &[("host", "svc"), ("x-user", "jane")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status, 200, "{ok:?}\n{}", s.mixer.svc.logs());
+    let denied = http_get(
+        &format!("{}/", s.url),
+        &[("host", "svc"), ("x-user", "john")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(denied.status, 403, "{denied:?}");
+    assert!(denied.body.contains("Not allowed"), "{denied:?}");
+    let ok = http_get(&format!("{}/", s.url), &[("host", "svc")])
+        .await
+        .unwrap();
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(s.upstream.requests(), 2);
+}
+
+#[tokio::test]
+async fn mixer_listchecker_blacklist_blocks_paths() {
+    let s = setup().await;
+    for (path, status) in [
+        ("/admin", 403),
+        ("/secret?x=1", 403),
+        ("/public", 200),
+        ("/admin/sub", 200),
+    ] {
+        let resp = http_get(&format!("{}{path}", s.url), &[("host", "svc")])
+            .await
+            .unwrap();
+        assert_eq!(resp.status, status, "{path}: {resp:?}");
+    }
+}
+
+#[tokio::test]
+async fn mixer_memquota_override_turns_the_sixth_request_into_429() {
+    let s = setup().await;
+    for i in 1..=5 {
+        let resp = http_get(&format!("{}/", s.url), &[("host", "limited")])
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 200, "request {i}: {resp:?}");
+    }
+    let resp = http_get(&format!("{}/", s.url), &[("host", "limited")])
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 429, "{resp:?}");
+    // The override only limits `limited`.
+    for _ in 0..8 {
+        let resp = http_get(&format!("{}/", s.url), &[("host", "svc")])
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 200, "{resp:?}");
+    }
+}
+
+#[tokio::test]
+async fn mixer_telemetry_reaches_istio_requests_total() {
+    let s = setup().await;
+    for _ in 0..3 {
+        let resp = http_get(&format!("{}/", s.url), &[("host", "svc")])
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 200, "{resp:?}");
+    }
+    let resp = http_get(
+        &format!("{}/", s.url),
+        &[("host", "svc"), ("x-user", "john")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status, 403);
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let metrics_url = format!("http://{}/metrics", s.mixer.prometheus);
+    loop {
+        let body = http_get(&metrics_url, &[]).await.unwrap().body;
+        let value = |code: &str| -> f64 {
+            body.lines()
+                .filter(|l| l.starts_with("istio_requests_total{"))
+                .filter(|l| l.contains(&format!("response_code=\"{code}\"")))
+                .filter(|l| l.contains("destination_service=\"svc.default.svc.cluster.local\""))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        if value("200") >= 3.0 && value("403") >= 1.0 {
+            assert!(
+                body.contains("istio_request_duration_seconds_bucket{"),
+                "{body}"
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "istio_requests_total not reported; metrics:\n{body}\nmixer log:\n{}",
+                s.mixer.svc.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Mixer's own series.
+    let own = http_get(&format!("http://{}/metrics", s.mixer.svc.http_addr()), &[])
+        .await
+        .unwrap()
+        .body;
+    assert!(
+        own.contains("mixer_checks_total{code=\"PERMISSION_DENIED\"} 1"),
+        "{own}"
+    );
+    assert!(own.contains("mixer_report_entries_total"), "{own}");
+    let configz = http_get(
+        &format!("http://{}/debug/configz", s.mixer.svc.http_addr()),
+        &[],
+    )
+    .await
+    .unwrap()
+    .json()
+    .unwrap();
+    assert_eq!(
+        configz["mixer"]["refused"].as_array().unwrap().len(),
+        0,
+        "{configz}"
+    );
+    assert!(
+        configz["mixer"]["rules"].as_array().unwrap().len() >= 9,
+        "{configz}"
+    );
+}
+
+/// Polls until `f` holds (or panics after 15 s).
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn mixer_config_changes_apply_and_a_bad_update_keeps_the_last_good_rule() {
+    let s = setup().await;
+    let dir = s.mixer._dir.path().to_path_buf();
+    let status = |user: &'static str| {
+        let url = format!("{}/", s.url);
+        async move {
+            http_get(&url, &[("host", "svc"), ("x-user", user)])
+                .await
+                .unwrap()
+                .status
+        }
+    };
+    assert_eq!(status("mary").await, 200);
+
+    let rule = |expr: &str| {
+        format!(
+            "apiVersion: config.istio.io/v1alpha2\nkind: rule\nmetadata:\n  name: denymary\n  namespace: istio-system\nspec:\n  match: {expr}\n  actions:\n  - handler: denyjohn.denier\n    instances: [denyrequest.checknothing]\n"
+        )
+    };
+    std::fs::write(
+        dir.join("mary.yaml"),
+        rule(r#"request.headers["x-user"] == "mary""#),
+    )
+    .unwrap();
+    eventually("the new rule to deny mary", || async {
+        status("mary").await == 403
+    })
+    .await;
+
+    // An ill-typed update is refused, with a message pointing into the expression, and the
+    // last good version keeps denying.
+    std::fs::write(
+        dir.join("mary.yaml"),
+        rule(r#"request.headers["x-user"] == 42"#),
+    )
+    .unwrap();
+    let configz_url = format!("http://{}/debug/configz", s.mixer.svc.http_addr());
+    eventually("the bad update to be refused", || {
+        let url = configz_url.clone();
+        async move {
+            let c = http_get(&url, &[]).await.unwrap().json().unwrap();
+            c["mixer"]["refused"].as_array().unwrap().iter().any(|r| {
+                r["object"]
+                    .as_str()
+                    .unwrap()
+                    .contains("rule istio-system/denymary")
+                    && r["error"]
+                        .as_str()
+                        .unwrap()
+                        .contains("spec.match: column 30")
+            })
+        }
+    })
+    .await;
+    assert_eq!(status("mary").await, 403);
+    assert_eq!(status("jane").await, 200);
+
+    std::fs::remove_file(dir.join("mary.yaml")).unwrap();
+    eventually("the rule to go away", || async {
+        status("mary").await == 200
+    })
+    .await;
+}
