@@ -1,14 +1,34 @@
 #!/usr/bin/env bash
 # `make bench`: runs every benchmark; each writes target/bench/<name>.json, and this merges them
-# into target/bench/report.json (one object of named figures).
+# into target/bench/report.json (one object of named figures). Benchmarks that need the local
+# Kubernetes start it (tests/cluster/cluster.sh up) and leave it as they found it.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUT="$ROOT/target/bench"
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json
+cd "$ROOT"
 
-echo "==> config store (runtime)" >&2
-BENCH_OUT="$OUT/runtime.json" cargo bench --locked -p mesh-runtime --bench config_store
+run() { # name, package, bench
+    echo "==> $1" >&2
+    BENCH_OUT="$OUT/$1.json" cargo bench --locked -p "$2" --bench "$3"
+}
+
+run runtime mesh-runtime config_store
+run pilot pilot xds
+run mixer mixer check
+run citadel citadel csr
+
+# Secrets written to a real API server need the local cluster.
+started_cluster=0
+if ! bash tests/cluster/cluster.sh status >/dev/null 2>&1; then
+    bash tests/cluster/cluster.sh up
+    started_cluster=1
+fi
+run citadel_secrets citadel secrets || echo "citadel secrets benchmark failed" >&2
+if [ "$started_cluster" = 1 ]; then
+    bash tests/cluster/cluster.sh down
+fi
 
 python3 - "$OUT" <<'PY'
 import glob, json, os, sys
