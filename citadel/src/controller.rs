@@ -297,7 +297,11 @@ impl Controller {
                 }
                 r = inputs.leader.changed(), if leader_open => leader_open = r.is_ok(),
                 Some(key) = inputs.secret_events.recv() => {
-                    queue.schedule(key, Instant::now());
+                    // Secrets of namespaces this replica does not manage are another
+                    // Citadel's (or nobody's) business: never touch them.
+                    if self.options.namespaces.allows(&key.namespace) {
+                        queue.schedule(key, Instant::now());
+                    }
                 }
                 r = inputs.root_changed.changed(), if root_open => {
                     if r.is_err() {
@@ -401,6 +405,9 @@ impl Controller {
         wanted: bool,
     ) -> Result<Option<Instant>, crate::secrets::SinkError> {
         if !wanted {
+            if !self.options.namespaces.allows(&key.namespace) {
+                return Ok(None);
+            }
             self.status
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -793,6 +800,72 @@ mod tests {
             decide(Some(&keyless), &id, &root, now, 0.5, min),
             Decision::Write(Reason::Invalid)
         );
+    }
+
+    /// A sink that remembers deletions.
+    #[derive(Default)]
+    struct DeletionsSink(std::sync::Mutex<Vec<SecretKey>>);
+
+    impl SecretSink for DeletionsSink {
+        fn describe(&self) -> String {
+            "test sink".into()
+        }
+        fn get<'a>(
+            &'a self,
+            _: &'a SecretKey,
+        ) -> futures::future::BoxFuture<'a, Result<Option<StoredSecret>, crate::secrets::SinkError>>
+        {
+            Box::pin(async { Ok(None) })
+        }
+        fn put(
+            &self,
+            _: WorkloadSecret,
+        ) -> futures::future::BoxFuture<'_, Result<(), crate::secrets::SinkError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn delete<'a>(
+            &'a self,
+            key: &'a SecretKey,
+        ) -> futures::future::BoxFuture<'a, Result<bool, crate::secrets::SinkError>> {
+            self.0.lock().unwrap().push(key.clone());
+            Box::pin(async { Ok(true) })
+        }
+        fn list(
+            &self,
+        ) -> futures::future::BoxFuture<'_, Result<Vec<SecretKey>, crate::secrets::SinkError>>
+        {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn never_deletes_secrets_of_namespaces_it_does_not_manage() {
+        let sink = Arc::new(DeletionsSink::default());
+        let options = ControllerOptions {
+            trust_domain: "cluster.local".into(),
+            ttl: Duration::from_secs(3600),
+            grace_ratio: 0.5,
+            min_grace: Duration::from_secs(60),
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            dns_names: BTreeMap::new(),
+            namespaces: NamespaceFilter {
+                include: vec!["mine".into()],
+                exclude: Vec::new(),
+            },
+            write_qps: 100.0,
+            write_burst: 10,
+            resync: Duration::from_secs(60),
+            root_change_spread: Duration::from_secs(1),
+            max_jitter: Duration::from_secs(1),
+        };
+        let c = Controller::new(Arc::new(ca()), sink.clone(), options, Metrics::default());
+        // Another Citadel's namespace: an unwanted secret there is left alone.
+        let theirs = SecretKey::new("theirs", "a");
+        assert_eq!(c.reconcile(&theirs, false).await.unwrap(), None);
+        assert!(sink.0.lock().unwrap().is_empty());
+        let mine = SecretKey::new("mine", "a");
+        assert_eq!(c.reconcile(&mine, false).await.unwrap(), None);
+        assert_eq!(*sink.0.lock().unwrap(), [mine]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The Kubernetes backends: the self-signed CA in secret `istio-ca-secret` (type
 //! `istio.io/ca-root`), a plugged-in CA from secret `cacerts`, workload secrets `istio.<sa>`
-//! (type `istio.io/key-and-cert`), and leader election on a `coordination.k8s.io` Lease.
+//! (type `istio.io/key-and-cert`), leader election on a `coordination.k8s.io` Lease, and the
+//! TokenReview authenticator of the CSR API.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -9,6 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::ByteString;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -18,8 +20,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use mesh_runtime::Shutdown;
 use tokio::sync::{mpsc, watch};
 
-use crate::ca::CaBundle;
+use crate::auth::{AuthError, Authenticator, Credentials};
 use crate::ca::store::{CA_CERT, CA_KEY, CERT_CHAIN, CaStore, ROOT_CERT, StoreError};
+use crate::ca::{CaBundle, Identity};
 use crate::secrets::{self, SecretKey, SecretSink, SinkError, StoredSecret, WorkloadSecret};
 
 /// Type of workload secrets.
@@ -559,5 +562,102 @@ impl LeaderElector {
             .replace(&self.name, &PostParams::default(), &lease)
             .await
             .map(|_| ())
+    }
+}
+
+/// The audience Citadel requires of service-account tokens.
+pub const TOKEN_AUDIENCE: &str = "istio-ca";
+
+/// Authenticates a Bearer service-account JWT with a `authentication.k8s.io/v1` TokenReview:
+/// the API server checks signature, expiry, audience `istio-ca` and that the account (and a
+/// bound pod) still exists; the identity is the account of `system:serviceaccount:NS:SA`.
+#[derive(Clone)]
+pub struct TokenReviewAuthenticator {
+    api: Api<TokenReview>,
+    trust_domain: String,
+    audience: String,
+}
+
+impl std::fmt::Debug for TokenReviewAuthenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenReviewAuthenticator")
+            .field("trust_domain", &self.trust_domain)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl TokenReviewAuthenticator ===
+
+impl TokenReviewAuthenticator {
+    pub fn new(client: kube::Client, trust_domain: &str) -> Self {
+        Self {
+            api: Api::all(client),
+            trust_domain: trust_domain.to_string(),
+            audience: TOKEN_AUDIENCE.to_string(),
+        }
+    }
+
+    async fn review(&self, token: &str) -> Result<Identity, AuthError> {
+        let review = TokenReview {
+            metadata: ObjectMeta::default(),
+            spec: TokenReviewSpec {
+                token: Some(token.to_string()),
+                audiences: Some(vec![self.audience.clone()]),
+            },
+            status: None,
+        };
+        let out = self
+            .api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| AuthError::Unavailable {
+                what: "TokenReview".into(),
+                message: e.to_string(),
+            })?;
+        let status = out.status.unwrap_or_default();
+        if status.authenticated != Some(true) {
+            let why = status
+                .error
+                .filter(|e| !e.is_empty())
+                .unwrap_or_else(|| "not authenticated".into());
+            return Err(AuthError::Token(why));
+        }
+        // The API server echoes the audiences the token was valid for.
+        let audiences = status.audiences.unwrap_or_default();
+        if !audiences.contains(&self.audience) {
+            return Err(AuthError::Token(format!(
+                "not valid for audience {} (valid for {audiences:?})",
+                self.audience
+            )));
+        }
+        let username = status.user.and_then(|u| u.username).unwrap_or_default();
+        let Some((ns, sa)) = username
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|rest| rest.split_once(':'))
+        else {
+            return Err(AuthError::Token(format!(
+                "{username:?} is not a service account"
+            )));
+        };
+        Identity::new(&self.trust_domain, ns, sa).map_err(|e| AuthError::Token(e.to_string()))
+    }
+}
+
+impl Authenticator for TokenReviewAuthenticator {
+    fn name(&self) -> &'static str {
+        "Kubernetes TokenReview"
+    }
+
+    fn authenticate<'a>(
+        &'a self,
+        credentials: &'a Credentials,
+    ) -> BoxFuture<'a, Result<Option<Identity>, AuthError>> {
+        Box::pin(async move {
+            match &credentials.bearer {
+                None => Ok(None),
+                Some(token) => self.review(token).await.map(Some),
+            }
+        })
     }
 }

@@ -13,15 +13,22 @@
 //! - [`rotation`]: the periodic root check.
 //! - [`k8s`]: the Kubernetes backends (istio-ca-secret, cacerts, workload secrets, Lease).
 //! - [`debug`]: `/debug/certz` and the signing liveness check `/live`.
+//! - [`auth`]: who calls the CSR API (client certificate; service-account token, checked by
+//!   [`k8s::TokenReviewAuthenticator`]).
+//! - [`signing`]: CSR signing for authenticated callers, transport-independent.
+//! - [`grpc`]: the TLS gRPC server (`IstioCertificateService`, legacy `IstioCAService`).
 
+pub mod auth;
 pub mod ca;
 pub mod controller;
 pub mod debug;
+pub mod grpc;
 pub mod k8s;
 pub mod metrics;
 pub mod rotation;
 pub mod secrets;
 pub mod settings;
+pub mod signing;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -46,6 +53,7 @@ pub async fn run(cli: Cli, shutdown: Shutdown) -> anyhow::Result<()> {
     tracing::info!(?settings, "starting citadel");
     // Bind first, so a port conflict fails before anything else starts.
     let http = monitoring::bind(settings.http_addr).await?;
+    let grpc_listener = grpc::bind(settings.grpc_addr).await?;
 
     let source = ConfigSource::from_flags(settings.config_dir.clone(), settings.kubeconfig.clone());
     let mut base = Base::start(
@@ -206,14 +214,62 @@ pub async fn run(cli: Cli, shutdown: Shutdown) -> anyhow::Result<()> {
         let inputs = Inputs {
             config: base.store.subscribe(),
             secret_events: events_rx,
-            root_changed: root_rx,
+            root_changed: root_rx.clone(),
             leader: leader_rx.clone(),
         };
         tokio::spawn(controller.run(inputs, shutdown.clone()));
     }
 
+    // CSR signing over gRPC: client certificates of this CA always; service-account tokens
+    // (TokenReview) on Kubernetes.
+    let mut authenticators: Vec<Arc<dyn auth::Authenticator>> = vec![Arc::new(
+        auth::ClientCertAuthenticator::new(ca.clone(), &settings.trust_domain),
+    )];
+    if let Some(client) = &kube {
+        authenticators.push(Arc::new(k8s::TokenReviewAuthenticator::new(
+            client.clone(),
+            &settings.trust_domain,
+        )));
+    }
+    let signer = Arc::new(signing::CsrSigner::new(
+        ca.clone(),
+        authenticators,
+        settings.workload_cert_ttl,
+        metrics.clone(),
+    ));
+    let serving = grpc::ServingOptions {
+        identity: ca::Identity::new(
+            &settings.trust_domain,
+            &settings.storage_namespace,
+            grpc::SERVING_SERVICE_ACCOUNT,
+        )?,
+        dns_names: settings.grpc_host_identities.clone(),
+        ttl: settings.workload_cert_ttl,
+    };
+    let grpc_task = {
+        let shutdown = shutdown.clone();
+        let server = grpc::serve(
+            grpc_listener,
+            ca.clone(),
+            signer,
+            serving,
+            root_rx,
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            let result = server.await;
+            if let Err(e) = &result {
+                // Without its gRPC server Citadel is not doing its job: stop the process.
+                tracing::error!(error = %e, "gRPC server failed; shutting down");
+                shutdown.cancel();
+            }
+            result
+        })
+    };
+
     let routes = debug::routes(ca.clone(), status, settings.trust_domain.clone());
     base.serve_monitoring(http, routes, shutdown).await?;
+    grpc_task.await.context("gRPC server task")??;
     tracing::info!("citadel stopped");
     Ok(())
 }

@@ -45,6 +45,15 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR")]
     pub http_addr: Option<SocketAddr>,
 
+    /// Address of the CSR signing gRPC server (TLS) [default: 0.0.0.0:8060].
+    #[arg(long, value_name = "ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+
+    /// DNS names in the gRPC serving certificate (comma-separated)
+    /// [default: istio-ca,istio-citadel].
+    #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
+    pub grpc_host_identities: Option<Vec<String>>,
+
     /// File mode: where workload secrets are written, as OUT/<namespace>/istio.<sa>/. Without
     /// it (and without Kubernetes) no secrets are written.
     #[arg(long, value_name = "OUT")]
@@ -175,6 +184,8 @@ struct FileSettings {
     config_dir: Option<PathBuf>,
     kubeconfig: Option<PathBuf>,
     http_addr: Option<SocketAddr>,
+    grpc_addr: Option<SocketAddr>,
+    grpc_host_identities: Option<Vec<String>>,
     secret_dir: Option<PathBuf>,
     ca_dir: Option<PathBuf>,
     workload_cert_ttl: Option<GoDuration>,
@@ -219,6 +230,8 @@ pub struct Settings {
     pub config_dir: Option<PathBuf>,
     pub kubeconfig: Option<PathBuf>,
     pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub grpc_host_identities: Vec<String>,
     pub secret_dir: Option<PathBuf>,
     pub ca_dir: Option<PathBuf>,
     pub workload_cert_ttl: Duration,
@@ -497,6 +510,18 @@ impl Settings {
                 .http_addr
                 .or(file.http_addr)
                 .unwrap_or_else(|| ([0, 0, 0, 0], 15014).into()),
+            grpc_addr: cli
+                .grpc_addr
+                .or(file.grpc_addr)
+                .unwrap_or_else(|| ([0, 0, 0, 0], 8060).into()),
+            grpc_host_identities: cli
+                .grpc_host_identities
+                .or(file.grpc_host_identities)
+                .unwrap_or_else(|| vec!["istio-ca".into(), "istio-citadel".into()])
+                .into_iter()
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect(),
             secret_dir: cli.secret_dir.or(file.secret_dir),
             ca_dir: cli.ca_dir.or(file.ca_dir),
             workload_cert_ttl,
@@ -629,6 +654,8 @@ mod tests {
         assert_eq!(s.grace_period_ratio, 0.5);
         assert_eq!(s.min_grace_period, Duration::from_secs(600));
         assert_eq!(s.trust_domain, "cluster.local");
+        assert_eq!(s.grpc_addr, ([0, 0, 0, 0], 8060).into());
+        assert_eq!(s.grpc_host_identities, ["istio-ca", "istio-citadel"]);
         assert_eq!(s.key_algorithm, KeyAlgorithm::EcdsaP256);
         assert!(s.plugged_ca.is_none());
         assert_eq!(

@@ -22,9 +22,12 @@
 //! | [`rbac`] | `rbac.istio.io` v1alpha1 |
 //! | [`security`] | `security.istio.io` (v1beta1, v1) |
 //! | [`authentication`] | `authentication.istio.io` v1alpha1 |
+//!
+//! [`grpc`] holds the wire APIs (gRPC services and messages) generated from `proto/proto/*.proto`.
 
 pub mod authentication;
 pub mod crd;
+pub mod grpc;
 pub mod kind;
 pub mod networking;
 pub mod policy;

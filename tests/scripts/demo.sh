@@ -59,8 +59,10 @@ wait_ready() {
 # The sample services of manifests/sample/services.yaml, each answering with its name.
 start sample-upstream reviews-v1=127.0.0.11:19080 reviews-v2=127.0.0.12:19080 ratings-v1=127.0.0.13:19080
 start pilot --config-dir "$SAMPLE" --mesh "$MESH" --grpc-addr 127.0.0.1:15010 --http-addr 127.0.0.1:15014
-start mixer --config-dir "$SAMPLE" --http-addr 127.0.0.1:15015
-start citadel --config-dir "$SAMPLE" --http-addr 127.0.0.1:15016
+start mixer --config-dir "$SAMPLE" --http-addr 127.0.0.1:15015 \
+    --grpc-addr 127.0.0.1:9091 --prometheus-addr 127.0.0.1:42422
+start citadel --config-dir "$SAMPLE" --http-addr 127.0.0.1:15016 --grpc-addr 127.0.0.1:8060 \
+    --secret-dir "$STATE/secrets" --ca-dir "$STATE/ca"
 
 wait_ready pilot http://127.0.0.1:15014
 wait_ready mixer http://127.0.0.1:15015
@@ -91,6 +93,17 @@ if [ "$((v1 + v2))" -ne 20 ] || [ "$jason" != reviews-v2 ]; then
     exit 1
 fi
 
+# Citadel writes a certificate for every ServiceAccount of the sample.
+for _ in $(seq 100); do
+    [ -e "$STATE/secrets/default/istio.bookinfo-reviews/cert-chain.pem" ] && break
+    sleep 0.1
+done
+if [ ! -e "$STATE/secrets/default/istio.bookinfo-reviews/cert-chain.pem" ]; then
+    echo "citadel wrote no certificates; see target/demo/citadel.log" >&2
+    exit 1
+fi
+say "==> citadel wrote workload certificates: $(cd "$STATE/secrets" && ls -d */istio.* | tr '\n' ' ')"
+
 if [ "${DEMO_CHECK:-0}" = 1 ]; then
     for port in 15014 15015 15016; do
         curl -fsS "http://127.0.0.1:$port/metrics" | grep -q '^istio_build' \
@@ -111,6 +124,10 @@ cat <<BANNER
     curl localhost:15014/debug/syncz           # what pilot sent the sidecar, and its ACKs
     curl localhost:15000/config_dump           # what the sidecar got
     curl localhost:15014/ready                 # each service's readiness (mixer :15015, citadel :15016)
+    curl localhost:15015/debug/configz         # mixer's rules from manifests/sample/policy.yaml
+    curl localhost:42422/metrics               # the metrics mixer's prometheus adapter serves
+    openssl x509 -noout -text -in target/demo/secrets/default/istio.bookinfo-reviews/cert-chain.pem
+                                               # a SPIFFE certificate citadel issued (rotated before expiry)
     curl localhost:15014/metrics               # Prometheus metrics
     curl localhost:15014/debug/configz         # the config pilot loaded, and anything it refused
     \$EDITOR ${SAMPLE#"$ROOT"/}/routing.yaml      # edits reach the sidecar within a second

@@ -81,6 +81,9 @@ impl Setup {
             self.ca().display().to_string(),
             "--secret-resync-period".into(),
             "1s".into(),
+            // Any free port: tests run side by side (Istio's 8060 is the default).
+            "--grpc-addr".into(),
+            "127.0.0.1:0".into(),
         ];
         a.extend(extra.iter().map(|s| s.to_string()));
         a

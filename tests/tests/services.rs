@@ -7,9 +7,17 @@ use mesh_tests::{Service, http_get, repo_root};
 
 async fn check(binary: &str) {
     let sample = repo_root().join("manifests/sample");
-    let mut svc = Service::start(binary, &["--config-dir", sample.to_str().unwrap()])
-        .await
-        .unwrap();
+    // Ephemeral ports for everything else a service listens on, so tests never collide.
+    let mut args = vec![
+        "--config-dir",
+        sample.to_str().unwrap(),
+        "--grpc-addr",
+        "127.0.0.1:0",
+    ];
+    if binary == "mixer" {
+        args.extend(["--prometheus-addr", "127.0.0.1:0"]);
+    }
+    let mut svc = Service::start(binary, &args).await.unwrap();
     svc.wait_ready(Duration::from_secs(30)).await.unwrap();
     let base = format!("http://{}", svc.http_addr());
 

@@ -11,7 +11,9 @@ use mesh_tests::Upstream;
 async fn main() -> anyhow::Result<()> {
     let specs: Vec<String> = std::env::args().skip(1).collect();
     if specs.is_empty() || specs.iter().any(|s| s == "-h" || s == "--help") {
-        eprintln!("usage: sample-upstream NAME=ADDR [NAME=ADDR...]   e.g. reviews-v1=127.0.0.11:19080");
+        eprintln!(
+            "usage: sample-upstream NAME=ADDR [NAME=ADDR...]   e.g. reviews-v1=127.0.0.11:19080"
+        );
         std::process::exit(2);
     }
     let mut upstreams = Vec::new();
