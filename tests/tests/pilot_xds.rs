@@ -368,3 +368,42 @@ async fn the_sidecar_gets_istio_shaped_config() {
     assert!(pd["clusters"].as_array().unwrap().len() >= 6, "{pd}");
     envoy.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_endpoint_change_at_the_proxy_ip_refreshes_its_inbound_listener() {
+    let v1 = upstream("reviews-v1", "127.0.0.71").await;
+    let me = upstream("reviews-v2", "127.0.0.72").await;
+    let pilot = Pilot::start(
+        &[("reviews.yaml", &service_entry("reviews", &[(&v1, "v1")]))],
+        "",
+        &[],
+    )
+    .await
+    .unwrap();
+    // A sidecar at 127.0.0.72, not yet an endpoint of anything.
+    let node = "sidecar~127.0.0.72~reviews-v2-1.default~default.svc.cluster.local";
+    let envoy = pilot
+        .sidecar(node, &["--meta", "INTERCEPTION_MODE=NONE"])
+        .await
+        .unwrap();
+    let inbound = format!("127.0.0.72_{}", me.addr().port());
+    let dump = envoy.config_dump(false).await.unwrap().to_string();
+    assert!(!dump.contains(&inbound));
+
+    // Only endpoints change (an EDS push), but they are the proxy's own: it gets its inbound
+    // listener and cluster.
+    pilot
+        .write(
+            "reviews.yaml",
+            &service_entry("reviews", &[(&v1, "v1"), (&me, "v2")]),
+        )
+        .unwrap();
+    eventually("the inbound listener appears", WAIT, || async {
+        let dump = envoy.config_dump(false).await?.to_string();
+        Ok(dump.contains(&inbound)
+            && dump.contains("inbound|9080||reviews.default.svc.cluster.local"))
+    })
+    .await
+    .unwrap();
+    envoy.stop().await.unwrap();
+}

@@ -44,6 +44,9 @@ pub struct Connection {
     pub connected_at: SystemTime,
     pending: Mutex<Option<PushRequest>>,
     notify: Notify,
+    /// The proxy's own service instances when it last got a full push: when an endpoint-only
+    /// change alters them, its inbound listeners and clusters change too.
+    instances: Mutex<String>,
     /// The per-type protocol state, copied out after every event, for the debug pages.
     status: Mutex<BTreeMap<String, TypeState>>,
 }
@@ -87,11 +90,20 @@ impl Connection {
         self.notify.notify_one();
     }
 
-    fn take(&self) -> Option<PushRequest> {
-        self.pending
+    /// The queued push, made full when the proxy's own instances changed under it.
+    fn take(&self, generation: &Generation) -> Option<PushRequest> {
+        let mut push = self
+            .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take()
+            .take()?;
+        let now = instances_signature(generation, &self.proxy);
+        let mut known = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        if *known != now {
+            *known = now;
+            push.full = true;
+        }
+        Some(push)
     }
 
     fn set_status<'a>(&self, states: impl Iterator<Item = (&'a String, &'a TypeState)>) {
@@ -174,7 +186,9 @@ impl XdsServer {
 
     fn register(&self, proxy: Proxy, delta: bool) -> Arc<Connection> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let instances = Mutex::new(instances_signature(&self.current(), &proxy));
         let conn = Arc::new(Connection {
+            instances,
             id,
             proxy,
             delta,
@@ -249,6 +263,23 @@ fn proxy_of(server: &XdsServer, node: Option<&Node>) -> Result<Proxy, Status> {
         }
     }
     Ok(proxy)
+}
+
+/// The service instances at a proxy's IPs, as one comparable string.
+fn instances_signature(generation: &Generation, proxy: &Proxy) -> String {
+    let mut all: Vec<String> = proxy
+        .ips
+        .iter()
+        .flat_map(|ip| generation.ctx.registry.instances_at(ip))
+        .map(|(svc, port, ep)| {
+            format!(
+                "{}:{}@{}:{}",
+                svc.hostname, port.number, ep.address, ep.port
+            )
+        })
+        .collect();
+    all.sort();
+    all.join(",")
 }
 
 /// Whether a push concerns this type of a connection: everything on a full push, endpoints
@@ -356,7 +387,7 @@ async fn sotw_stream(
                 }
             },
             _ = conn.notify.notified() => {
-                if let Some(push) = conn.take() {
+                if let Some(push) = conn.take(&server.current()) {
                     sotw_push(server, &conn, &mut proto, push, tx).await?;
                     conn.set_status(proto.states());
                 }
@@ -479,7 +510,7 @@ async fn delta_stream(
                 }
             },
             _ = conn.notify.notified() => {
-                if let Some(push) = conn.take() {
+                if let Some(push) = conn.take(&server.current()) {
                     let _permit = server.inner.push_limit.acquire().await;
                     for type_url in PUSH_ORDER {
                         if !proto.watches(type_url) {
