@@ -12,7 +12,7 @@
 //! `PILOT_BENCH_PROXIES` changes the number of clients (default 1000).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,9 @@ use pilot::xds::push::{Inputs, build, registry_from};
 use pilot::xds::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+
+mod common;
+use common::{KillOnDrop, free_port, percentile, round1, wait_ready, write_report};
 
 const BOOKINFO: &str = include_str!("bookinfo.yaml");
 const ROUTING: &str = include_str!("routing.yaml.tmpl");
@@ -105,14 +108,6 @@ fn rss_kb(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One simulated proxy: subscribes to everything a sidecar does and ACKs every response.
@@ -234,11 +229,6 @@ fn write_atomic(dir: &Path, name: &str, text: &str) {
     std::fs::rename(tmp, dir.join(name)).unwrap();
 }
 
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
 #[tokio::main]
 async fn main() {
     let proxies: usize = std::env::var("PILOT_BENCH_PROXIES")
@@ -266,12 +256,7 @@ async fn main() {
     let pid = child.id();
     // Stopped however the benchmark ends.
     let child = KillOnDrop(child);
-    let ready_url = format!("http://{http}/ready");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready(&ready_url).await {
-        assert!(Instant::now() < deadline, "pilot did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_ready(&http, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = rss_kb(pid);
 
@@ -332,45 +317,5 @@ async fn main() {
         format!("pilot_push_p50_ms_{suffix}"): round1(p50),
         format!("pilot_push_p99_ms_{suffix}"): round1(p99),
     });
-    println!("{report:#}");
-    let out = std::env::var_os("BENCH_OUT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("../target/bench/pilot.json"));
-    if let Some(parent) = out.parent() {
-        std::fs::create_dir_all(parent).unwrap();
-    }
-    std::fs::write(&out, serde_json::to_string_pretty(&report).unwrap()).unwrap();
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn round1(v: f64) -> f64 {
-    (v * 10.0).round() / 10.0
-}
-
-async fn ready(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return false;
-    };
-    let Some((addr, path)) = rest.split_once('/') else {
-        return false;
-    };
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-        return false;
-    };
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let req = format!("GET /{path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf).await;
-    buf.starts_with(b"HTTP/1.1 200")
+    write_report(&report, "pilot.json");
 }
