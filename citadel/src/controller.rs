@@ -135,14 +135,39 @@ impl std::fmt::Debug for Controller {
     }
 }
 
+/// When a workload certificate is due for rotation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GracePolicy {
+    /// Rotate when less than this fraction of the lifetime is left ...
+    pub ratio: f64,
+    /// ... or less than this, whichever is longer.
+    pub min: Duration,
+    /// How far the CA backdates `notBefore` ([`crate::ca::CaOptions::backdate`]). It is not
+    /// part of the lifetime: counting it would make the grace period of a short-lived
+    /// certificate longer than its TTL, and the certificate would be rotated continuously.
+    pub backdate: Duration,
+}
+
+impl GracePolicy {
+    /// The grace period of a certificate valid from `not_before` to `not_after`: `ratio` of its
+    /// requested lifetime (`notAfter` minus the issue time, i.e. without the backdate), but at
+    /// least `min`.
+    pub fn grace(&self, not_before: SystemTime, not_after: SystemTime) -> Duration {
+        let lifetime = not_after
+            .duration_since(not_before)
+            .unwrap_or(Duration::ZERO)
+            .saturating_sub(self.backdate);
+        lifetime.mul_f64(self.ratio.clamp(0.0, 1.0)).max(self.min)
+    }
+}
+
 /// Decides whether the stored secret of `identity` must be rewritten.
 pub fn decide(
     stored: Option<&StoredSecret>,
     identity: &Identity,
     root_pem: &str,
     now: SystemTime,
-    grace_ratio: f64,
-    min_grace: Duration,
+    policy: &GracePolicy,
 ) -> Decision {
     let Some(stored) = stored else {
         return Decision::Write(Reason::Missing);
@@ -159,10 +184,7 @@ pub fn decide(
     if uris != [identity.uri()] {
         return Decision::Write(Reason::IdentityChanged);
     }
-    let lifetime = not_after
-        .duration_since(not_before)
-        .unwrap_or(Duration::ZERO);
-    let grace = lifetime.mul_f64(grace_ratio.clamp(0.0, 1.0)).max(min_grace);
+    let grace = policy.grace(not_before, not_after);
     let rotate_at = not_after
         .checked_sub(grace)
         .unwrap_or(SystemTime::UNIX_EPOCH);
@@ -432,14 +454,7 @@ impl Controller {
         let stored = self.sink.get(key).await?;
         let now = SystemTime::now();
         let root = self.ca.root_cert();
-        let decision = decide(
-            stored.as_ref(),
-            &identity,
-            &root,
-            now,
-            self.options.grace_ratio,
-            self.options.min_grace,
-        );
+        let decision = decide(stored.as_ref(), &identity, &root, now, &self.grace_policy());
         let reason = match decision {
             Decision::Keep { rotate_at, grace } => {
                 let at = rotate_at
@@ -507,12 +522,7 @@ impl Controller {
             .inc();
         tracing::info!(secret = %key, identity = %identity, reason = reason.label(), not_after = unix(not_after), "secret written");
 
-        let lifetime = not_after
-            .duration_since(not_before)
-            .unwrap_or(Duration::ZERO);
-        let grace = lifetime
-            .mul_f64(self.options.grace_ratio.clamp(0.0, 1.0))
-            .max(self.options.min_grace);
+        let grace = self.grace_policy().grace(not_before, not_after);
         let rotate_at = not_after.checked_sub(grace).unwrap_or(now);
         let at = rotate_at
             .checked_sub(jitter(
@@ -524,6 +534,14 @@ impl Controller {
             .max(now);
         self.record(key, &identity, not_before, not_after, at);
         Ok(Some(to_instant(at)))
+    }
+
+    fn grace_policy(&self) -> GracePolicy {
+        GracePolicy {
+            ratio: self.options.grace_ratio,
+            min: self.options.min_grace,
+            backdate: self.ca.options().backdate,
+        }
     }
 
     fn jitter_window(&self, grace: Duration) -> Duration {
@@ -748,40 +766,53 @@ mod tests {
         let day = Duration::from_secs(86400);
         let s = stored_for(&ca, &id, day, now);
         let root = ca.root_cert();
-        let min = Duration::from_secs(600);
+        let policy = GracePolicy {
+            ratio: 0.5,
+            min: Duration::from_secs(600),
+            backdate: ca.options().backdate,
+        };
         assert_eq!(
-            decide(None, &id, &root, now, 0.5, min),
+            decide(None, &id, &root, now, &policy),
             Decision::Write(Reason::Missing)
         );
-        // Fresh: keep until half the lifetime (plus the one-minute backdate) is left.
-        match decide(Some(&s), &id, &root, now, 0.5, min) {
+        // Fresh: keep until half the TTL is left (the one-minute backdate does not count).
+        match decide(Some(&s), &id, &root, now, &policy) {
             Decision::Keep { rotate_at, .. } => {
                 let d = rotate_at.duration_since(now).unwrap().as_secs();
-                assert!((43_160..=43_200).contains(&d), "{d}");
+                assert!((43_199..=43_200).contains(&d), "{d}");
             }
             other => panic!("{other:?}"),
         }
         let later = now + Duration::from_secs(43_300);
         assert_eq!(
-            decide(Some(&s), &id, &root, later, 0.5, min),
+            decide(Some(&s), &id, &root, later, &policy),
             Decision::Write(Reason::Expiring)
         );
         // The minimum grace period wins over a small ratio.
         let late = now + day - Duration::from_secs(500);
         assert_eq!(
-            decide(Some(&s), &id, &root, late, 0.0, min),
+            decide(
+                Some(&s),
+                &id,
+                &root,
+                late,
+                &GracePolicy {
+                    ratio: 0.0,
+                    ..policy
+                }
+            ),
             Decision::Write(Reason::Expiring)
         );
         let other_root = root::self_signed(KeyAlgorithm::EcdsaP256, "x", day, now)
             .unwrap()
             .root_cert;
         assert_eq!(
-            decide(Some(&s), &id, &other_root, now, 0.5, min),
+            decide(Some(&s), &id, &other_root, now, &policy),
             Decision::Write(Reason::RootChanged)
         );
         let other = Identity::new("cluster.local", "default", "b").unwrap();
         assert_eq!(
-            decide(Some(&s), &other, &root, now, 0.5, min),
+            decide(Some(&s), &other, &root, now, &policy),
             Decision::Write(Reason::IdentityChanged)
         );
         let broken = StoredSecret {
@@ -789,7 +820,7 @@ mod tests {
             ..s.clone()
         };
         assert_eq!(
-            decide(Some(&broken), &id, &root, now, 0.5, min),
+            decide(Some(&broken), &id, &root, now, &policy),
             Decision::Write(Reason::Invalid)
         );
         let keyless = StoredSecret {
@@ -797,9 +828,118 @@ mod tests {
             ..s
         };
         assert_eq!(
-            decide(Some(&keyless), &id, &root, now, 0.5, min),
+            decide(Some(&keyless), &id, &root, now, &policy),
             Decision::Write(Reason::Invalid)
         );
+    }
+
+    /// The backdate of `notBefore` is not part of the lifetime: a 4 s certificate with ratio 0.5
+    /// is rotated when about 2 s are left, not right away (a 64 s "lifetime" would give a 32 s
+    /// grace period, longer than the TTL, and a rotation on every look).
+    #[test]
+    fn short_ttl_rotates_at_half_the_ttl_not_continuously() {
+        let ca = ca();
+        assert_eq!(ca.options().backdate, Duration::from_secs(60));
+        let id = Identity::new("cluster.local", "default", "a").unwrap();
+        let now = SystemTime::now();
+        let ttl = Duration::from_secs(4);
+        let s = stored_for(&ca, &id, ttl, now);
+        let root = ca.root_cert();
+        let policy = GracePolicy {
+            ratio: 0.5,
+            min: Duration::from_secs(1),
+            backdate: ca.options().backdate,
+        };
+        let (_, not_before, not_after) = leaf_facts(&s.cert_chain).unwrap();
+        assert_eq!(
+            not_after.duration_since(not_before).unwrap(),
+            ttl + Duration::from_secs(60)
+        );
+        assert_eq!(policy.grace(not_before, not_after), Duration::from_secs(2));
+        // Just issued: kept, and due when 2 s are left (1-2 s from now; times are whole seconds).
+        match decide(Some(&s), &id, &root, now, &policy) {
+            Decision::Keep { rotate_at, grace } => {
+                assert_eq!(grace, Duration::from_secs(2));
+                assert_eq!(
+                    not_after.duration_since(rotate_at).unwrap(),
+                    Duration::from_secs(2)
+                );
+                let wait = rotate_at.duration_since(now).unwrap();
+                assert!(
+                    wait > Duration::from_secs(1) && wait <= Duration::from_secs(2),
+                    "{wait:?}"
+                );
+            }
+            other => panic!("rotates right away: {other:?}"),
+        }
+        // Still kept a little later; rotated once less than 2 s are left.
+        assert!(matches!(
+            decide(
+                Some(&s),
+                &id,
+                &root,
+                now + Duration::from_millis(900),
+                &policy
+            ),
+            Decision::Keep { .. }
+        ));
+        assert_eq!(
+            decide(
+                Some(&s),
+                &id,
+                &root,
+                now + Duration::from_millis(2100),
+                &policy
+            ),
+            Decision::Write(Reason::Expiring)
+        );
+        // The minimum grace period still wins when it is longer.
+        let long_min = GracePolicy {
+            min: Duration::from_secs(3),
+            ..policy
+        };
+        assert_eq!(
+            long_min.grace(not_before, not_after),
+            Duration::from_secs(3)
+        );
+    }
+
+    /// The controller itself: a freshly written 4 s secret is next looked at about 2 s later
+    /// (minus jitter), and looking at it again right away does not rewrite it.
+    #[tokio::test]
+    async fn short_ttl_secret_is_not_rewritten_on_every_look() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(crate::secrets::file::FileSink::new(dir.path()));
+        let options = ControllerOptions {
+            trust_domain: "cluster.local".into(),
+            ttl: Duration::from_secs(4),
+            grace_ratio: 0.5,
+            min_grace: Duration::from_secs(1),
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            dns_names: BTreeMap::new(),
+            namespaces: NamespaceFilter::default(),
+            write_qps: 100.0,
+            write_burst: 10,
+            resync: Duration::from_secs(60),
+            root_change_spread: Duration::from_secs(1),
+            max_jitter: Duration::from_secs(600),
+        };
+        let metrics = Metrics::default();
+        let c = Controller::new(Arc::new(ca()), sink.clone(), options, metrics);
+        let key = SecretKey::new("default", "a");
+        let start = Instant::now();
+        let next = c.reconcile(&key, true).await.unwrap().unwrap();
+        let first = sink.get(&key).await.unwrap().unwrap();
+        // Due when 2 s of the TTL are left, pulled forward by at most a quarter of the grace
+        // period (0.5 s); whole-second times take up to another second off.
+        let wait = next.duration_since(start);
+        assert!(
+            wait >= Duration::from_millis(400) && wait <= Duration::from_secs(2),
+            "{wait:?}"
+        );
+        let again = c.reconcile(&key, true).await.unwrap().unwrap();
+        assert_eq!(sink.get(&key).await.unwrap().unwrap(), first, "rewritten");
+        assert!(again > Instant::now(), "due right away");
     }
 
     /// A sink that remembers deletions.

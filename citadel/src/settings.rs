@@ -54,7 +54,7 @@ pub struct Cli {
     #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
     pub grpc_host_identities: Option<Vec<String>>,
 
-    /// File mode: where workload secrets are written, as OUT/<namespace>/istio.<sa>/. Without
+    /// File mode: where workload secrets are written, as OUT/NAMESPACE/istio.SA/. Without
     /// it (and without Kubernetes) no secrets are written.
     #[arg(long, value_name = "OUT")]
     pub secret_dir: Option<PathBuf>,
@@ -72,8 +72,8 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION")]
     pub max_workload_cert_ttl: Option<GoDuration>,
 
-    /// Rotate a workload certificate when less than this fraction of its lifetime is left
-    /// [default: 0.5].
+    /// Rotate a workload certificate when less than this fraction of its lifetime (its TTL) is
+    /// left [default: 0.5].
     #[arg(long, value_name = "RATIO")]
     pub workload_cert_grace_period_ratio: Option<f64>,
 

@@ -208,8 +208,8 @@ async fn envoys_keep_mtls_across_rotations_without_failed_handshakes() {
         .join("---\n");
     std::fs::write(config.join("accounts.yaml"), yaml).unwrap();
     let out = tmp.path().join("out");
-    // 30 s certificates, backdated a minute (a 90 s lifetime), rotated when less than 20% of
-    // it is left: about every 8-12 s.
+    // 30 s certificates rotated when less than half the TTL is left (the default ratio; the
+    // one-minute notBefore backdate does not count): about every 11-15 s.
     let args = [
         "--config-dir".to_string(),
         config.display().to_string(),
@@ -219,8 +219,6 @@ async fn envoys_keep_mtls_across_rotations_without_failed_handshakes() {
         format!("127.0.0.1:{}", free_port()),
         "--workload-cert-ttl".into(),
         "30s".into(),
-        "--workload-cert-grace-period-ratio".into(),
-        "0.2".into(),
         "--workload-cert-min-grace-period".into(),
         "1s".into(),
         "--secret-resync-period".into(),
