@@ -236,5 +236,11 @@ pub fn watched_kinds() -> Vec<(Kind, String)> {
     ]
     .into_iter()
     .map(|k| (k, "v1alpha3".to_string()))
+    // The routing API of Istio 0.5-0.7, converted into the same model.
+    .chain(
+        [Kind::RouteRule, Kind::DestinationPolicy, Kind::EgressRule]
+            .into_iter()
+            .map(|k| (k, "v1alpha2".to_string())),
+    )
     .collect()
 }

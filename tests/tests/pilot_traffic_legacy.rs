@@ -205,3 +205,23 @@ spec:
     }
     assert_eq!(lines.len(), 5, "one line per problem: {stdout}");
 }
+
+/// An Istio 0.5 EgressRule opens an external host, as the ServiceEntry it stands for does:
+/// before it, the host is unknown; with it, requests reach the host's servers.
+#[tokio::test]
+async fn an_egress_rule_opens_an_external_host() {
+    let external = upstream("external").await;
+    let port = external.addr().port();
+    let mesh = Mesh::start(&[]).await;
+    let host = format!("localhost:{port}");
+    let before = mesh.get(&host, "/", &[]).await.unwrap();
+    assert_eq!(before.status.as_u16(), 404, "unknown before the rule");
+
+    let rule = format!(
+        "apiVersion: config.istio.io/v1alpha2\nkind: EgressRule\nmetadata:\n  name: local-external\nspec:\n  destination:\n    service: localhost\n  ports:\n  - port: {port}\n    protocol: http\n"
+    );
+    mesh.pilot.write("egress.yaml", &rule).unwrap();
+    mesh.wait_for(&host, "/", &[], "200 external").await;
+    assert!(external.requests() >= 3);
+    mesh.finish().await;
+}

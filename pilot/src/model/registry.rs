@@ -54,11 +54,25 @@ impl Registry {
                 _ => None,
             })
             .collect();
-        for obj in snapshot.of_kind(&Kind::ServiceEntry) {
-            let Spec::ServiceEntry(se) = &obj.spec else {
-                continue;
-            };
-            let namespace = obj.key.namespace.as_str();
+        // ServiceEntries, then the legacy EgressRules of Istio 0.5-0.7 as the ServiceEntries
+        // they stand for (a host a ServiceEntry defines wins).
+        let mut entries: Vec<(String, String, std::borrow::Cow<'_, net::ServiceEntry>)> = snapshot
+            .of_kind(&Kind::ServiceEntry)
+            .filter_map(|obj| match &obj.spec {
+                Spec::ServiceEntry(se) => Some((
+                    obj.key.namespace.clone(),
+                    obj.key.to_string(),
+                    std::borrow::Cow::Borrowed(se),
+                )),
+                _ => None,
+            })
+            .collect();
+        for (namespace, name, se) in crate::legacy::egress_service_entries(snapshot) {
+            let label = format!("EgressRule {namespace}/{name}");
+            entries.push((namespace, label, std::borrow::Cow::Owned(se)));
+        }
+        for (namespace, label, se) in &entries {
+            let namespace = namespace.as_str();
             let selected: Vec<&WorkloadEntrySpec> = match &se.workload_selector {
                 Some(sel) => workloads
                     .iter()
@@ -76,8 +90,7 @@ impl Registry {
             for host in &se.hosts {
                 if reg.services.contains_key(host) {
                     warnings.push(format!(
-                        "{}: host {host} is already defined by another ServiceEntry; ignored",
-                        obj.key
+                        "{label}: host {host} is already defined by another ServiceEntry; ignored"
                     ));
                     continue;
                 }
