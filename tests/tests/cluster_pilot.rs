@@ -13,6 +13,9 @@ use mesh_tests::{Envoy, Service, Upstream, free_port, repo_root};
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// One test at a time: one of them kills the API server.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const RULES: &str = "apiVersion: networking.istio.io/v1alpha3
 kind: DestinationRule
 metadata:
@@ -98,6 +101,7 @@ async fn envoy_endpoints(envoy: &Envoy, cluster: &str) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn bookinfo_on_kubernetes_reaches_envoy() {
+    let _serial = SERIAL.lock().await;
     let Some(cluster) = Cluster::for_test().await.unwrap() else {
         return;
     };
@@ -298,4 +302,113 @@ fn pilot_bootstrap(node: &str, grpc: &str, proxy_port: u16) -> serde_json::Value
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The sum of a Prometheus series (all label sets matching `prefix`) on a metrics page.
+fn metric(page: &str, prefix: &str) -> u64 {
+    page.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Istio's push-storm bug: a pod flapping between ready and not ready must cost EDS pushes
+/// only, never full pushes.
+#[tokio::test]
+async fn a_flapping_pod_costs_eds_pushes_only() {
+    let _serial = SERIAL.lock().await;
+    let Some(cluster) = Cluster::for_test().await.unwrap() else {
+        return;
+    };
+    cluster.install_crds().await.unwrap();
+    let ns = cluster.namespace("flap").await.unwrap();
+    let ns_name = ns.name().to_string();
+    cluster.apply(&ns_name, &bookinfo()).await.unwrap();
+    eventually("ratings running", WAIT, || async {
+        Ok(pod_ips(cluster, &ns_name, "ratings").await.len() == 1)
+    })
+    .await
+    .unwrap();
+    let pod = cluster
+        .kubectl_ok([
+            "-n",
+            &ns_name,
+            "get",
+            "pods",
+            "-l",
+            "app=ratings",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ])
+        .await
+        .unwrap();
+
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let kubeconfig = cluster.kubeconfig();
+    let mut pilot = Service::start(
+        "pilot",
+        &[
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--grpc-addr",
+            &grpc,
+        ],
+    )
+    .await
+    .unwrap();
+    pilot.wait_ready(WAIT).await.unwrap();
+    let metrics_url = format!("http://{}/metrics", pilot.http_addr());
+    let ratings = format!("ratings.{ns_name}.svc.cluster.local");
+    // Settle: the registry of this namespace is complete and pushed.
+    eventually("ratings has its endpoint", WAIT, || async {
+        let reg = mesh_tests::http_get(
+            &format!("http://{}/debug/registryz", pilot.http_addr()),
+            &[],
+        )
+        .await?
+        .body;
+        Ok(reg.contains(&ratings) && reg.contains("127.1."))
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let page = mesh_tests::http_get(&metrics_url, &[]).await.unwrap().body;
+    let full_before = metric(&page, "pilot_push_triggers_total{type=\"full\"}");
+    let eds_before = metric(&page, "pilot_push_triggers_total{type=\"eds\"}");
+
+    for ready in ["False", "True", "False", "True"] {
+        let patch = format!(
+            "{{\"status\":{{\"conditions\":[{{\"type\":\"Ready\",\"status\":\"{ready}\"}}]}}}}"
+        );
+        cluster
+            .kubectl_ok([
+                "-n",
+                &ns_name,
+                "patch",
+                "pod",
+                pod.trim(),
+                "--subresource=status",
+                "--type=strategic",
+                "-p",
+                &patch,
+            ])
+            .await
+            .unwrap();
+        // Each state lasts long enough to be pushed on its own.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    eventually("the flaps were pushed", WAIT, || async {
+        let page = mesh_tests::http_get(&metrics_url, &[]).await?.body;
+        Ok(metric(&page, "pilot_push_triggers_total{type=\"eds\"}") >= eds_before + 2)
+    })
+    .await
+    .unwrap();
+    let page = mesh_tests::http_get(&metrics_url, &[]).await.unwrap().body;
+    assert_eq!(
+        metric(&page, "pilot_push_triggers_total{type=\"full\"}"),
+        full_before,
+        "a readiness flap caused a full push"
+    );
+    pilot.stop().await.unwrap();
+    ns.cleanup().await.unwrap();
 }
