@@ -218,3 +218,65 @@ pub async fn run(
         inputs = next;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::model::{Endpoint, Port, Protocol, Service};
+
+    fn inputs(ready: &[&str]) -> Inputs {
+        let mut registry = Registry::default();
+        let endpoints = ready
+            .iter()
+            .map(|ip| Endpoint {
+                address: ip.to_string(),
+                port: 9080,
+                labels: BTreeMap::from([("app".into(), "ratings".into())]),
+                service_account: None,
+                locality: None,
+                weight: None,
+            })
+            .collect();
+        registry.add(
+            Service {
+                hostname: "ratings.default.svc.cluster.local".into(),
+                namespace: "default".into(),
+                addresses: vec!["10.96.0.10".into()],
+                ports: vec![Port {
+                    name: "http".into(),
+                    number: 9080,
+                    protocol: Protocol::Http,
+                    target_port: None,
+                }],
+                resolution: Resolution::Static,
+                mesh_external: false,
+                export_to: Vec::new(),
+            },
+            BTreeMap::from([(9080, endpoints)]),
+        );
+        Inputs {
+            config: Arc::new(Snapshot::default()),
+            mesh: Arc::new(MeshConfig::default()),
+            registry: Arc::new(registry),
+        }
+    }
+
+    /// Istio's push-storm bug: an endpoint going not ready and back must never be a full push.
+    #[test]
+    fn readiness_flaps_are_eds_pushes() {
+        let both = inputs(&["127.1.0.1", "127.1.0.2"]);
+        let one = inputs(&["127.1.0.1"]);
+        let host = BTreeSet::from(["ratings.default.svc.cluster.local".to_string()]);
+        assert_eq!(classify(&both, &one), PushKind::Eds(host.clone()));
+        assert_eq!(classify(&one, &both), PushKind::Eds(host));
+        assert_eq!(classify(&both, &both), PushKind::None);
+        let mut changed = inputs(&["127.1.0.1"]);
+        changed.mesh = Arc::new(MeshConfig {
+            proxy_http_port: 15080,
+            ..Default::default()
+        });
+        assert_eq!(classify(&one, &changed), PushKind::Full);
+    }
+}
