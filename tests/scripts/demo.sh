@@ -106,7 +106,9 @@ say "==> citadel wrote workload certificates: $(cd "$STATE/secrets" && ls -d */i
 
 if [ "${DEMO_CHECK:-0}" = 1 ]; then
     for port in 15014 15015 15016; do
-        curl -fsS "http://127.0.0.1:$port/metrics" | grep -q '^istio_build' \
+        # Read the whole page first: `grep -q` stops early, and curl would fail on SIGPIPE.
+        page="$(curl -fsS "http://127.0.0.1:$port/metrics")"
+        grep -q '^istio_build' <<<"$page" \
             || { echo "no istio_build metric on :$port" >&2; exit 1; }
     done
 fi
