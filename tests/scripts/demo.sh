@@ -59,8 +59,10 @@ wait_ready() {
 # The sample services of manifests/sample/services.yaml, each answering with its name.
 start sample-upstream reviews-v1=127.0.0.11:19080 reviews-v2=127.0.0.12:19080 ratings-v1=127.0.0.13:19080
 start pilot --config-dir "$SAMPLE" --mesh "$MESH" --grpc-addr 127.0.0.1:15010 --http-addr 127.0.0.1:15014
+# Demo ports stay below the kernel's ephemeral range (32768+), where an outgoing connection
+# could already hold them; so the prometheus adapter is on 14242 here, not Istio's 42422.
 start mixer --config-dir "$SAMPLE" --http-addr 127.0.0.1:15015 \
-    --grpc-addr 127.0.0.1:9091 --prometheus-addr 127.0.0.1:42422
+    --grpc-addr 127.0.0.1:9091 --prometheus-addr 127.0.0.1:14242
 start citadel --config-dir "$SAMPLE" --http-addr 127.0.0.1:15016 --grpc-addr 127.0.0.1:8060 \
     --secret-dir "$STATE/secrets" --ca-dir "$STATE/ca"
 
@@ -127,7 +129,7 @@ cat <<BANNER
     curl localhost:15000/config_dump           # what the sidecar got
     curl localhost:15014/ready                 # each service's readiness (mixer :15015, citadel :15016)
     curl localhost:15015/debug/configz         # mixer's rules from manifests/sample/policy.yaml
-    curl localhost:42422/metrics               # the metrics mixer's prometheus adapter serves
+    curl localhost:14242/metrics               # the metrics mixer's prometheus adapter serves
     openssl x509 -noout -text -in target/demo/secrets/default/istio.bookinfo-reviews/cert-chain.pem
                                                # a SPIFFE certificate citadel issued (rotated before expiry)
     curl localhost:15014/metrics               # Prometheus metrics
