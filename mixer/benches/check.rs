@@ -1,9 +1,10 @@
 //! Mixer's speed: ext_authz checks over gRPC (Istio 1.0's default config plus the test
 //! policy: a denier, a listchecker and a memquota rule) with the load generator in the same
-//! process, and access-log entries dispatched to the prometheus (and stdio) adapters.
+//! process, the same checks over `istio.mixer.v1` with compressed attributes, and access-log
+//! entries dispatched to the prometheus (and stdio) adapters.
 //!
-//! Writes `target/bench/mixer.json` with `mixer_check_rps`, `mixer_check_p99_us` and
-//! `mixer_report_entries_per_s`. `MIXER_BENCH_SECS` sets the length of each phase (default 5),
+//! Writes `target/bench/mixer.json` with `mixer_check_rps`, `mixer_check_p99_us`,
+//! `mixer_v1_check_rps`, `mixer_v1_check_p99_us` and `mixer_report_entries_per_s`. `MIXER_BENCH_SECS` sets the length of each phase (default 5),
 //! `MIXER_BENCH_CONCURRENCY` the checks in flight (default 16).
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_client::Authorizati
 use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, attribute_context,
 };
+use mesh_proto::grpc::istio::mixer::v1 as mixer_v1;
 use mesh_runtime::Snapshot;
 use mixer::adapter::AdapterEnv;
 use mixer::config::{CompileOptions, Compiler};
@@ -106,7 +108,88 @@ fn check_request(i: usize) -> CheckRequest {
     }
 }
 
-async fn bench_checks(secs: u64) -> (f64, f64) {
+/// The same request as [`check_request`], compressed as an Istio proxy would send it to
+/// `istio.mixer.v1.Mixer/Check` (global dictionary words where there are some), with the
+/// `requestcount` quota asked for.
+fn v1_check_request(i: usize) -> mixer_v1::CheckRequest {
+    let user = if i.is_multiple_of(100) {
+        "john"
+    } else {
+        "jane"
+    };
+    let mut a = mixer_v1::CompressedAttributes {
+        words: vec![
+            "x-user".into(),
+            user.into(),
+            "bench".into(),
+            "productpage:9080".into(),
+            format!("/products/{}", i % 50),
+            format!("svc{}", i % 10),
+            "default".into(),
+            format!("req-{i}"),
+        ],
+        ..Default::default()
+    };
+    // request.headers: x-user, user-agent (86), :authority (31).
+    a.string_maps.insert(
+        15,
+        mixer_v1::StringMap {
+            entries: [(-1, -2), (86, -3), (31, -4)].into_iter().collect(),
+        },
+    );
+    for (name, value) in [
+        (19, 90),  // request.method = GET
+        (17, -5),  // request.path
+        (203, -5), // request.url_path
+        (18, -4),  // request.host
+        (16, -8),  // request.id
+        (191, -6), // destination.service.name
+        (192, -7), // destination.service.namespace
+    ] {
+        a.strings.insert(name, value);
+    }
+    mixer_v1::CheckRequest {
+        attributes: Some(a),
+        global_word_count: 222,
+        deduplication_id: format!("req-{i}"),
+        quotas: [(
+            "requestcount".to_string(),
+            mixer_v1::check_request::QuotaParams {
+                amount: 1,
+                best_effort: false,
+            },
+        )]
+        .into_iter()
+        .collect(),
+    }
+}
+
+/// Which API the checks go through.
+#[derive(Debug, Clone, Copy)]
+enum Api {
+    ExtAuthz,
+    MixerV1,
+}
+
+/// A client of each API, on one connection.
+type Clients = (
+    AuthorizationClient<tonic::transport::Channel>,
+    mixer_v1::mixer_client::MixerClient<tonic::transport::Channel>,
+);
+
+/// Sends check `i` through `api`.
+async fn send(api: Api, (authz, v1): &mut Clients, i: usize) {
+    match api {
+        Api::ExtAuthz => {
+            authz.check(check_request(i)).await.unwrap();
+        }
+        Api::MixerV1 => {
+            v1.check(v1_check_request(i)).await.unwrap();
+        }
+    }
+}
+
+async fn bench_checks(secs: u64, api: Api) -> (f64, f64) {
     let d = dispatcher(true);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -120,19 +203,22 @@ async fn bench_checks(secs: u64) -> (f64, f64) {
         .unwrap_or(16);
     let connections = 4;
     let per_connection = concurrency.div_ceil(connections).max(1);
-    let mut clients = Vec::new();
+    let mut clients: Vec<Clients> = Vec::new();
     for _ in 0..connections {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()
             .await
             .unwrap();
-        clients.push(AuthorizationClient::new(channel));
+        clients.push((
+            AuthorizationClient::new(channel.clone()),
+            mixer_v1::mixer_client::MixerClient::new(channel),
+        ));
     }
     // Warm up.
     let mut warm = clients[0].clone();
     for i in 0..1000 {
-        warm.check(check_request(i)).await.unwrap();
+        send(api, &mut warm, i).await;
     }
     let end = Instant::now() + Duration::from_secs(secs);
     let start = Instant::now();
@@ -144,9 +230,8 @@ async fn bench_checks(secs: u64) -> (f64, f64) {
                 let mut latencies = Vec::new();
                 let mut i = c * 1000 + t;
                 while Instant::now() < end {
-                    let req = check_request(i);
                     let t0 = Instant::now();
-                    client.check(req).await.unwrap();
+                    send(api, &mut client, i).await;
                     latencies.push(t0.elapsed().as_micros() as u32);
                     i += 17;
                 }
@@ -246,11 +331,14 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (rps, p99) = runtime.block_on(bench_checks(secs));
+    let (rps, p99) = runtime.block_on(bench_checks(secs, Api::ExtAuthz));
+    let (v1_rps, v1_p99) = runtime.block_on(bench_checks(secs, Api::MixerV1));
     let reports = bench_reports(secs);
     let result = serde_json::json!({
         "mixer_check_rps": rps.round(),
         "mixer_check_p99_us": p99,
+        "mixer_v1_check_rps": v1_rps.round(),
+        "mixer_v1_check_p99_us": v1_p99,
         "mixer_report_entries_per_s": reports.round(),
     });
     println!("{result}");

@@ -7,7 +7,8 @@
 //! - [`config`]: the config store's Mixer objects compiled into a [`config::Resolved`].
 //! - [`dispatch`]: rules to handlers for checks, quotas and reports.
 //! - [`adapter`]: the in-process adapters.
-//! - [`server`]: the gRPC front doors for Envoy (ext_authz v3, access-log service v3).
+//! - [`server`]: the gRPC front doors (Envoy's ext_authz v3, access-log service v3 and rate
+//!   limit service v3; Mixer's own `istio.mixer.v1`).
 //!
 //! The binary is a thin `main.rs` over [`run`]. Configuration comes from a watched directory of
 //! Istio YAML (the embedded default) or from the Kubernetes API server.
@@ -90,6 +91,16 @@ pub async fn run(mut cli: Cli, shutdown: Shutdown) -> anyhow::Result<()> {
     let mut rx = base.store.subscribe();
     let first = rx.borrow_and_update().clone();
     let dispatcher = Arc::new(Dispatcher::new(compiler.compile(&first), metrics));
+    // On Kubernetes, `kubernetesenv` handlers generate workload attributes from the pods.
+    if let ConfigSource::Kubernetes(kubeconfig) = &source {
+        let client = mesh_runtime::kube_client::connect(kubeconfig.as_deref())
+            .await
+            .context("connecting to Kubernetes for the kubernetesenv pod cache")?;
+        dispatcher.set_pod_cache(adapter::kubernetesenv::pods::KubePodCache::start(
+            client,
+            shutdown.clone(),
+        ));
+    }
     log_refusals(&dispatcher);
     {
         let dispatcher = dispatcher.clone();

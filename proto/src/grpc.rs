@@ -6,6 +6,7 @@
 //! | module | package | what |
 //! |---|---|---|
 //! | [`istio::v1::auth`] | `istio.v1.auth` | Citadel's CSR signing: `IstioCertificateService` and the legacy `IstioCAService` |
+//! | [`istio::mixer::v1`] | `istio.mixer.v1` | Mixer's own API: the `Mixer` service (`Check`, `Report`) and compressed attribute bags |
 //! | [`google::rpc`] | `google.rpc` | `Status`, the error model some Istio messages embed |
 //!
 //! Each service `Foo` has a client (`foo_client::FooClient`) and a server
@@ -17,7 +18,7 @@
 //! `protox` has their `.proto` files built in, so `import "google/protobuf/struct.proto";`
 //! just works.
 //!
-//! # Adding an API (e.g. Mixer's `istio.mixer.v1`)
+//! # Adding an API (as Mixer's `istio.mixer.v1` was)
 //!
 //! 1. Put the `.proto` files under `proto/proto/`, in directories that match their package
 //!    (`proto/proto/istio/mixer/v1/mixer.proto` for `package istio.mixer.v1;`). Imports are
@@ -40,3 +41,7 @@
 )]
 
 include!(concat!(env!("OUT_DIR"), "/mesh_grpc.rs"));
+
+/// The crate the generated messages use for Google's well-known types (`Timestamp`,
+/// `Duration`, ...), so callers build them without depending on it themselves.
+pub use prost_types;

@@ -12,41 +12,36 @@ pub fn set_text<'a>(bag: &mut DenseBag<'a>, vocab: &Vocabulary, name: &str, text
     let Some((id, ty)) = vocab.lookup(name) else {
         return false;
     };
-    let v = match ty {
+    match text_value(ty, text) {
+        Some(v) => {
+            bag.set(id, v);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Converts text to a value of type `ty` (`None` when it does not convert; a STRING_MAP never
+/// does).
+pub fn text_value(ty: ValueType, text: &str) -> Option<Value<'_>> {
+    Some(match ty {
         ValueType::String => Value::String(Cow::Borrowed(text)),
         ValueType::EmailAddress => Value::EmailAddress(Cow::Borrowed(text)),
         ValueType::Uri => Value::Uri(Cow::Borrowed(text)),
         ValueType::DnsName => Value::DnsName(Cow::Borrowed(text)),
-        ValueType::Int64 => match text.parse() {
-            Ok(v) => Value::Int64(v),
-            Err(_) => return false,
-        },
-        ValueType::Double => match text.parse() {
-            Ok(v) => Value::Double(v),
-            Err(_) => return false,
-        },
+        ValueType::Int64 => Value::Int64(text.parse().ok()?),
+        ValueType::Double => Value::Double(text.parse().ok()?),
         ValueType::Bool => match text {
             "true" | "True" | "TRUE" | "1" => Value::Bool(true),
             "false" | "False" | "FALSE" | "0" => Value::Bool(false),
-            _ => return false,
+            _ => return None,
         },
-        ValueType::IpAddress => match text.parse::<IpAddr>() {
-            Ok(ip) => Value::IpAddress(ip),
-            Err(_) => return false,
-        },
-        ValueType::Duration => match time::parse_duration(text) {
-            Some(d) => Value::Duration(d),
-            None => return false,
-        },
-        ValueType::Timestamp => match time::parse_timestamp(text) {
-            Some(t) => Value::Timestamp(t),
-            None => return false,
-        },
+        ValueType::IpAddress => Value::IpAddress(text.parse::<IpAddr>().ok()?),
+        ValueType::Duration => Value::Duration(time::parse_duration(text)?),
+        ValueType::Timestamp => Value::Timestamp(time::parse_timestamp(text)?),
         ValueType::Bytes => Value::Bytes(Cow::Borrowed(text.as_bytes())),
-        ValueType::StringMap => return false,
-    };
-    bag.set(id, v);
-    true
+        ValueType::StringMap => return None,
+    })
 }
 
 /// Sets attribute `name` to `value` if the vocabulary declares that type.
