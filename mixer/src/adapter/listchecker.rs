@@ -57,6 +57,8 @@ pub struct ListChecker {
     caching_interval: Duration,
     caching_use_count: i32,
     overrides: Vec<String>,
+    /// With `providerUrl`: how long a fetched list serves after its last successful fetch.
+    ttl: Option<Duration>,
     state: Arc<RwLock<State>>,
 }
 
@@ -197,6 +199,7 @@ impl ListChecker {
             caching_interval,
             caching_use_count: caching_use_count.min(i64::from(i32::MAX)) as i32,
             overrides,
+            ttl: provider_url.as_ref().map(|_| ttl),
             state,
         };
         if let (Some(url), true) = (provider_url, env.start_tasks) {
@@ -237,7 +240,13 @@ impl Handler for ListChecker {
     fn check(&self, instance: &InstanceValues<'_>) -> CheckResult {
         let (list, error) = {
             let s = self.state.read();
-            (s.list.clone(), s.last_error.clone())
+            // A list not refreshed within its ttl is gone, even before the next refresh.
+            let expired = self
+                .ttl
+                .zip(s.last_success)
+                .is_some_and(|(ttl, t)| t.elapsed() > ttl);
+            let list = if expired { None } else { s.list.clone() };
+            (list, s.last_error.clone())
         };
         let mut text = String::new();
         if let Some(v) = instance.get("value") {
@@ -411,5 +420,49 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.field, "ttl");
+    }
+
+    #[test]
+    fn a_fetched_list_expires_ttl_after_its_last_successful_fetch() {
+        use crate::attribute::Value as Attr;
+        use crate::config::{Instance, Variety};
+        let h = ListChecker::build(
+            &json!({"providerUrl": "http://127.0.0.1:1/list", "refreshInterval": "1s", "ttl": "2s", "blacklist": true}),
+            &env(),
+        )
+        .unwrap();
+        let instance = Instance {
+            name: "user.listentry.istio-system".into(),
+            short_name: "user".into(),
+            namespace: "istio-system".into(),
+            template: "listentry".into(),
+            variety: Variety::Check,
+            fields: vec!["value".into()],
+            exprs: Vec::new(),
+        };
+        let check = |user: &'static str| {
+            h.check(&InstanceValues {
+                instance: &instance,
+                values: vec![Some(Attr::String(user.into()))],
+            })
+            .status
+        };
+        // Not fetched yet.
+        assert_eq!(check("mallory").code, code::UNAVAILABLE);
+        let fetched = |ago: Duration| {
+            let mut s = h.state.write();
+            s.list = Some(Arc::new(
+                compile(EntryType::Strings, &["mallory".to_string()]).unwrap(),
+            ));
+            s.last_success = Some(Instant::now() - ago);
+            s.last_error = Some("connection refused".into());
+        };
+        fetched(Duration::from_secs(1));
+        assert_eq!(check("mallory").code, code::PERMISSION_DENIED);
+        assert_eq!(check("carol").code, code::OK);
+        fetched(Duration::from_millis(2100));
+        let status = check("carol");
+        assert_eq!(status.code, code::UNAVAILABLE);
+        assert_eq!(status.message, "list not available: connection refused");
     }
 }

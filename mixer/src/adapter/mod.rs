@@ -2,16 +2,20 @@
 //! adapter, each validating its own parameters.
 //!
 //! A handler answers checks ([`Handler::check`]) and quotas ([`Handler::quota`]) inline (they
-//! must be fast and never block), and receives report batches on its own task
-//! ([`Handler::report`]), fed by a bounded queue so a slow adapter never holds up a caller.
+//! must be fast; one that needs a server, like `redisquota`, waits a bounded time and lets the
+//! runtime move its worker's other tasks meanwhile), and receives report batches on its own
+//! task ([`Handler::report`]), fed by a bounded queue so a slow adapter never holds up a
+//! caller.
 
 pub mod denier;
 pub mod kubernetesenv;
 pub mod listchecker;
 pub mod memquota;
 pub mod noop;
+pub mod opa;
 pub mod prometheus;
 mod record;
+pub mod redisquota;
 pub mod stdio;
 
 use std::fmt;
@@ -67,6 +71,15 @@ pub mod code {
         .get(code as usize)
         .copied()
         .unwrap_or("UNKNOWN")
+    }
+
+    /// Whether a handler answering `code` failed (rather than decided): its dispatch is
+    /// counted as an error (`mixer_dispatch_errors`).
+    pub fn is_failure(code: i32) -> bool {
+        matches!(
+            code,
+            UNKNOWN | DEADLINE_EXCEEDED | INTERNAL | UNAVAILABLE | DATA_LOSS
+        )
     }
 
     /// The HTTP status a proxy answers for a denied request (Istio's mapping).
@@ -176,6 +189,8 @@ pub const ADAPTERS: &[(&str, &[&str])] = &[
     ("denier", &["checknothing", "listentry", "quota"]),
     ("listchecker", &["listentry"]),
     ("memquota", &["quota"]),
+    ("redisquota", &["quota"]),
+    ("opa", &["authorization"]),
     ("prometheus", &["metric"]),
     ("stdio", &["logentry", "metric"]),
     ("kubernetesenv", &["kubernetes"]),
@@ -202,9 +217,7 @@ pub const UNSUPPORTED_ADAPTERS: &[&str] = &[
     "cloudwatch",
     "dogstatsd",
     "fluentd",
-    "opa",
     "rbac",
-    "redisquota",
     "servicecontrol",
     "signalfx",
     "solarwinds",
@@ -235,6 +248,8 @@ pub fn build(
         "denier" => Arc::new(denier::Denier::build(params)?),
         "listchecker" => Arc::new(listchecker::ListChecker::build(params, env)?),
         "memquota" => Arc::new(memquota::MemQuota::build(params)?),
+        "redisquota" => Arc::new(redisquota::RedisQuota::build(params, env)?),
+        "opa" => Arc::new(opa::Opa::build(params)?),
         "prometheus" => Arc::new(prometheus::Prometheus::build(params, env)?),
         "stdio" => Arc::new(stdio::Stdio::build(params)?),
         "kubernetesenv" => Arc::new(kubernetesenv::KubernetesEnv::build(params)?),

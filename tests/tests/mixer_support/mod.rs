@@ -1,0 +1,425 @@
+//! Shared helpers of the `mixer_adapters` and `mixer_prometheus` tests: Mixer on Istio 1.0's
+//! default config plus a test's own YAML, a real Envoy calling it (ext_authz v3 for checks
+//! and quotas, the gRPC access-log service for telemetry), and the real servers adapters
+//! talk to (`redis-server`, `prometheus`), each on a free port with its own temp directory
+//! and stopped by pid.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use mesh_tests::{Envoy, Service, Upstream, free_port, http_get, repo_root};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+/// How long tests wait for something to happen.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A running Mixer and its config directory.
+pub struct Mixer {
+    pub svc: Service,
+    pub grpc: SocketAddr,
+    pub prometheus: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+/// Starts Mixer on Istio 1.0's default config plus `files` (name, YAML).
+pub async fn start_mixer(files: &[(&str, String)]) -> Mixer {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = repo_root().join("mixer/tests/fixtures");
+    std::fs::copy(
+        fixtures.join("istio-1.0-default-config.yaml"),
+        dir.path().join("istio-1.0-default-config.yaml"),
+    )
+    .unwrap();
+    for (name, yaml) in files {
+        std::fs::write(dir.path().join(name), yaml).unwrap();
+    }
+    let grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let prometheus: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut svc = Service::start(
+        "mixer",
+        &[
+            "--config-dir",
+            dir.path().to_str().unwrap(),
+            "--grpc-addr",
+            &grpc.to_string(),
+            "--prometheus-addr",
+            &prometheus.to_string(),
+        ],
+    )
+    .await
+    .unwrap();
+    svc.wait_ready(Duration::from_secs(60)).await.unwrap();
+    Mixer {
+        svc,
+        grpc,
+        prometheus,
+        dir,
+    }
+}
+
+// === impl Mixer ===
+
+impl Mixer {
+    /// `/debug/configz`.
+    pub async fn configz(&self) -> Value {
+        http_get(
+            &format!("http://{}/debug/configz", self.svc.http_addr()),
+            &[],
+        )
+        .await
+        .unwrap()
+        .json()
+        .unwrap()
+    }
+
+    /// The objects refused, as "object: error" lines.
+    pub async fn refused(&self) -> Vec<String> {
+        self.configz().await["mixer"]["refused"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| format!("{}: {}", r["object"], r["error"]))
+            .collect()
+    }
+
+    /// Mixer's own metrics (its monitoring port).
+    pub async fn own_metrics(&self) -> String {
+        http_get(&format!("http://{}/metrics", self.svc.http_addr()), &[])
+            .await
+            .unwrap()
+            .body
+    }
+}
+
+/// The sum of the samples of `name` on a metrics page whose labels include all of `labels`.
+pub fn sample(page: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn cluster(name: &str, addr: SocketAddr, http2: bool) -> Value {
+    let mut c = json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "socket_address": {
+                "address": addr.ip().to_string(),
+                "port_value": addr.port(),
+            }}}}]}],
+        },
+    });
+    if http2 {
+        c["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": { "http2_protocol_options": {} },
+            }
+        });
+    }
+    c
+}
+
+/// A virtual host for `domain` routed to the upstream, telling Mixer (through ext_authz
+/// context extensions) that its destination is `service` in `default`.
+fn route(domain: &str, service: &str) -> Value {
+    json!({
+        "name": domain,
+        "domains": [domain],
+        "routes": [{
+            "match": { "prefix": "/" },
+            "route": { "cluster": "upstream" },
+            "typed_per_filter_config": {
+                "envoy.filters.http.ext_authz": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+                    "check_settings": { "context_extensions": {
+                        "destination.service.name": service,
+                        "destination.service.namespace": "default",
+                        "destination.service.host": format!("{service}.default.svc.cluster.local"),
+                    }},
+                },
+            },
+        }],
+    })
+}
+
+/// An Envoy listening on `port`, checking every request with Mixer (failing closed) and
+/// logging every request to it; `services` are the Host values it routes.
+fn bootstrap(port: u16, mixer: SocketAddr, upstream: SocketAddr, services: &[&str]) -> Value {
+    json!({
+        "static_resources": {
+            "listeners": [{
+                "name": "http",
+                "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } },
+                "filter_chains": [{ "filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "http",
+                        "route_config": { "name": "local", "virtual_hosts":
+                            services.iter().map(|s| route(s, s)).collect::<Vec<_>>(),
+                        },
+                        "access_log": [{
+                            "name": "envoy.access_loggers.http_grpc",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+                                "common_config": {
+                                    "log_name": "mixer",
+                                    "transport_api_version": "V3",
+                                    "grpc_service": { "envoy_grpc": { "cluster_name": "mixer" } },
+                                    "buffer_flush_interval": "0.1s",
+                                    "custom_tags": [
+                                        { "tag": "destination.service.host", "request_header": { "name": "x-destination-host", "default_value": "svc.default.svc.cluster.local" } },
+                                        { "tag": "destination.service.name", "literal": { "value": "svc" } },
+                                    ],
+                                },
+                            },
+                        }],
+                        "http_filters": [
+                            {
+                                "name": "envoy.filters.http.ext_authz",
+                                "typed_config": {
+                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                                    "transport_api_version": "V3",
+                                    "grpc_service": { "envoy_grpc": { "cluster_name": "mixer" }, "timeout": "3s" },
+                                    "failure_mode_allow": false,
+                                },
+                            },
+                            {
+                                "name": "envoy.filters.http.router",
+                                "typed_config": {
+                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                                },
+                            },
+                        ],
+                    },
+                }]}],
+            }],
+            "clusters": [cluster("upstream", upstream, false), cluster("mixer", mixer, true)],
+        },
+    })
+}
+
+/// Mixer, a sample upstream and an Envoy in front of it.
+pub struct Setup {
+    pub mixer: Mixer,
+    pub envoy: Envoy,
+    pub upstream: Upstream,
+    pub url: String,
+}
+
+/// Starts Mixer with `files`, an upstream and an Envoy routing `services` (Host values).
+pub async fn setup(files: &[(&str, String)], services: &[&str]) -> Setup {
+    let mixer = start_mixer(files).await;
+    let upstream = Upstream::start("backend", "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let port = free_port();
+    let envoy = Envoy::start(bootstrap(port, mixer.grpc, upstream.addr(), services))
+        .await
+        .unwrap();
+    Setup {
+        mixer,
+        envoy,
+        upstream,
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+// === impl Setup ===
+
+impl Setup {
+    /// GET `path` with `Host: host` and the extra headers: (status, body).
+    pub async fn get(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+        let mut all = vec![("host", host)];
+        all.extend_from_slice(headers);
+        let r = http_get(&format!("{}{path}", self.url), &all)
+            .await
+            .unwrap();
+        (r.status.as_u16(), r.body)
+    }
+}
+
+/// A server binary the tests run for real; missing, the test fails and says how to get it.
+pub fn require(binary: &str) {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(binary).is_file()));
+    assert!(
+        found,
+        "{binary} is not installed: run `make deps` (tests/scripts/deps.sh installs it)"
+    );
+}
+
+/// Kills a child process by pid (SIGKILL) and reaps it.
+async fn kill(child: &mut Child) {
+    let _ = child.kill().await;
+}
+
+/// Waits until something accepts TCP connections on `port`.
+async fn wait_port(port: u16, what: &str, child: &mut Child, log: &Path) {
+    let deadline = Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{what} exited with {status}:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A `redis-server` on 127.0.0.1, without persistence, in its own temp directory.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+// === impl Redis ===
+
+impl Redis {
+    /// Starts one on a free port.
+    pub async fn start() -> Redis {
+        Self::start_on(free_port()).await
+    }
+
+    /// Starts one on `port` (e.g. where an earlier one was).
+    pub async fn start_on(port: u16) -> Redis {
+        require("redis-server");
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("redis.log");
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start redis-server");
+        wait_port(port, "redis-server", &mut child, &log).await;
+        Redis { child, port, dir }
+    }
+
+    /// `host:port`, as redisquota's `redisServerUrl` takes it.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it (SIGKILL by pid: a crash, as far as clients can tell).
+    pub async fn stop(mut self) {
+        kill(&mut self.child).await;
+    }
+}
+
+/// A `prometheus` server scraping `targets` every second, with its storage in a temp dir.
+pub struct Prometheus {
+    child: Child,
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+// === impl Prometheus ===
+
+impl Prometheus {
+    pub async fn start(targets: &[SocketAddr]) -> Prometheus {
+        require("prometheus");
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n- job_name: istio-mesh\n  scrape_interval: 1s\n  static_configs:\n  - targets: [{}]\n",
+                targets.join(", ")
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let log = dir.path().join("prometheus.log");
+        let mut child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start prometheus");
+        wait_port(port, "prometheus", &mut child, &log).await;
+        Prometheus { child, addr, dir }
+    }
+
+    /// Prometheus's log so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// Runs an instant query: the `data.result` array.
+    pub async fn query(&self, promql: &str) -> anyhow::Result<Vec<Value>> {
+        let mut url = format!("http://{}/api/v1/query?query=", self.addr);
+        for b in promql.bytes() {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                url.push(b as char);
+            } else {
+                url.push_str(&format!("%{b:02X}"));
+            }
+        }
+        let r = http_get(&url, &[]).await?;
+        let v = r.json()?;
+        anyhow::ensure!(v["status"] == "success", "query {promql}: {}", r.body);
+        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// The health of its scrape targets (`/api/v1/targets`): (url, health, last error).
+    pub async fn targets(&self) -> anyhow::Result<Vec<(String, String, String)>> {
+        let v = http_get(&format!("http://{}/api/v1/targets", self.addr), &[])
+            .await?
+            .json()?;
+        Ok(v["data"]["activeTargets"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|t| {
+                (
+                    t["scrapeUrl"].as_str().unwrap_or_default().to_string(),
+                    t["health"].as_str().unwrap_or_default().to_string(),
+                    t["lastError"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect())
+    }
+
+    /// Stops it by pid.
+    pub async fn stop(mut self) {
+        kill(&mut self.child).await;
+    }
+}
