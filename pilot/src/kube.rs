@@ -1,6 +1,9 @@
 //! The Kubernetes service registry: Services, EndpointSlices and Pods from the API server,
 //! turned into Istio's service model (`NAME.NAMESPACE.svc.cluster.local`, ports with protocols
 //! from `appProtocol` or the port-name prefix, endpoints with pod labels and identities).
+//! Headless Services (`clusterIP: None`) are passthrough services (resolution NONE), as in
+//! Istio; ExternalName Services are mesh-external DNS services of their `externalName`; the
+//! `networking.istio.io/exportTo` annotation sets a Service's `exportTo`.
 //!
 //! Each kind is listed and watched with kube-rs (relisting after a 410 Gone or a broken
 //! connection, with backoff); the registry is rebuilt from the watched objects after each
@@ -212,6 +215,11 @@ fn build(o: &Objects, domain: &str) -> Registry {
         let Some(spec) = &svc.spec else { continue };
         let hostname = format!("{name}.{ns}.svc.{domain}");
         let external = spec.type_.as_deref() == Some("ExternalName");
+        // A headless service (`clusterIP: None`) has no virtual IP: clients connect to pod
+        // IPs themselves, and Istio passes the connection through to the address they chose
+        // (resolution NONE: an ORIGINAL_DST cluster). Its endpoints are kept for the
+        // proxies' inbound side and per-endpoint listeners.
+        let headless = !external && spec.cluster_ip.as_deref() == Some("None");
         let ports: Vec<Port> = spec
             .ports
             .iter()
@@ -272,6 +280,8 @@ fn build(o: &Objects, domain: &str) -> Registry {
             ports,
             resolution: if external {
                 Resolution::Dns
+            } else if headless {
+                Resolution::Passthrough
             } else {
                 Resolution::Static
             },
@@ -339,6 +349,87 @@ fn add_slice_endpoints(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn objects(services: serde_json::Value, slices: serde_json::Value) -> Objects {
+        let mut o = Objects::default();
+        for svc in services.as_array().unwrap() {
+            let svc: KubeService = serde_json::from_value(svc.clone()).unwrap();
+            o.services
+                .insert((svc.namespace().unwrap(), svc.name_any()), svc);
+        }
+        for slice in slices.as_array().unwrap() {
+            let slice: EndpointSlice = serde_json::from_value(slice.clone()).unwrap();
+            o.slices
+                .insert((slice.namespace().unwrap(), slice.name_any()), slice);
+        }
+        o
+    }
+
+    #[test]
+    fn headless_services_pass_through_to_their_endpoints() {
+        let o = objects(
+            serde_json::json!([{
+                "metadata": {"name": "db", "namespace": "ns"},
+                "spec": {"clusterIP": "None", "clusterIPs": ["None"],
+                         "ports": [{"name": "tcp-db", "port": 5432}]},
+            }, {
+                "metadata": {"name": "web", "namespace": "ns"},
+                "spec": {"clusterIP": "10.96.0.9", "ports": [{"name": "http", "port": 80}]},
+            }]),
+            serde_json::json!([{
+                "metadata": {"name": "db-1", "namespace": "ns",
+                             "labels": {"kubernetes.io/service-name": "db"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["127.1.0.5"], "conditions": {"ready": true}}],
+                "ports": [{"name": "tcp-db", "port": 5432}],
+            }]),
+        );
+        let reg = build(&o, "cluster.local");
+        let db = reg.service("db.ns.svc.cluster.local").unwrap();
+        assert_eq!(db.resolution, Resolution::Passthrough);
+        assert!(db.addresses.is_empty(), "{:?}", db.addresses);
+        assert_eq!(
+            reg.endpoints("db.ns.svc.cluster.local", 5432)[0].address,
+            "127.1.0.5"
+        );
+        let web = reg.service("web.ns.svc.cluster.local").unwrap();
+        assert_eq!(web.resolution, Resolution::Static);
+        assert_eq!(web.addresses, ["10.96.0.9"]);
+    }
+
+    #[test]
+    fn external_name_services_resolve_their_name() {
+        let o = objects(
+            serde_json::json!([{
+                "metadata": {"name": "ext", "namespace": "ns"},
+                "spec": {"type": "ExternalName", "externalName": "httpbin.org",
+                         "ports": [{"name": "http", "port": 80}]},
+            }]),
+            serde_json::json!([]),
+        );
+        let reg = build(&o, "cluster.local");
+        let ext = reg.service("ext.ns.svc.cluster.local").unwrap();
+        assert_eq!(ext.resolution, Resolution::Dns);
+        assert!(ext.mesh_external);
+        let eps = reg.endpoints("ext.ns.svc.cluster.local", 80);
+        assert_eq!(eps.len(), 1);
+        assert_eq!((eps[0].address.as_str(), eps[0].port), ("httpbin.org", 80));
+    }
+
+    #[test]
+    fn the_export_annotation_limits_a_service() {
+        let o = objects(
+            serde_json::json!([{
+                "metadata": {"name": "web", "namespace": "ns",
+                             "annotations": {"networking.istio.io/exportTo": ". , other"}},
+                "spec": {"clusterIP": "10.96.0.9", "ports": [{"name": "http", "port": 80}]},
+            }]),
+            serde_json::json!([]),
+        );
+        let reg = build(&o, "cluster.local");
+        let web = reg.service("web.ns.svc.cluster.local").unwrap();
+        assert_eq!(web.export_to, [".", "other"]);
+    }
 
     #[test]
     fn protocols_follow_istio() {

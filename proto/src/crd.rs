@@ -7,14 +7,16 @@
 //! fields. Every CRD serves all of the kind's [`versions`](Kind::versions) with one schema, the
 //! first being the storage version; `spec` is optional and nullable (Istio allows empty specs,
 //! and its own files write `spec:` with nothing after it, e.g. a `checknothing` instance) and
-//! `status` is free-form. `manifests/crds.yaml` is the output of [`crds_yaml`]:
+//! `status` is free-form, served as the `status` subresource (as in Istio's CRDs).
+//! `manifests/crds.yaml` is the output of [`crds_yaml`]:
 //! `cargo run -p mesh-proto --bin gen-crds -- --out manifests/crds.yaml`.
 //!
 //! [`parse_spec`]: crate::parse_spec
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, CustomResourceDefinitionNames, CustomResourceDefinitionSpec,
-    CustomResourceDefinitionVersion, CustomResourceValidation, JSONSchemaProps,
+    CustomResourceDefinitionVersion, CustomResourceSubresourceStatus, CustomResourceSubresources,
+    CustomResourceValidation, JSONSchemaProps,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::CustomResourceExt;
@@ -111,10 +113,21 @@ fn finish(kind: &Kind, mut crd: CustomResourceDefinition) -> CustomResourceDefin
             schema: Some(CustomResourceValidation {
                 open_api_v3_schema: schema.clone(),
             }),
+            subresources: Some(status_subresource()),
             ..template.clone()
         })
         .collect();
     crd
+}
+
+/// The `status` subresource, as Istio's CRDs have it: the control plane writes status
+/// (conditions on refused objects) through `/status`, and `kubectl apply` of the spec never
+/// touches it.
+fn status_subresource() -> CustomResourceSubresources {
+    CustomResourceSubresources {
+        status: Some(CustomResourceSubresourceStatus(json!({}))),
+        scale: None,
+    }
 }
 
 fn finish_schema(mut root: Value) -> Value {
@@ -182,6 +195,7 @@ fn free_form_crd(kind: &Kind) -> CustomResourceDefinition {
                 "nullable": true,
                 "x-kubernetes-preserve-unknown-fields": true,
             },
+            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
         },
     });
     let name = kind.name().to_string();
@@ -210,6 +224,7 @@ fn free_form_crd(kind: &Kind) -> CustomResourceDefinition {
                         serde_json::from_value(schema).expect("a valid schema"),
                     ),
                 }),
+                subresources: Some(status_subresource()),
                 ..Default::default()
             }],
             ..Default::default()

@@ -11,7 +11,8 @@ use mesh_proto::Kind;
 use tokio::sync::watch;
 
 use crate::config::{
-    ConfigStore, DirectoryOptions, DirectoryStore, KubeStore, SharedValidator, Snapshot,
+    ConfigStore, DirectoryOptions, DirectoryStore, KubeOptions, KubeStore, SharedValidator,
+    Snapshot,
 };
 use crate::monitoring::Condition;
 use crate::{Shutdown, kube_client};
@@ -53,6 +54,18 @@ impl ConfigSource {
         validator: Option<SharedValidator>,
         shutdown: Shutdown,
     ) -> Result<Arc<dyn ConfigStore>, ServiceError> {
+        self.open_with(kinds, validator, KubeOptions::default(), shutdown)
+            .await
+    }
+
+    /// [`ConfigSource::open`], with the options of a Kubernetes store.
+    pub async fn open_with(
+        &self,
+        kinds: Vec<(Kind, String)>,
+        validator: Option<SharedValidator>,
+        options: KubeOptions,
+        shutdown: Shutdown,
+    ) -> Result<Arc<dyn ConfigStore>, ServiceError> {
         Ok(match self {
             ConfigSource::Directory(dir) => Arc::new(DirectoryStore::start(
                 dir.clone(),
@@ -64,10 +77,32 @@ impl ConfigSource {
             )?),
             ConfigSource::Kubernetes(kubeconfig) => {
                 let client = kube_client::connect(kubeconfig.as_deref()).await?;
-                Arc::new(KubeStore::start(client, kinds, validator, shutdown))
+                Arc::new(KubeStore::start_with(
+                    client, kinds, validator, options, shutdown,
+                ))
             }
         })
     }
+}
+
+/// The environment variable that turns status writes on refused objects off (`false`) for
+/// `component`: `PILOT_ENABLE_STATUS` for pilot, Istio's name for it.
+pub fn status_env(component: &str) -> String {
+    format!("{}_ENABLE_STATUS", component.to_ascii_uppercase())
+}
+
+/// Whether `component` writes status conditions on the objects its Kubernetes store refuses:
+/// yes unless `<COMPONENT>_ENABLE_STATUS` is `false` (or `0`).
+///
+/// Istio leaves `PILOT_ENABLE_STATUS` off by default because its validating webhook refuses
+/// invalid objects before they are stored; without a webhook, the status is the one place a
+/// `kubectl` user sees why an object is ignored, so it is on here. Writes happen only when
+/// an object's status has to change.
+pub fn status_enabled(component: &str) -> bool {
+    !matches!(
+        std::env::var(status_env(component)).as_deref(),
+        Ok("false") | Ok("0") | Ok("False") | Ok("FALSE")
+    )
 }
 
 /// Sets `condition` once the store has loaded everything at least once.
@@ -155,7 +190,12 @@ impl Base {
         let config_ready = readiness.condition("config");
         let mut registry = prometheus_client::registry::Registry::default();
         crate::monitoring::register_build_info(&mut registry, component);
-        let store = source.open(kinds, validator, shutdown.clone()).await?;
+        let options = KubeOptions {
+            write_status: status_enabled(component),
+        };
+        let store = source
+            .open_with(kinds, validator, options, shutdown.clone())
+            .await?;
         track_readiness(store.subscribe(), config_ready, shutdown);
         Ok(Self {
             readiness,

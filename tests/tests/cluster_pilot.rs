@@ -414,3 +414,186 @@ async fn a_flapping_pod_is_pushed_as_eds() {
     pilot.stop().await.unwrap();
     ns.cleanup().await.unwrap();
 }
+
+/// `exportTo: ["."]` on Kubernetes: a VirtualService that sends every request for reviews to
+/// v2 routes the proxies of its own namespace only; a proxy in another namespace gets the
+/// default route over every version. And a headless Service (`clusterIP: None`) becomes a
+/// passthrough (ORIGINAL_DST) cluster that keeps its pods as endpoints.
+#[tokio::test]
+async fn a_dot_exported_virtual_service_stays_in_its_namespace() {
+    let _serial = SERIAL.lock().await;
+    let Some(cluster) = Cluster::for_test().await.unwrap() else {
+        return;
+    };
+    cluster.install_crds().await.unwrap();
+    let ns = cluster.namespace("export").await.unwrap();
+    let other = cluster.namespace("export-other").await.unwrap();
+    let ns_name = ns.name().to_string();
+    cluster.apply(&ns_name, &bookinfo()).await.unwrap();
+    cluster
+        .apply(
+            &ns_name,
+            "apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata:
+  name: reviews
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  - {name: v3, labels: {version: v3}}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts: [reviews]
+  exportTo: [\".\"]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v2}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: reviews-headless
+spec:
+  clusterIP: None
+  selector: {app: reviews}
+  ports:
+  - {name: http, port: 9080}
+",
+        )
+        .await
+        .unwrap();
+    eventually("reviews and productpage running", WAIT, || async {
+        let reviews = pod_ips(cluster, &ns_name, "reviews").await;
+        let pp = pod_ips(cluster, &ns_name, "productpage").await;
+        Ok(reviews.len() == 3 && pp.len() == 1)
+    })
+    .await
+    .unwrap();
+    let reviews = pod_ips(cluster, &ns_name, "reviews").await;
+    let productpage_ip = pod_ips(cluster, &ns_name, "productpage").await[0].1.clone();
+    let mut upstreams = Vec::new();
+    for (version, ip) in &reviews {
+        let addr: SocketAddr = format!("{ip}:9080").parse().unwrap();
+        upstreams.push(
+            Upstream::start(&format!("reviews-{version}"), addr)
+                .await
+                .unwrap(),
+        );
+    }
+
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let kubeconfig = cluster.kubeconfig();
+    let mut pilot = Service::start(
+        "pilot",
+        &[
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--grpc-addr",
+            &grpc,
+        ],
+    )
+    .await
+    .unwrap();
+    pilot.wait_ready(WAIT).await.unwrap();
+
+    // A proxy in the VirtualService's namespace, and one in another namespace.
+    let own_port = free_port();
+    let own_node =
+        format!("sidecar~{productpage_ip}~productpage.{ns_name}~{ns_name}.svc.cluster.local");
+    let mut own = Envoy::start_not_ready(pilot_bootstrap(&own_node, &grpc, own_port))
+        .await
+        .unwrap();
+    own.wait_ready(WAIT).await.unwrap();
+    let other_name = other.name().to_string();
+    let other_port = free_port();
+    let other_node =
+        format!("sidecar~10.255.0.9~client.{other_name}~{other_name}.svc.cluster.local");
+    let mut stranger = Envoy::start_not_ready(pilot_bootstrap(&other_node, &grpc, other_port))
+        .await
+        .unwrap();
+    stranger.wait_ready(WAIT).await.unwrap();
+
+    let target = format!("reviews.{ns_name}:9080");
+    eventually("its own namespace is routed to v2", WAIT, || async {
+        let mut seen = BTreeSet::new();
+        for _ in 0..10 {
+            seen.insert(via_proxy(own_port, &target, "/").await?.body);
+        }
+        Ok(seen == BTreeSet::from(["reviews-v2\n".to_string()]))
+    })
+    .await
+    .unwrap();
+    eventually(
+        "another namespace gets the default route over every version",
+        WAIT,
+        || async {
+            let mut seen = BTreeSet::new();
+            for _ in 0..30 {
+                seen.insert(via_proxy(other_port, &target, "/").await?.body);
+            }
+            Ok(seen.len() == 3)
+        },
+    )
+    .await
+    .unwrap();
+
+    // The headless service: an ORIGINAL_DST cluster (no EDS), its pods still its endpoints.
+    let headless = format!("reviews-headless.{ns_name}.svc.cluster.local");
+    let cluster_name = format!("outbound|9080||{headless}");
+    eventually(
+        "the headless service is a passthrough cluster",
+        WAIT,
+        || async {
+            let dump = own.config_dump(false).await?;
+            let text = dump.to_string();
+            let Some(at) = text.find(&format!("\"name\":\"{cluster_name}\"")) else {
+                return Ok(false);
+            };
+            // The cluster's own object: up to the next dynamic cluster entry.
+            let rest = &text[at..];
+            let end = rest.find("\"version_info\"").unwrap_or(rest.len());
+            Ok(rest[..end].contains("\"type\":\"ORIGINAL_DST\""))
+        },
+    )
+    .await
+    .unwrap();
+    let registry = mesh_tests::http_get(
+        &format!("http://{}/debug/registryz", pilot.http_addr()),
+        &[],
+    )
+    .await
+    .unwrap()
+    .json()
+    .unwrap();
+    let svc = registry
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["hostname"] == headless.as_str())
+        .unwrap_or_else(|| panic!("{headless} not in {registry}"));
+    assert_eq!(svc["resolution"], "Passthrough", "{svc}");
+    assert_eq!(svc["addresses"], serde_json::json!([]), "{svc}");
+    let addresses: BTreeSet<String> = svc["ports"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["address"].as_str().unwrap().to_string())
+        .collect();
+    let ips: BTreeSet<String> = reviews.iter().map(|(_, ip)| ip.clone()).collect();
+    assert_eq!(addresses, ips, "{svc}");
+
+    own.stop().await.unwrap();
+    stranger.stop().await.unwrap();
+    pilot.stop().await.unwrap();
+    for u in upstreams {
+        u.stop().await;
+    }
+    other.cleanup().await.unwrap();
+    ns.cleanup().await.unwrap();
+}

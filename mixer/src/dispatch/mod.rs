@@ -8,20 +8,26 @@
 //!   matching rules; a quota no rule applies to is granted in full.
 //! - [`Dispatcher::report`]: report instances are evaluated here and queued, per handler, to
 //!   the handler's task; a full queue drops the batch (counted) rather than wait.
+//!
+//! Before each, attribute-generation rules (`kubernetesenv`) add the attributes the request
+//! lacks, when Mixer has a pod cache ([`Dispatcher::set_pod_cache`]); see [`generate`].
 
+pub mod generate;
 pub mod metrics;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
+use crate::adapter::kubernetesenv::SharedPodCache;
 use crate::adapter::{
     CheckResult, InstanceValues, OwnedInstance, QuotaArgs, QuotaResult, Status, code,
 };
 use crate::attribute::{AttrId, Bag};
 use crate::config::{HeaderOpKind, Instance, Resolved, Rule, Variety};
 
+pub use generate::Generated;
 pub use metrics::Metrics;
 
 /// Istio's default validity of a check answer.
@@ -48,6 +54,8 @@ pub struct CheckOutcome {
 pub struct Dispatcher {
     config: RwLock<Arc<Resolved>>,
     pub metrics: Arc<Metrics>,
+    /// Where `kubernetesenv` looks pods up; unset, nothing is generated.
+    pods: OnceLock<SharedPodCache>,
 }
 
 // === impl Dispatcher ===
@@ -57,7 +65,34 @@ impl Dispatcher {
         Self {
             config: RwLock::new(Arc::new(config)),
             metrics,
+            pods: OnceLock::new(),
         }
+    }
+
+    /// Gives `kubernetesenv` handlers their pod cache (once; later calls are ignored).
+    pub fn set_pod_cache(&self, pods: SharedPodCache) {
+        let _ = self.pods.set(pods);
+    }
+
+    /// The attributes generation adds to `bag` (`None` without a pod cache, or when the
+    /// config has no attribute-generation rule).
+    pub fn generate<'b>(&self, cfg: &Resolved, bag: &'b dyn Bag) -> Option<Generated<'b>> {
+        let pods = self.pods.get()?;
+        let is_generator = |r: &Rule| {
+            r.actions.iter().any(|a| {
+                a.instances
+                    .iter()
+                    .any(|i| cfg.instances[*i].variety == Variety::AttributeGeneration)
+            })
+        };
+        let indexes: Vec<usize> = (0..cfg.rules.len())
+            .filter(|i| is_generator(&cfg.rules[*i]))
+            .collect();
+        if indexes.is_empty() {
+            return None;
+        }
+        let matching = self.rules_in(cfg, bag, &indexes);
+        Some(generate::generate(cfg, matching, bag, pods.as_ref()))
     }
 
     /// The config being served.
@@ -82,6 +117,16 @@ impl Dispatcher {
             Variety::Quota => &cfg.quota_rules,
             _ => &cfg.report_rules,
         };
+        self.rules_in(cfg, bag, indexes)
+    }
+
+    /// The rules among `indexes` that apply to `bag`.
+    fn rules_in<'c>(
+        &'c self,
+        cfg: &'c Resolved,
+        bag: &'c dyn Bag,
+        indexes: &'c [usize],
+    ) -> impl Iterator<Item = &'c Rule> + 'c {
         let outbound = cfg
             .known
             .reporter_kind
@@ -163,6 +208,11 @@ impl Dispatcher {
 
     /// Runs the checks of the rules that hold for `bag`.
     pub fn check(&self, cfg: &Resolved, bag: &dyn Bag) -> CheckOutcome {
+        let generated = self.generate(cfg, bag);
+        let bag: &dyn Bag = match &generated {
+            Some(g) => g,
+            None => bag,
+        };
         let mut out = CheckOutcome {
             status: Status::default(),
             valid_duration: DEFAULT_VALID_DURATION,
@@ -171,6 +221,9 @@ impl Dispatcher {
             response_headers: Vec::new(),
             referenced: cfg.match_attributes.clone(),
         };
+        if let Some(g) = &generated {
+            reference(&mut out.referenced, &g.referenced);
+        }
         let mut answered = false;
         for rule in self.rules(cfg, bag, Variety::Check) {
             for action in &rule.actions {
@@ -204,6 +257,9 @@ impl Dispatcher {
                     h.metrics
                         .check_latency
                         .observe(start.elapsed().as_secs_f64());
+                    if code::is_failure(result.status.code) {
+                        h.metrics.errors.inc();
+                    }
                     if !answered {
                         out.valid_duration = result.valid_duration;
                         out.valid_use_count = result.valid_use_count;
@@ -254,6 +310,11 @@ impl Dispatcher {
         args: &QuotaArgs<'_>,
     ) -> QuotaResult {
         self.metrics.quotas.inc();
+        let generated = self.generate(cfg, bag);
+        let bag: &dyn Bag = match &generated {
+            Some(g) => g,
+            None => bag,
+        };
         let mut result: Option<QuotaResult> = None;
         for rule in self.rules(cfg, bag, Variety::Quota) {
             for action in &rule.actions {
@@ -272,6 +333,9 @@ impl Dispatcher {
                     h.metrics
                         .check_latency
                         .observe(start.elapsed().as_secs_f64());
+                    if code::is_failure(r.status.code) {
+                        h.metrics.errors.inc();
+                    }
                     result = Some(match result {
                         None => r,
                         Some(prev) if r.amount < prev.amount || !r.status.is_ok() => r,
@@ -354,6 +418,11 @@ impl Dispatcher {
         let mut entries = 0u64;
         for bag in bags {
             entries += 1;
+            let generated = self.generate(cfg, bag);
+            let bag: &dyn Bag = match &generated {
+                Some(g) => g,
+                None => bag,
+            };
             for rule in self.rules(cfg, bag, Variety::Report) {
                 for action in &rule.actions {
                     for &i in &action.instances {

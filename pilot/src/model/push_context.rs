@@ -42,8 +42,22 @@ pub struct PushContext {
     gateways: Vec<Named<Gateway>>,
     /// Sidecar resources, ordered by namespace and name.
     sidecars: Vec<Named<Sidecar>>,
+    /// PeerAuthentications, ordered by namespace and name.
+    peer_authentications: Vec<Named<mesh_proto::security::PeerAuthentication>>,
     /// The cluster DNS suffix (`cluster.local`).
     pub domain_suffix: String,
+    /// Where config that does not say (`exportTo` empty) is exported: MeshConfig's
+    /// `defaultServiceExportTo`, `defaultVirtualServiceExportTo` and
+    /// `defaultDestinationRuleExportTo`, `*` when unset (Istio's defaults).
+    default_export: DefaultExportTo,
+}
+
+/// The mesh's default `exportTo` per kind of config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DefaultExportTo {
+    services: Vec<String>,
+    virtual_services: Vec<String>,
+    destination_rules: Vec<String>,
 }
 
 // === impl PushContext ===
@@ -57,6 +71,7 @@ impl PushContext {
         mesh: Arc<MeshConfig>,
     ) -> PushContext {
         let domain_suffix = "cluster.local".to_string();
+        let default_export = DefaultExportTo::from_mesh(&mesh);
         let mut destination_rules: BTreeMap<String, Vec<Named<DestinationRule>>> = BTreeMap::new();
         for obj in config.of_kind(&Kind::DestinationRule) {
             if let Spec::DestinationRule(dr) = &obj.spec {
@@ -77,6 +92,10 @@ impl PushContext {
         });
         let sidecars = named(config, &Kind::Sidecar, |s| match s {
             Spec::Sidecar(g) => Some(g),
+            _ => None,
+        });
+        let peer_authentications = named(config, &Kind::PeerAuthentication, |s| match s {
+            Spec::PeerAuthentication(p) => Some(p),
             _ => None,
         });
         for obj in config.of_kind(&Kind::VirtualService) {
@@ -176,23 +195,32 @@ impl PushContext {
             gateway_virtual_services,
             gateways,
             sidecars,
+            peer_authentications,
             domain_suffix,
+            default_export,
         }
     }
 
-    /// The services a proxy in `namespace` can see.
+    /// The services a proxy in `namespace` can see: those exported to it (a Service's
+    /// `networking.istio.io/exportTo` annotation, a ServiceEntry's `exportTo`, else the mesh's
+    /// `defaultServiceExportTo`).
     pub fn services_for<'a>(
         &'a self,
         namespace: &'a str,
     ) -> impl Iterator<Item = &'a Arc<Service>> + 'a {
-        self.registry
-            .services()
-            .filter(move |s| s.visible_to(namespace))
+        self.registry.services().filter(move |s| {
+            exported_to(
+                &s.namespace,
+                &s.export_to,
+                &self.default_export.services,
+                namespace,
+            )
+        })
     }
 
-    /// The destination rule that applies to `host` for a proxy in `namespace`: one in the
-    /// proxy's namespace first, then the service's, then the root namespace, then any other
-    /// exported one.
+    /// The destination rule that applies to `host` for a proxy in `namespace`, among those
+    /// exported to it: one in the proxy's namespace first, then the service's, then the root
+    /// namespace (mesh-wide defaults), then any other.
     pub fn destination_rule(
         &self,
         namespace: &str,
@@ -200,12 +228,12 @@ impl PushContext {
     ) -> Option<&Named<DestinationRule>> {
         let rules = self.destination_rules.get(&service.hostname)?;
         let visible = |r: &&Named<DestinationRule>| {
-            r.namespace == namespace
-                || r.spec.export_to.is_empty()
-                || r.spec
-                    .export_to
-                    .iter()
-                    .any(|e| e == "*" || (e == "." && r.namespace == namespace) || e == namespace)
+            exported_to(
+                &r.namespace,
+                &r.spec.export_to,
+                &self.default_export.destination_rules,
+                namespace,
+            )
         };
         let root = self.mesh.root_namespace.as_str();
         [namespace, service.namespace.as_str(), root]
@@ -229,7 +257,7 @@ impl PushContext {
     pub fn virtual_service(&self, namespace: &str, host: &str) -> Option<&Named<VirtualService>> {
         self.virtual_services
             .iter()
-            .filter(|(_, vs)| exported_to(&vs.namespace, &vs.spec.export_to, namespace))
+            .filter(|(_, vs)| self.vs_exported_to(vs, namespace))
             .filter_map(|(hosts, vs)| {
                 let best = hosts
                     .iter()
@@ -255,7 +283,18 @@ impl PushContext {
         self.all_virtual_services
             .get(&(namespace.to_string(), name.to_string()))
             .filter(|vs| vs.spec.hosts.is_empty())
-            .filter(|vs| exported_to(&vs.namespace, &vs.spec.export_to, from))
+            .filter(|vs| self.vs_exported_to(vs, from))
+    }
+
+    /// Whether a virtual service is exported to `namespace` (its `exportTo`, else the mesh's
+    /// `defaultVirtualServiceExportTo`).
+    fn vs_exported_to(&self, vs: &Named<VirtualService>, namespace: &str) -> bool {
+        exported_to(
+            &vs.namespace,
+            &vs.spec.export_to,
+            &self.default_export.virtual_services,
+            namespace,
+        )
     }
 
     /// The gateways whose selector picks `proxy` (an empty selector picks every gateway).
@@ -271,14 +310,17 @@ impl PushContext {
         })
     }
 
-    /// The virtual services bound to gateway `ns/name`, with their resolved hosts.
+    /// The virtual services bound to gateway `ns/name` and exported to its namespace, with
+    /// their resolved hosts.
     pub fn gateway_virtual_services<'a>(
         &'a self,
         gateway: &'a str,
     ) -> impl Iterator<Item = (&'a [String], &'a Named<VirtualService>)> + 'a {
+        let gateway_ns = gateway.split_once('/').map_or("", |(ns, _)| ns);
         self.gateway_virtual_services
             .iter()
             .filter(move |(_, gws, _)| gws.iter().any(|g| g == gateway))
+            .filter(move |(_, _, vs)| self.vs_exported_to(vs, gateway_ns))
             .map(|(hosts, _, vs)| (hosts.as_slice(), vs))
     }
 
@@ -322,8 +364,10 @@ impl PushContext {
                 .flat_map(|l| l.hosts.iter())
                 .filter_map(|h| {
                     let (ns, host) = h.split_once('/')?;
+                    // `.` is the proxy's namespace: a root-namespace Sidecar's `./*` keeps
+                    // every proxy to its own namespace, as Istio's docs show.
                     let ns = if ns == "." {
-                        sc.namespace.clone()
+                        proxy.namespace.clone()
                     } else {
                         ns.to_string()
                     };
@@ -341,6 +385,44 @@ impl PushContext {
                     && (host == "*" || host_matches(host, &svc.hostname))
             })
         })
+    }
+
+    /// The mutual TLS mode of `proxy`'s inbound `port` (a workload port), as Istio resolves
+    /// PeerAuthentications: the port-level mode, else the mode of the policy whose selector
+    /// picks the workload, else the namespace's policy without selector, else the root
+    /// namespace's; `UNSET` inherits from the next. `None` when nothing sets it.
+    pub fn peer_authentication_mode(
+        &self,
+        proxy: &Proxy,
+        port: u32,
+    ) -> Option<mesh_proto::security::MtlsMode> {
+        use mesh_proto::security::MtlsMode;
+        let selects = |p: &Named<mesh_proto::security::PeerAuthentication>| {
+            p.spec.selector.as_ref().is_some_and(|sel| {
+                sel.match_labels
+                    .iter()
+                    .all(|(k, v)| proxy.labels.get(k).is_some_and(|l| l == v))
+            })
+        };
+        let find = |ns: &str, selected: bool| {
+            self.peer_authentications.iter().find(|p| {
+                p.namespace == ns
+                    && if selected {
+                        selects(p)
+                    } else {
+                        p.spec.selector.is_none()
+                    }
+            })
+        };
+        let workload = find(&proxy.namespace, true);
+        let namespace = find(&proxy.namespace, false);
+        let root = find(&self.mesh.root_namespace, false);
+        let set = |m: Option<MtlsMode>| m.filter(|m| *m != MtlsMode::Unset);
+        workload
+            .and_then(|p| set(p.spec.port_level_mtls.get(&port).and_then(|m| m.mode)))
+            .or_else(|| workload.and_then(|p| set(p.spec.mtls.as_ref().and_then(|m| m.mode))))
+            .or_else(|| namespace.and_then(|p| set(p.spec.mtls.as_ref().and_then(|m| m.mode))))
+            .or_else(|| root.and_then(|p| set(p.spec.mtls.as_ref().and_then(|m| m.mode))))
     }
 
     /// The outbound traffic policy of `proxy`: its Sidecar's, else the mesh's.
@@ -398,13 +480,42 @@ fn named<T: Clone>(
         .collect()
 }
 
-/// Whether config in `owner` exported to `export_to` is visible from `namespace`.
-fn exported_to(owner: &str, export_to: &[String], namespace: &str) -> bool {
-    owner == namespace
-        || export_to.is_empty()
-        || export_to
-            .iter()
-            .any(|e| e == "*" || e == namespace || (e == "." && owner == namespace))
+// === impl DefaultExportTo ===
+
+impl DefaultExportTo {
+    /// Reads MeshConfig's `default*ExportTo` lists (`*` when unset or not a list of strings).
+    fn from_mesh(mesh: &MeshConfig) -> Self {
+        let list = |field: &str| -> Vec<String> {
+            mesh.other
+                .get(field)
+                .and_then(|v| v.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|e| e.as_str().map(|s| s.trim().to_string()))
+                        .collect::<Vec<_>>()
+                })
+                .filter(|l| !l.is_empty())
+                .unwrap_or_else(|| vec!["*".to_string()])
+        };
+        Self {
+            services: list("defaultServiceExportTo"),
+            virtual_services: list("defaultVirtualServiceExportTo"),
+            destination_rules: list("defaultDestinationRuleExportTo"),
+        }
+    }
+}
+
+/// Whether config in namespace `owner` with `export_to` (`default` when empty) is visible
+/// from `namespace`, with Istio's values: `*` every namespace, `.` the owner's, `~` none, or
+/// a namespace name. As in Istio, a list of other namespaces does not include the owner's.
+pub fn exported_to(owner: &str, export_to: &[String], default: &[String], namespace: &str) -> bool {
+    let list = if export_to.is_empty() {
+        default
+    } else {
+        export_to
+    };
+    list.iter()
+        .any(|e| e == "*" || e == namespace || (e == "." && owner == namespace))
 }
 
 /// How specific a host pattern is: exact hosts first, then wildcards by length.
@@ -422,7 +533,243 @@ pub fn host_matches(pattern: &str, host: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+
+    fn context_with(text: &str, mesh: MeshConfig) -> PushContext {
+        let objects: BTreeMap<_, _> = mesh_runtime::config::parse_file("x.yaml".as_ref(), text)
+            .into_iter()
+            .map(|r| {
+                let o = r.unwrap();
+                (o.key.clone(), Arc::new(o))
+            })
+            .collect();
+        let snap = Snapshot::new(1, true, objects, Vec::new());
+        let (registry, _) = Registry::from_config(&snap);
+        PushContext::new("1".into(), &snap, Arc::new(registry), Arc::new(mesh))
+    }
+
+    fn context(text: &str) -> PushContext {
+        context_with(text, MeshConfig::default())
+    }
+
+    fn proxy(namespace: &str, labels: &[(&str, &str)]) -> Proxy {
+        let mut p = Proxy::from_node(
+            &format!("sidecar~127.0.0.9~app-1.{namespace}~{namespace}.svc.cluster.local"),
+            BTreeMap::new(),
+        )
+        .unwrap();
+        p.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        p
+    }
+
+    /// `web` in `a`, a ServiceEntry per export, and rules per export.
+    const EXPORTS: &str = "apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: web, namespace: a}
+spec:
+  hosts: [web.a.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: 10.0.0.1}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: private, namespace: a}
+spec:
+  hosts: [private.a.svc.cluster.local]
+  exportTo: [.]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: 10.0.0.2}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: to-b, namespace: a}
+spec:
+  hosts: [to-b.a.svc.cluster.local]
+  exportTo: [b]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: 10.0.0.3}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: hidden, namespace: a}
+spec:
+  hosts: [hidden.a.svc.cluster.local]
+  exportTo: [\"~\"]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: 10.0.0.4}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: web-private, namespace: a}
+spec:
+  hosts: [web.a.svc.cluster.local]
+  exportTo: [.]
+  http: [{route: [{destination: {host: web.a.svc.cluster.local}}]}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: web-private, namespace: a}
+spec:
+  host: web.a.svc.cluster.local
+  exportTo: [.]
+  subsets: [{name: own, labels: {v: own}}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: web-default, namespace: istio-system}
+spec:
+  host: web.a.svc.cluster.local
+  subsets: [{name: mesh, labels: {v: mesh}}]
+";
+
+    fn hosts(ctx: &PushContext, namespace: &str) -> Vec<String> {
+        ctx.services_for(namespace)
+            .map(|s| s.hostname.split('.').next().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn service_entries_are_seen_where_they_are_exported() {
+        let ctx = context(EXPORTS);
+        assert_eq!(hosts(&ctx, "a"), ["private", "web"]);
+        assert_eq!(hosts(&ctx, "b"), ["to-b", "web"]);
+        assert_eq!(hosts(&ctx, "c"), ["web"]);
+    }
+
+    #[test]
+    fn a_dot_exported_virtual_service_routes_only_its_namespace() {
+        let ctx = context(EXPORTS);
+        let host = "web.a.svc.cluster.local";
+        assert_eq!(
+            ctx.virtual_service("a", host).map(|v| v.name.as_str()),
+            Some("web-private")
+        );
+        assert!(ctx.virtual_service("b", host).is_none());
+    }
+
+    #[test]
+    fn destination_rules_fall_back_to_the_root_namespace() {
+        let ctx = context(EXPORTS);
+        let svc = ctx
+            .registry
+            .service("web.a.svc.cluster.local")
+            .unwrap()
+            .clone();
+        // Its own namespace sees the private rule first.
+        assert_eq!(ctx.destination_rule("a", &svc).unwrap().name, "web-private");
+        // Elsewhere the private rule is invisible: the root namespace's applies mesh-wide.
+        assert_eq!(ctx.destination_rule("b", &svc).unwrap().name, "web-default");
+        assert!(ctx.subset("b", &svc, "mesh").is_some());
+        assert!(ctx.subset("b", &svc, "own").is_none());
+    }
+
+    #[test]
+    fn the_mesh_default_export_applies_to_config_that_does_not_say() {
+        let mut mesh = MeshConfig::default();
+        for field in [
+            "defaultServiceExportTo",
+            "defaultVirtualServiceExportTo",
+            "defaultDestinationRuleExportTo",
+        ] {
+            mesh.other.insert(field.into(), serde_json::json!(["."]));
+        }
+        let ctx = context_with(EXPORTS, mesh);
+        assert_eq!(hosts(&ctx, "c"), Vec::<String>::new());
+        assert_eq!(hosts(&ctx, "b"), ["to-b"]);
+        let svc = ctx
+            .registry
+            .service("web.a.svc.cluster.local")
+            .unwrap()
+            .clone();
+        // The root namespace's rule is now only for the root namespace.
+        assert!(ctx.destination_rule("b", &svc).is_none());
+        assert!(ctx.destination_rule("istio-system", &svc).is_some());
+    }
+
+    #[test]
+    fn explicit_namespaces_exclude_the_owner_as_in_istio() {
+        let only_b = vec!["b".to_string()];
+        assert!(exported_to("a", &only_b, &[], "b"));
+        assert!(!exported_to("a", &only_b, &[], "a"));
+        let star = vec!["*".to_string()];
+        assert!(exported_to("a", &[], &star, "z"));
+        let none = vec!["~".to_string()];
+        assert!(!exported_to("a", &none, &star, "a"));
+        let both = vec![".".to_string(), "c".to_string()];
+        assert!(exported_to("a", &both, &star, "a"));
+        assert!(exported_to("a", &both, &star, "c"));
+        assert!(!exported_to("a", &both, &star, "b"));
+    }
+
+    #[test]
+    fn the_root_namespace_sidecar_is_the_mesh_default() {
+        let ctx = context(
+            "apiVersion: networking.istio.io/v1alpha3
+kind: Sidecar
+metadata: {name: default, namespace: istio-system}
+spec:
+  egress: [{hosts: [\"./*\"]}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: Sidecar
+metadata: {name: own, namespace: a}
+spec:
+  egress: [{hosts: [\"*/*\"]}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: Sidecar
+metadata: {name: picky, namespace: a}
+spec:
+  workloadSelector: {labels: {app: picky}}
+  egress: [{hosts: [\"~/*\"]}]
+",
+        );
+        let name = |p: &Proxy| ctx.sidecar_for(p).map(|s| s.name.clone());
+        assert_eq!(name(&proxy("b", &[])).as_deref(), Some("default"));
+        assert_eq!(name(&proxy("a", &[])).as_deref(), Some("own"));
+        assert_eq!(
+            name(&proxy("a", &[("app", "picky")])).as_deref(),
+            Some("picky")
+        );
+    }
+
+    #[test]
+    fn a_root_namespace_sidecar_keeps_each_proxy_to_its_own_namespace() {
+        let text = format!(
+            "{EXPORTS}---
+apiVersion: networking.istio.io/v1alpha3
+kind: Sidecar
+metadata: {{name: default, namespace: istio-system}}
+spec:
+  egress: [{{hosts: [\"./*\"]}}]
+"
+        );
+        let ctx = context(&text);
+        let seen = |ns: &str| -> Vec<String> {
+            let p = proxy(ns, &[]);
+            ctx.services_for_proxy(&p)
+                .map(|s| s.hostname.clone())
+                .collect()
+        };
+        assert_eq!(
+            seen("a"),
+            ["private.a.svc.cluster.local", "web.a.svc.cluster.local"]
+        );
+        assert_eq!(seen("b"), Vec::<String>::new());
+    }
 
     #[test]
     fn short_names_resolve_in_the_rule_namespace() {

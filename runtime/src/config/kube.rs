@@ -5,13 +5,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use mesh_proto::Kind;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use super::SharedValidator;
 use super::document::{ObjectError, object_from_value, to_load_error};
+use super::status;
 use super::{ConfigKey, ConfigObject, ConfigStore, LoadError, Origin, Snapshot, publish};
 use crate::Shutdown;
 
@@ -20,9 +21,43 @@ use crate::Shutdown;
 /// Every kind is listed and watched (relisting after a 410 Gone or a broken connection, with
 /// backoff). A kind whose CRD is not installed counts as synced and empty, as in Istio, and is
 /// retried in the background.
+///
+/// With [`KubeOptions::write_status`], an Istio object the store refuses gets a status
+/// condition saying why (see [`status`](super::status)), cleared once it is valid again.
 #[derive(Debug)]
 pub struct KubeStore {
     rx: watch::Receiver<Arc<Snapshot>>,
+}
+
+/// How a [`KubeStore`] behaves beyond watching.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KubeOptions {
+    /// Write a status condition on refused Istio objects (through their `/status`
+    /// subresource), and clear it when they become valid.
+    pub write_status: bool,
+}
+
+/// A status write for the writer task: the object and the merge patch of its status.
+#[derive(Debug)]
+struct StatusWrite {
+    kind: Kind,
+    resource: ApiResource,
+    namespace: String,
+    name: String,
+    patch: serde_json::Value,
+}
+
+/// Why a status write failed.
+#[derive(Debug, thiserror::Error)]
+enum StatusError {
+    #[error("{kind} {namespace}/{name}: writing status: {source}")]
+    Patch {
+        kind: Kind,
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -43,10 +78,26 @@ impl KubeStore {
         validator: Option<SharedValidator>,
         shutdown: Shutdown,
     ) -> Self {
+        Self::start_with(client, kinds, validator, KubeOptions::default(), shutdown)
+    }
+
+    /// [`KubeStore::start`] with options.
+    pub fn start_with(
+        client: kube::Client,
+        kinds: Vec<(Kind, String)>,
+        validator: Option<SharedValidator>,
+        options: KubeOptions,
+        shutdown: Shutdown,
+    ) -> Self {
         let state = Arc::new(Mutex::new(State::default()));
         let changed = Arc::new(Notify::new());
         let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
         let total = kinds.len();
+        let status_tx = options.write_status.then(|| {
+            let (status_tx, status_rx) = mpsc::unbounded_channel();
+            tokio::spawn(write_statuses(client.clone(), status_rx, shutdown.clone()));
+            status_tx
+        });
         for (kind, version) in kinds {
             tokio::spawn(watch_kind(
                 client.clone(),
@@ -55,6 +106,7 @@ impl KubeStore {
                 state.clone(),
                 changed.clone(),
                 validator.clone(),
+                status_tx.clone(),
                 shutdown.clone(),
             ));
         }
@@ -102,6 +154,115 @@ async fn publish_loop(
     }
 }
 
+/// Writes status patches, one at a time, until `shutdown`. A failure is logged and not
+/// retried: the next event of the object asks again.
+async fn write_statuses(
+    client: kube::Client,
+    mut rx: mpsc::UnboundedReceiver<StatusWrite>,
+    shutdown: Shutdown,
+) {
+    let mut missing_subresource: BTreeSet<Kind> = BTreeSet::new();
+    loop {
+        let write = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            w = rx.recv() => match w { Some(w) => w, None => return },
+        };
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &write.namespace, &write.resource);
+        let params = PatchParams::apply(STATUS_FIELD_MANAGER);
+        match api
+            .patch_status(&write.name, &params, &Patch::Merge(&write.patch))
+            .await
+        {
+            Ok(_) => tracing::debug!(
+                kind = %write.kind,
+                namespace = %write.namespace,
+                name = %write.name,
+                "status written"
+            ),
+            // The object is gone, or its CRD has no status subresource (an older
+            // manifests/crds.yaml): said once per kind.
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                if missing_subresource.insert(write.kind.clone()) {
+                    tracing::info!(
+                        kind = %write.kind,
+                        "cannot write status (object gone, or CRD without a status subresource)"
+                    );
+                }
+            }
+            Err(source) => {
+                let e = StatusError::Patch {
+                    kind: write.kind,
+                    namespace: write.namespace,
+                    name: write.name,
+                    source,
+                };
+                tracing::warn!(error = %e, "status not written");
+            }
+        }
+    }
+}
+
+/// The field manager of the store's status writes.
+const STATUS_FIELD_MANAGER: &str = "mesh-config-status";
+
+/// Whether the store writes status on objects of `kind`: Istio's CRDs only.
+fn has_status(kind: &Kind) -> bool {
+    kind.group().ends_with("istio.io")
+}
+
+/// What the status of an object is now: enough to decide whether it needs a write.
+#[derive(Debug)]
+struct CurrentStatus {
+    namespace: String,
+    name: String,
+    generation: Option<i64>,
+    status: Option<serde_json::Value>,
+}
+
+impl CurrentStatus {
+    /// Taken from `obj` when statuses are written for `kind`.
+    fn of(
+        tx: Option<&mpsc::UnboundedSender<StatusWrite>>,
+        kind: &Kind,
+        obj: &DynamicObject,
+    ) -> Option<Self> {
+        (tx.is_some() && has_status(kind)).then(|| CurrentStatus {
+            namespace: obj.metadata.namespace.clone().unwrap_or_default(),
+            name: obj.metadata.name.clone().unwrap_or_default(),
+            generation: obj.metadata.generation,
+            status: obj.data.get("status").cloned(),
+        })
+    }
+}
+
+/// Queues the status write `problem` calls for on an object, if its status does not say it
+/// yet.
+fn request_status(
+    tx: Option<&mpsc::UnboundedSender<StatusWrite>>,
+    kind: &Kind,
+    resource: &ApiResource,
+    current: Option<CurrentStatus>,
+    problem: Option<&str>,
+) {
+    let (Some(tx), Some(current)) = (tx, current) else {
+        return;
+    };
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let Some(patch) = status::patch(current.status.as_ref(), problem, current.generation, &now)
+    else {
+        return;
+    };
+    let _ = tx.send(StatusWrite {
+        kind: kind.clone(),
+        resource: resource.clone(),
+        namespace: current.namespace,
+        name: current.name,
+        patch,
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn watch_kind(
     client: kube::Client,
     kind: Kind,
@@ -109,9 +270,11 @@ async fn watch_kind(
     state: Arc<Mutex<State>>,
     changed: Arc<Notify>,
     validator: Option<SharedValidator>,
+    status_tx: Option<mpsc::UnboundedSender<StatusWrite>>,
     shutdown: Shutdown,
 ) {
     let validator = validator.as_deref();
+    let status_tx = status_tx.as_ref();
     let resource = api_resource(&kind, &version);
     let api: Api<DynamicObject> = Api::all_with(client, &resource);
     let mut stream = watcher(api, watcher::Config::default())
@@ -142,7 +305,9 @@ async fn watch_kind(
                 s.objects.retain(|k, _| k.kind != kind);
                 s.errors.retain(|k, _| k.kind != kind);
                 for obj in objs {
-                    apply(&mut s, &kind, &resource, validator, obj);
+                    let current = CurrentStatus::of(status_tx, &kind, &obj);
+                    let problem = apply(&mut s, &kind, &resource, validator, obj);
+                    request_status(status_tx, &kind, &resource, current, problem.as_deref());
                 }
                 s.synced.insert(kind.clone());
                 tracing::debug!(%kind, "initial list done");
@@ -150,7 +315,9 @@ async fn watch_kind(
             }
             Ok(watcher::Event::Apply(obj)) => {
                 let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
-                apply(&mut s, &kind, &resource, validator, obj);
+                let current = CurrentStatus::of(status_tx, &kind, &obj);
+                let problem = apply(&mut s, &kind, &resource, validator, obj);
+                request_status(status_tx, &kind, &resource, current, problem.as_deref());
                 s
             }
             Ok(watcher::Event::Delete(obj)) => {
@@ -198,13 +365,16 @@ fn key_of(kind: &Kind, obj: &DynamicObject) -> ConfigKey {
     )
 }
 
+/// Loads `obj` into `state`; returns why it was refused (field and reason, without the
+/// resource version, so that it only changes when the problem does), or `None` when it
+/// loaded.
 fn apply(
     state: &mut State,
     kind: &Kind,
     resource: &ApiResource,
     validator: Option<&dyn super::Validator>,
     obj: DynamicObject,
-) {
+) -> Option<String> {
     let key = key_of(kind, &obj);
     let origin = Origin::Kube {
         resource_version: obj.metadata.resource_version.clone(),
@@ -213,7 +383,7 @@ fn apply(
         Ok(v) => v,
         Err(e) => {
             tracing::warn!(%key, error = %e, "cannot encode object");
-            return;
+            return None;
         }
     };
     if let Some(map) = value.as_object_mut() {
@@ -229,9 +399,10 @@ fn apply(
             obj.key.namespace = key.namespace.clone();
             if let Some(problem) = validator.and_then(|v| v.validate(&obj).into_iter().next()) {
                 // The last good version (if any) stays in `objects`.
+                let message = problem.to_string();
                 let e = ObjectError::Invalid(key.clone(), problem);
                 state.errors.insert(key, to_load_error(e, &origin));
-                return;
+                return Some(message);
             }
             state.errors.remove(&obj.key);
             let obj = match state.objects.get(&obj.key) {
@@ -239,15 +410,20 @@ fn apply(
                 _ => Arc::new(obj),
             };
             state.objects.insert(key, obj);
+            None
         }
-        Ok(None) => {}
+        Ok(None) => None,
         Err(e) => {
-            let e = match e {
-                ObjectError::Invalid(_, err) => ObjectError::Invalid(key.clone(), err),
-                other => other,
+            let (e, message) = match e {
+                ObjectError::Invalid(_, err) => {
+                    let message = err.to_string();
+                    (ObjectError::Invalid(key.clone(), err), message)
+                }
+                ObjectError::Malformed(m) => (ObjectError::Malformed(m.clone()), m),
             };
             // The last good version (if any) stays in `objects`.
             state.errors.insert(key, to_load_error(e, &origin));
+            Some(message)
         }
     }
 }

@@ -11,6 +11,7 @@
 pub mod directory;
 mod document;
 mod kube;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,7 +23,7 @@ use tokio::sync::watch;
 
 pub use self::directory::{DirectoryOptions, DirectoryStore};
 pub use self::document::{parse_file, validate};
-pub use self::kube::KubeStore;
+pub use self::kube::{KubeOptions, KubeStore};
 
 /// The identity of a configuration object.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
