@@ -1073,7 +1073,10 @@ mod tests {
                 .iter()
                 .take_while(|(_, end)| *end - *t < Duration::from_millis(200))
                 .count();
-            assert!(within <= 5, "{within} grants surely within 200ms from grant {k}");
+            assert!(
+                within <= 5,
+                "{within} grants surely within 200ms from grant {k}"
+            );
         }
         // More than five grants in 1.2s means buckets left the window and were granted again.
         assert!(grants.len() > 5, "only {} grants in 1.2s", grants.len());
