@@ -48,12 +48,18 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, BootstrapError> {
         .entry("NAMESPACE".into())
         .or_insert_with(|| json!(proxy.namespace));
     let api_type = if opts.delta { "DELTA_GRPC" } else { "GRPC" };
+    let mut node = json!({
+        "id": opts.node_id,
+        "cluster": cluster,
+        "metadata": metadata,
+    });
+    // Envoy's own idea of where it runs (Istio's agent sets it from ISTIO_LOCALITY).
+    if let Some(l) = proxy.locality() {
+        let l = crate::xds::generate::eds::parse_locality(&l);
+        node["locality"] = json!({"region": l.region, "zone": l.zone, "sub_zone": l.sub_zone});
+    }
     Ok(json!({
-        "node": {
-            "id": opts.node_id,
-            "cluster": cluster,
-            "metadata": metadata,
-        },
+        "node": node,
         "admin": {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": opts.admin_port}},
         },
@@ -111,6 +117,15 @@ mod tests {
             "DELTA_GRPC"
         );
         assert_eq!(b["static_resources"]["clusters"][0]["type"], "STATIC");
+        let b = bootstrap(&BootstrapOptions {
+            node_id: "sidecar~127.0.0.5~pp.default~default.svc.cluster.local".into(),
+            xds_address: "127.0.0.1:15010".into(),
+            admin_port: 15000,
+            delta: false,
+            metadata: BTreeMap::from([("ISTIO_LOCALITY".into(), json!("us/east/a"))]),
+        })
+        .unwrap();
+        assert_eq!(b["node"]["locality"]["zone"], "east");
         assert!(
             bootstrap(&BootstrapOptions {
                 node_id: "bad".into(),

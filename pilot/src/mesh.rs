@@ -108,6 +108,18 @@ impl MeshConfig {
                 field: e.path().to_string(),
                 message: e.into_inner().to_string(),
             })?;
+        for (field, value) in [
+            ("mixerCheckServer", &mesh.mixer_check_server),
+            ("mixerReportServer", &mesh.mixer_report_server),
+        ] {
+            if !value.is_empty() && host_port(value).is_none() {
+                return Err(MeshError::Invalid {
+                    path: path.to_path_buf(),
+                    field: field.into(),
+                    message: format!("{value:?}: expected HOST:PORT"),
+                });
+            }
+        }
         if !mesh.other.is_empty() {
             let keys: Vec<_> = mesh.other.keys().cloned().collect();
             tracing::info!(fields = ?keys, "mesh config fields not acted on by this version");
@@ -127,6 +139,28 @@ impl MeshConfig {
     pub fn policy_checks_enabled(&self) -> bool {
         !self.disable_policy_checks && !self.mixer_check_server.is_empty()
     }
+
+    /// Mixer's policy endpoint as (host, port), when sidecars should call it.
+    pub fn mixer_check_address(&self) -> Option<(&str, u32)> {
+        if !self.policy_checks_enabled() {
+            return None;
+        }
+        host_port(&self.mixer_check_server)
+    }
+
+    /// Mixer's telemetry endpoint as (host, port), when set.
+    pub fn mixer_report_address(&self) -> Option<(&str, u32)> {
+        host_port(&self.mixer_report_server)
+    }
+}
+
+/// Splits `HOST:PORT` (`[IPv6]:PORT` too); `None` unless the port is a valid port number and
+/// the host is not empty.
+pub fn host_port(s: &str) -> Option<(&str, u32)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u32 = port.parse().ok()?;
+    (!host.is_empty() && (1..=65535).contains(&port)).then_some((host, port))
 }
 
 /// Loads the mesh config (defaults when `path` is `None`) and reloads it when the file changes
@@ -192,5 +226,26 @@ mod tests {
         assert!(m.other.contains_key("enableTracing"));
         let e = MeshConfig::parse(Path::new("mesh"), "proxyHttpPort: lots\n").unwrap_err();
         assert!(e.to_string().contains("proxyHttpPort"), "{e}");
+    }
+
+    #[test]
+    fn mixer_addresses() {
+        let m = MeshConfig::parse(
+            Path::new("mesh"),
+            "mixerCheckServer: istio-policy.istio-system.svc.cluster.local:9091\nmixerReportServer: 127.0.0.1:9092\ndisablePolicyChecks: false\n",
+        )
+        .unwrap();
+        assert_eq!(
+            m.mixer_check_address(),
+            Some(("istio-policy.istio-system.svc.cluster.local", 9091))
+        );
+        assert_eq!(m.mixer_report_address(), Some(("127.0.0.1", 9092)));
+        // Checks are off by default, as in Istio.
+        let m = MeshConfig::parse(Path::new("mesh"), "mixerCheckServer: policy:9091\n").unwrap();
+        assert_eq!(m.mixer_check_address(), None);
+        let e = MeshConfig::parse(Path::new("mesh"), "mixerCheckServer: policy\n").unwrap_err();
+        assert!(e.to_string().contains("mixerCheckServer"), "{e}");
+        assert_eq!(host_port("[::1]:9091"), Some(("::1", 9091)));
+        assert_eq!(host_port("a:0"), None);
     }
 }

@@ -375,3 +375,121 @@ spec:
     assert_eq!(r.json().unwrap()["upstream"], "productpage-app");
     mesh.finish().await;
 }
+
+const EGRESS: &str =
+    "router~127.0.0.41~istio-egressgateway-1.istio-system~istio-system.svc.cluster.local";
+
+/// Istio's egress gateway pattern: a ServiceEntry for an external host, a Gateway on the
+/// egress gateway for it, and a VirtualService that sends the mesh's requests for the host to
+/// the gateway and the gateway's to the host.
+#[tokio::test]
+async fn an_egress_gateway_carries_the_mesh_traffic_to_an_external_host() {
+    let ext = upstream("external").await;
+    let gw_port = free_port();
+    let config = format!(
+        r#"apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {{name: external}}
+spec:
+  hosts: [external.example.com]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints: [{{address: localhost, ports: {{http: {ext}}}}}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
+spec:
+  hosts: [istio-egressgateway.istio-system.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.41, ports: {{http: {gw_port}}}, labels: {{istio: egressgateway}}}}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: {gw_port}, name: http, protocol: HTTP}}
+    hosts: [external.example.com]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {{name: external-through-egress}}
+spec:
+  hosts: [external.example.com]
+  gateways: [mesh, istio-system/istio-egressgateway]
+  http:
+  - match: [{{gateways: [mesh], port: 80}}]
+    route:
+    - destination: {{host: istio-egressgateway.istio-system.svc.cluster.local, port: {{number: 80}}}}
+  - match: [{{gateways: [istio-system/istio-egressgateway], port: {gw_port}}}]
+    route:
+    - destination: {{host: external.example.com, port: {{number: 80}}}}
+"#,
+        ext = ext.addr().port()
+    );
+    let mesh = Mesh::start(&[("egress.yaml", &config)]).await;
+    let gateway = mesh
+        .pilot
+        .sidecar(
+            EGRESS,
+            &[
+                "--meta",
+                "INTERCEPTION_MODE=NONE",
+                "--label",
+                "istio=egressgateway",
+            ],
+        )
+        .await
+        .unwrap();
+    mesh.wait_for("external.example.com", "/", &[], "200 external")
+        .await;
+    let before = ext.requests();
+    let c = mesh
+        .count("external.example.com", "/", &[], 10)
+        .await
+        .unwrap();
+    assert_eq!(c.get("200 external"), Some(&10), "{c:?}");
+    assert_eq!(ext.requests() - before, 10);
+    // Every request went sidecar -> egress gateway -> external host.
+    let via_gateway = mesh
+        .envoy
+        .stat("cluster.outbound|80||istio-egressgateway.istio-system.svc.cluster.local.upstream_rq_total")
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert!(
+        via_gateway >= 10,
+        "sidecar sent {via_gateway} to the gateway"
+    );
+    let to_external = gateway
+        .stat("cluster.outbound|80||external.example.com.upstream_rq_total")
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert!(to_external >= 10, "gateway sent {to_external} to the host");
+    let direct = mesh
+        .envoy
+        .stat("cluster.outbound|80||external.example.com.upstream_rq_total")
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(direct, 0, "the sidecar went to the external host itself");
+
+    // Without the gateway there is no way out.
+    gateway.stop().await.unwrap();
+    let c = mesh
+        .count("external.example.com", "/", &[], 3)
+        .await
+        .unwrap();
+    assert!(
+        c.keys().all(|k| k.starts_with("503")),
+        "reached the host without the gateway: {c:?}"
+    );
+    assert_eq!(ext.requests() - before, 10);
+    mesh.finish().await;
+}

@@ -136,6 +136,18 @@ impl Proxy {
         )
     }
 
+    /// The proxy's locality, `region/zone/subzone`: Istio's `istio-locality` label
+    /// (`region.zone.subzone`, as label values cannot hold `/`), else the `ISTIO_LOCALITY`
+    /// metadata (what Istio's agent reads from its environment).
+    pub fn locality(&self) -> Option<String> {
+        if let Some(l) = self.labels.get("istio-locality").filter(|l| !l.is_empty()) {
+            return Some(l.replace('.', "/"));
+        }
+        self.meta_str("ISTIO_LOCALITY")
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+    }
+
     /// A metadata value as a string.
     pub fn meta_str(&self, key: &str) -> Option<&str> {
         self.metadata.get(key).and_then(Value::as_str)

@@ -108,6 +108,11 @@ impl Protocol {
         )
     }
 
+    /// Whether traffic is TLS the proxy does not terminate (routed by SNI).
+    pub fn is_tls(self) -> bool {
+        matches!(self, Protocol::Https | Protocol::Tls)
+    }
+
     /// Whether upstream connections must be HTTP/2.
     pub fn is_http2(self) -> bool {
         matches!(self, Protocol::Http2 | Protocol::Grpc)

@@ -10,8 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
 use mesh_tests::mesh::{Pilot, eventually};
-use mesh_tests::{Envoy, HttpResponse, Upstream, free_port, http_get};
+use mesh_tests::{Envoy, HttpResponse, Service, Upstream, free_port, http_get, repo_root};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -213,4 +216,101 @@ impl Drop for RawServer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+// === Mixer and Citadel ===
+
+/// Mixer on Istio 1.0's default config, the test policy of `mixer/tests/fixtures/` and
+/// `extra` files.
+pub struct Mixer {
+    pub svc: Service,
+    pub grpc: SocketAddr,
+    pub prometheus: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn start_mixer(extra: &[(&str, &str)]) -> Mixer {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = repo_root().join("mixer/tests/fixtures");
+    for f in ["istio-1.0-default-config.yaml", "policy.yaml"] {
+        std::fs::copy(fixtures.join(f), dir.path().join(f)).unwrap();
+    }
+    for (name, text) in extra {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let prometheus: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut svc = Service::start(
+        "mixer",
+        &[
+            "--config-dir",
+            dir.path().to_str().unwrap(),
+            "--grpc-addr",
+            &grpc.to_string(),
+            "--prometheus-addr",
+            &prometheus.to_string(),
+        ],
+    )
+    .await
+    .unwrap();
+    svc.wait_ready(Duration::from_secs(60)).await.unwrap();
+    Mixer {
+        svc,
+        grpc,
+        prometheus,
+        _dir: dir,
+    }
+}
+
+/// Citadel in file mode with service accounts `productpage` and `reviews`; returns it with
+/// the secret directory once both secrets exist.
+pub async fn citadel(tmp: &Path) -> (Service, PathBuf) {
+    let config = tmp.join("citadel-config");
+    std::fs::create_dir_all(&config).unwrap();
+    let yaml = ["productpage", "reviews"]
+        .iter()
+        .map(|sa| {
+            format!("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {sa}\n  namespace: default\n")
+        })
+        .collect::<Vec<_>>()
+        .join("---\n");
+    std::fs::write(config.join("accounts.yaml"), yaml).unwrap();
+    let out = tmp.join("secrets");
+    let args = [
+        "--config-dir".to_string(),
+        config.display().to_string(),
+        "--secret-dir".into(),
+        out.display().to_string(),
+        "--grpc-addr".into(),
+        format!("127.0.0.1:{}", free_port()),
+    ];
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut svc = Service::start("citadel", &refs).await.unwrap();
+    svc.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for sa in ["productpage", "reviews"] {
+        while !out.join(format!("default/istio.{sa}/key.pem")).exists() {
+            assert!(Instant::now() < deadline, "no secrets:\n{}", svc.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    (svc, out)
+}
+
+/// `--meta` flags pointing a proxy's `TLS_{side}_*` files at a Citadel secret directory.
+pub fn cert_meta(secrets: &Path, sa: &str, side: &str) -> Vec<String> {
+    let dir = secrets.join(format!("default/istio.{sa}"));
+    [
+        ("CERT_CHAIN", "cert-chain.pem"),
+        ("KEY", "key.pem"),
+        ("ROOT_CERT", "root-cert.pem"),
+    ]
+    .iter()
+    .flat_map(|(key, file)| {
+        [
+            "--meta".to_string(),
+            format!("TLS_{side}_{key}={}", dir.join(file).display()),
+        ]
+    })
+    .collect()
 }

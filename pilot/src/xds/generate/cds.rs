@@ -62,11 +62,18 @@ pub fn clusters(ctx: &PushContext, proxy: &Proxy) -> Vec<SharedResource> {
         let dr = ctx.destination_rule(&proxy.namespace, svc);
         for port in &svc.ports {
             let policy = dr.map(|dr| merged_policy(&dr.spec, None, port.number));
-            out.push(outbound(ctx, svc, port, None, policy.as_ref()));
+            out.push(outbound(ctx, proxy, svc, port, None, policy.as_ref()));
             if let Some(dr) = dr {
                 for subset in &dr.spec.subsets {
                     let policy = merged_policy(&dr.spec, Some(subset), port.number);
-                    out.push(outbound(ctx, svc, port, Some(&subset.name), Some(&policy)));
+                    out.push(outbound(
+                        ctx,
+                        proxy,
+                        svc,
+                        port,
+                        Some(&subset.name),
+                        Some(&policy),
+                    ));
                 }
             }
         }
@@ -93,6 +100,8 @@ pub fn clusters(ctx: &PushContext, proxy: &Proxy) -> Vec<SharedResource> {
     }
     out.push(black_hole(ctx));
     out.push(passthrough(ctx));
+    let mixer = super::mixer::clusters(ctx, &out);
+    out.extend(mixer);
     let mut resources: Vec<SharedResource> = out
         .into_iter()
         .map(|c| Resource::encode(c.name.clone(), &c))
@@ -148,6 +157,7 @@ fn base(ctx: &PushContext, name: String) -> Cluster {
 
 fn outbound(
     ctx: &PushContext,
+    proxy: &Proxy,
     svc: &Service,
     port: &Port,
     subset: Option<&str>,
@@ -201,6 +211,26 @@ fn outbound(
     });
     let default_policy = Policy::default();
     apply_policy(&mut c, policy.unwrap_or(&default_policy), port);
+    if let Some(tls) = policy
+        .and_then(|p| p.tls.as_ref())
+        .filter(|t| t.mode == Some(ClientTlsMode::IstioMutual))
+    {
+        let sni = tls.sni.clone().unwrap_or_else(|| {
+            super::mtls::istio_sni(port.number, subset.unwrap_or(""), &svc.hostname)
+        });
+        let sans = super::mtls::destination_identities(ctx, svc, port.number, tls);
+        c.transport_socket = Some(super::mtls::istio_mutual_upstream(
+            proxy,
+            sni,
+            &sans,
+            port.protocol.is_http2(),
+        ));
+    }
+    if super::mixer::is_mixer(ctx, &svc.hostname, port.number) {
+        // Mixer speaks gRPC whatever its port is named.
+        set_http2(&mut c);
+    }
+    c.metadata = super::mixer::cluster_metadata(ctx, &svc.hostname);
     c
 }
 
@@ -249,7 +279,7 @@ pub fn lb_endpoint(address: &str, port: u32, weight: Option<u32>) -> LbEndpoint 
     }
 }
 
-fn set_http2(c: &mut Cluster) {
+pub(super) fn set_http2(c: &mut Cluster) {
     set_http_options(c, true, false, None);
 }
 
@@ -605,8 +635,8 @@ fn apply_outlier(c: &mut Cluster, od: &OutlierDetection) {
     });
 }
 
-/// Client TLS from files (SIMPLE, MUTUAL). ISTIO_MUTUAL needs the mesh's certificates,
-/// delivered over SDS by Citadel; until then it leaves the cluster in plain text.
+/// Client TLS from files (SIMPLE, MUTUAL). ISTIO_MUTUAL, which needs the proxy, is set by
+/// [`outbound`] (see [`super::mtls`]).
 fn apply_tls(c: &mut Cluster, tls: &ClientTlsSettings) {
     let mode = tls.mode.unwrap_or(ClientTlsMode::Disable);
     if !matches!(mode, ClientTlsMode::Simple | ClientTlsMode::Mutual) {

@@ -26,6 +26,7 @@ use envoy_types::pb::google::protobuf::BoolValue;
 use mesh_proto::networking::{Gateway, Server, ServerTlsMode, VirtualService};
 
 use super::lds::{http_chain, rds, strip_host_port, tcp_chain};
+use super::mixer::{self, Side};
 use super::route::virtual_service_routes;
 use super::util::socket_address;
 use crate::model::push_context::{Named, host_matches};
@@ -120,6 +121,7 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<Listener> {
                 let mut chain =
                     http_chain(&format!("outbound_0.0.0.0_{port}"), rds(&s.route_name()));
                 strip_host_port(&mut chain);
+                mixer::apply(ctx, proxy, &mut chain, Side::Gateway, None);
                 chain.filter_chain_match = Some(sni_match(s.hosts()));
                 chain.transport_socket = downstream_tls(s);
                 chains.push(chain);
@@ -127,7 +129,7 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<Listener> {
             } else if s.is_http() {
                 plain_http = true;
             } else if s.mode() == Some(ServerTlsMode::Passthrough) {
-                chains.extend(passthrough_chains(ctx, s));
+                chains.extend(passthrough_chains(ctx, proxy, s));
                 sni = true;
             }
         }
@@ -137,6 +139,7 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<Listener> {
                 rds(&format!("http.{port}")),
             );
             strip_host_port(&mut chain);
+            mixer::apply(ctx, proxy, &mut chain, Side::Gateway, None);
             chains.push(chain);
         }
         if chains.is_empty() {
@@ -224,7 +227,7 @@ fn downstream_tls(s: &GatewayServer<'_>) -> Option<TransportSocket> {
 
 /// TLS passthrough: one chain per SNI route of the bound VirtualServices, to its first
 /// destination.
-fn passthrough_chains(ctx: &PushContext, s: &GatewayServer<'_>) -> Vec<FilterChain> {
+fn passthrough_chains(ctx: &PushContext, proxy: &Proxy, s: &GatewayServer<'_>) -> Vec<FilterChain> {
     let mut out = Vec::new();
     for (_, vs) in ctx.gateway_virtual_services(&s.gateway) {
         for tls in &vs.spec.tls {
@@ -257,6 +260,7 @@ fn passthrough_chains(ctx: &PushContext, s: &GatewayServer<'_>) -> Vec<FilterCha
                 continue;
             }
             let mut chain = tcp_chain(&cluster, &cluster);
+            mixer::apply_tcp(ctx, proxy, &mut chain, Side::Gateway, None);
             chain.filter_chain_match = Some(sni_match(snis.into_iter()));
             out.push(chain);
         }
@@ -291,7 +295,8 @@ pub fn route_config(ctx: &PushContext, proxy: &Proxy, name: &str) -> Option<Rout
             if !seen.insert((&vs.namespace, &vs.name)) {
                 continue;
             }
-            let routes = gateway_routes(ctx, proxy, vs, &s.gateway, &port);
+            let mut routes = gateway_routes(ctx, proxy, vs, &s.gateway, &port);
+            mixer::annotate_routes(ctx, &mut routes);
             if routes.is_empty() {
                 // TLS/TCP-only VirtualServices take no HTTP hosts.
                 continue;

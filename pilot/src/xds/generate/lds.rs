@@ -19,7 +19,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::core::v3::Http1ProtocolOptions;
 use envoy_types::pb::envoy::config::listener::v3::{
-    Filter, FilterChain, Listener, filter::ConfigType,
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter::ConfigType,
+    listener_filter,
 };
 use envoy_types::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route::Action,
@@ -28,6 +29,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager::CodecType,
     http_connection_manager::RouteSpecifier, http_filter,
@@ -42,6 +44,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
 use envoy_types::pb::google::protobuf::BoolValue;
 
 use super::cds::{BLACK_HOLE, PASSTHROUGH};
+use super::mixer::{self, Side};
 use super::route::{CORS_FILTER, FAULT_FILTER};
 use super::util::{ads, duration, socket_address};
 use crate::mesh::OutboundMode;
@@ -79,13 +82,26 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<SharedResource> {
         out.push(virtual_outbound(ctx, proxy));
     }
 
+    // The Sidecar's egress listeners with a port come first: they win over the default
+    // outbound listener of the same address (the first of two names is kept).
+    out.extend(egress_listeners(ctx, proxy));
+
     // Outbound: HTTP ports share one listener per port; TCP services get their own.
     let mut http_ports = BTreeSet::new();
     let mut tcp: BTreeMap<String, (u32, TcpCluster)> = BTreeMap::new();
+    let mut tls: BTreeMap<String, (u32, Vec<FilterChain>)> = BTreeMap::new();
     for svc in ctx.services_for_proxy(proxy) {
         for port in &svc.ports {
             if port.protocol.is_http() {
                 http_ports.insert(port.number);
+            } else if port.protocol.is_tls() {
+                let vip = svc.addresses.first();
+                let bind = vip.cloned().unwrap_or("0.0.0.0".into());
+                let chains = tls_chains(ctx, proxy, svc, port, vip.is_none());
+                let entry = tls
+                    .entry(format!("{bind}_{}", port.number))
+                    .or_insert_with(|| (port.number, Vec::new()));
+                add_chains(&mut entry.1, chains);
             } else {
                 let cluster = outbound_cluster_name(port.number, "", &svc.hostname);
                 let bind = svc.addresses.first().cloned().unwrap_or("0.0.0.0".into());
@@ -97,12 +113,9 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<SharedResource> {
         }
     }
     for port in &http_ports {
-        out.push(unbound(
-            format!("0.0.0.0_{port}"),
-            "0.0.0.0",
-            *port,
-            http_chain(&format!("outbound_0.0.0.0_{port}"), rds(&port.to_string())),
-        ));
+        let mut chain = http_chain(&format!("outbound_0.0.0.0_{port}"), rds(&port.to_string()));
+        mixer::apply(ctx, proxy, &mut chain, Side::Outbound, None);
+        out.push(unbound(format!("0.0.0.0_{port}"), "0.0.0.0", *port, chain));
     }
     for (name, (port, cluster)) in tcp {
         let (ip, _) = name.split_once('_').unwrap_or(("0.0.0.0", ""));
@@ -110,12 +123,24 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<SharedResource> {
             tracing::debug!(%name, "TCP service shares a port with HTTP services; skipped");
             continue;
         }
-        out.push(unbound(
-            name.clone(),
-            ip,
-            port,
-            tcp_chain_to(&format!("outbound|{port}||{name}"), cluster),
-        ));
+        let mut chain = tcp_chain_to(&format!("outbound|{port}||{name}"), cluster);
+        mixer::apply_tcp(ctx, proxy, &mut chain, Side::Outbound, None);
+        out.push(unbound(name.clone(), ip, port, chain));
+    }
+
+    for (name, (port, chains)) in tls {
+        let (ip, _) = name.split_once('_').unwrap_or(("0.0.0.0", ""));
+        if ip == "0.0.0.0" && http_ports.contains(&port) {
+            tracing::debug!(%name, "TLS service shares a port with HTTP services; skipped");
+            continue;
+        }
+        let mut listener = unbound(name.clone(), ip, port, FilterChain::default());
+        listener.filter_chains = chains;
+        for chain in &mut listener.filter_chains {
+            mixer::apply_tcp(ctx, proxy, chain, Side::Outbound, None);
+        }
+        listener.listener_filters = vec![tls_inspector()];
+        out.push(listener);
     }
 
     // Inbound through the Sidecar resource's ingress listeners: bound when the proxy's
@@ -123,13 +148,20 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<SharedResource> {
     for ing in super::cds::sidecar_ingress(ctx, proxy) {
         let protocol = crate::model::Protocol::parse(ing.port.protocol.as_deref().unwrap_or("TCP"));
         let name = format!("{}_{}", ing.bind, ing.port.number);
+        // The service this port serves: the proxy's instance listening on it (Istio
+        // matches the ingress port against the endpoint port).
+        let service = proxy
+            .ips
+            .iter()
+            .flat_map(|ip| ctx.registry.instances_at(ip))
+            .find(|(_, _, ep)| ep.port == ing.port.number)
+            .map(|(svc, _, _)| svc.as_ref());
         let chain = if protocol.is_http() {
-            http_chain(
-                &format!("inbound_{name}"),
-                RouteSpecifier::RouteConfig(inbound_routes(&ing.cluster)),
-            )
+            inbound_http_chain(ctx, proxy, &name, &ing.cluster, service)
         } else {
-            tcp_chain(&ing.cluster, &ing.cluster)
+            let mut chain = tcp_chain(&ing.cluster, &ing.cluster);
+            mixer::apply_tcp(ctx, proxy, &mut chain, Side::Inbound, service);
+            chain
         };
         let capture_none = !proxy.captures_traffic()
             || ctx
@@ -146,6 +178,7 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<SharedResource> {
         if capture_none {
             listener.bind_to_port = None;
         }
+        super::mtls::secure_inbound(ctx, proxy, &mut listener, ing.port.number);
         out.push(listener);
     }
 
@@ -162,14 +195,15 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<SharedResource> {
         }
         let cluster = inbound_cluster_name(port.number, &svc.hostname);
         let chain = if port.protocol.is_http() {
-            http_chain(
-                &format!("inbound_{name}"),
-                RouteSpecifier::RouteConfig(inbound_routes(&cluster)),
-            )
+            inbound_http_chain(ctx, proxy, &name, &cluster, Some(svc))
         } else {
-            tcp_chain(&cluster, &cluster)
+            let mut chain = tcp_chain(&cluster, &cluster);
+            mixer::apply_tcp(ctx, proxy, &mut chain, Side::Inbound, Some(svc));
+            chain
         };
-        out.push(unbound(name, &ep.address, ep.port, chain));
+        let mut listener = unbound(name, &ep.address, ep.port, chain);
+        super::mtls::secure_inbound(ctx, proxy, &mut listener, ep.port);
+        out.push(listener);
     }
 
     let proxy_port = http_proxy_port(ctx, proxy);
@@ -179,6 +213,7 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<SharedResource> {
             rds(HTTP_PROXY_ROUTE),
         );
         allow_absolute_urls(&mut chain);
+        mixer::apply(ctx, proxy, &mut chain, Side::Outbound, None);
         out.push(Listener {
             name: format!("127.0.0.1_{proxy_port}"),
             address: Some(socket_address("127.0.0.1", proxy_port)),
@@ -195,6 +230,74 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<SharedResource> {
     // The first of two listeners on one address wins (Envoy refuses duplicates).
     resources.dedup_by(|a, b| a.name == b.name);
     resources
+}
+
+/// The listeners of the Sidecar resource's egress listeners that name a port: for TLS ports,
+/// SNI-matched chains for the listener's hosts on that port, bound to `bind` (default
+/// `0.0.0.0`) when `captureMode` is NONE (or the proxy's traffic is not captured). Other
+/// protocols are served by the per-port outbound listeners.
+fn egress_listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<Listener> {
+    let Some(sc) = ctx.sidecar_for(proxy) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for eg in &sc.spec.egress {
+        let Some(port) = &eg.port else { continue };
+        let protocol = crate::model::Protocol::parse(port.protocol.as_deref().unwrap_or("TCP"));
+        if !protocol.is_tls() {
+            continue;
+        }
+        let hosts: Vec<(String, String)> = eg
+            .hosts
+            .iter()
+            .filter_map(|h| {
+                let (ns, host) = h.split_once('/')?;
+                let ns = if ns == "." {
+                    proxy.namespace.as_str()
+                } else {
+                    ns
+                };
+                Some((ns.to_string(), host.to_string()))
+            })
+            .collect();
+        let mut chains = Vec::new();
+        for svc in ctx.services_for_proxy(proxy) {
+            let picked = hosts.iter().any(|(ns, host)| {
+                ns != "~"
+                    && (ns == "*" || *ns == svc.namespace)
+                    && (host == "*"
+                        || crate::model::push_context::host_matches(host, &svc.hostname))
+            });
+            let Some(svc_port) = svc.port(port.number).filter(|p| p.protocol.is_tls()) else {
+                continue;
+            };
+            if picked {
+                add_chains(&mut chains, tls_chains(ctx, proxy, svc, svc_port, true));
+            }
+        }
+        if chains.is_empty() {
+            continue;
+        }
+        let bind = eg.bind.clone().unwrap_or_else(|| "0.0.0.0".into());
+        let mut listener = unbound(
+            format!("{bind}_{}", port.number),
+            &bind,
+            port.number,
+            FilterChain::default(),
+        );
+        listener.filter_chains = chains;
+        for chain in &mut listener.filter_chains {
+            mixer::apply_tcp(ctx, proxy, chain, Side::Outbound, None);
+        }
+        listener.listener_filters = vec![tls_inspector()];
+        if !proxy.captures_traffic()
+            || eg.capture_mode == Some(mesh_proto::networking::CaptureMode::None)
+        {
+            listener.bind_to_port = None;
+        }
+        out.push(listener);
+    }
+    out
 }
 
 fn virtual_outbound(ctx: &PushContext, proxy: &Proxy) -> Listener {
@@ -326,21 +429,31 @@ fn tcp_destination(
     let Some(route) = route else {
         return TcpCluster::Cluster(default);
     };
-    let clusters: Vec<(String, u32)> = route
-        .route
+    weighted_destinations(ctx, &vs.namespace, &route.route, port.number, default)
+}
+
+/// The (weighted) clusters of an L4 route's destinations; `default` when none has weight.
+fn weighted_destinations(
+    ctx: &PushContext,
+    namespace: &str,
+    destinations: &[mesh_proto::networking::RouteDestination],
+    port: u32,
+    default: String,
+) -> TcpCluster {
+    let clusters: Vec<(String, u32)> = destinations
         .iter()
         .map(|d| {
-            let host = ctx.resolve(&d.destination.host, &vs.namespace);
+            let host = ctx.resolve(&d.destination.host, namespace);
             let dest_port = d
                 .destination
                 .port
                 .as_ref()
                 .and_then(|p| p.number)
-                .unwrap_or(port.number);
+                .unwrap_or(port);
             let subset = d.destination.subset.as_deref().unwrap_or("");
             let weight = d
                 .weight
-                .unwrap_or(if route.route.len() == 1 { 100 } else { 0 });
+                .unwrap_or(if destinations.len() == 1 { 100 } else { 0 });
             (outbound_cluster_name(dest_port, subset, &host), weight)
         })
         .filter(|(_, w)| *w > 0)
@@ -361,6 +474,88 @@ fn tcp_destination(
     }
 }
 
+/// The filter chains of a TLS (or HTTPS) service port on an outbound listener, matched by
+/// SNI as Istio does: one per `tls` route of the service's VirtualService (its `sniHosts`,
+/// to its weighted destinations), else one for the service's own hostname, to its cluster.
+/// `shared` listeners (no VIP) never get a chain without SNI, which would take every host.
+fn tls_chains(
+    ctx: &PushContext,
+    proxy: &Proxy,
+    svc: &crate::model::Service,
+    port: &crate::model::Port,
+    shared: bool,
+) -> Vec<FilterChain> {
+    let default = outbound_cluster_name(port.number, "", &svc.hostname);
+    let mut out = Vec::new();
+    if let Some(vs) = ctx.virtual_service(&proxy.namespace, &svc.hostname) {
+        for route in &vs.spec.tls {
+            let snis: Vec<String> = route
+                .matches
+                .iter()
+                .filter(|m| m.port.is_none_or(|p| p == port.number))
+                .filter(|m| m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
+                .filter(|m| {
+                    m.source_labels
+                        .iter()
+                        .all(|(k, v)| proxy.labels.get(k).is_some_and(|l| l == v))
+                })
+                .flat_map(|m| m.sni_hosts.iter().cloned())
+                .collect();
+            if snis.is_empty() {
+                continue;
+            }
+            let dest = weighted_destinations(
+                ctx,
+                &vs.namespace,
+                &route.route,
+                port.number,
+                default.clone(),
+            );
+            let mut chain =
+                tcp_chain_to(&format!("outbound|{}||{}", port.number, svc.hostname), dest);
+            chain.filter_chain_match = Some(FilterChainMatch {
+                server_names: snis,
+                ..Default::default()
+            });
+            out.push(chain);
+        }
+    }
+    if out.is_empty() {
+        let mut chain = tcp_chain(&default, &default);
+        if shared {
+            chain.filter_chain_match = Some(FilterChainMatch {
+                server_names: vec![svc.hostname.clone()],
+                ..Default::default()
+            });
+        }
+        out.push(chain);
+    }
+    out
+}
+
+/// Adds chains to a listener's, leaving out those whose match another chain already has
+/// (Envoy refuses duplicates; the first wins).
+fn add_chains(into: &mut Vec<FilterChain>, chains: Vec<FilterChain>) {
+    for c in chains {
+        if !into
+            .iter()
+            .any(|have| have.filter_chain_match == c.filter_chain_match)
+        {
+            into.push(c);
+        }
+    }
+}
+
+fn tls_inspector() -> ListenerFilter {
+    ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".into(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(any(
+            &TlsInspector::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
 fn tcp_chain_to(stat_prefix: &str, cluster: TcpCluster) -> FilterChain {
     let tcp = TcpProxy {
         stat_prefix: stat_prefix.to_string(),
@@ -374,6 +569,38 @@ fn tcp_chain_to(stat_prefix: &str, cluster: TcpCluster) -> FilterChain {
         }],
         ..Default::default()
     }
+}
+
+/// The HTTP chain of an inbound listener `name` forwarding to `cluster`, with Mixer's check
+/// and report when the mesh has Mixer (`service` is what the workload serves there).
+fn inbound_http_chain(
+    ctx: &PushContext,
+    proxy: &Proxy,
+    name: &str,
+    cluster: &str,
+    service: Option<&crate::model::Service>,
+) -> FilterChain {
+    let mut routes = inbound_routes(cluster);
+    if let Some(svc) = service {
+        let extra = [
+            ("context.reporter.kind", "inbound".to_string()),
+            ("destination.namespace", proxy.namespace.clone()),
+        ];
+        if let Some(cfg) = mixer::check_settings(ctx, svc, &extra) {
+            for vh in &mut routes.virtual_hosts {
+                for r in &mut vh.routes {
+                    r.typed_per_filter_config
+                        .insert(mixer::EXT_AUTHZ_FILTER.to_string(), cfg.clone());
+                }
+            }
+        }
+    }
+    let mut chain = http_chain(
+        &format!("inbound_{name}"),
+        RouteSpecifier::RouteConfig(routes),
+    );
+    mixer::apply(ctx, proxy, &mut chain, Side::Inbound, service);
+    chain
 }
 
 fn inbound_routes(cluster: &str) -> RouteConfiguration {

@@ -5,6 +5,8 @@ pub mod cds;
 pub mod eds;
 pub mod gateway;
 pub mod lds;
+pub mod mixer;
+pub mod mtls;
 pub mod rds;
 pub mod route;
 mod util;

@@ -19,6 +19,10 @@ use crate::model::{Proxy, PushContext, Registry};
 const NODE: &str = "sidecar~127.0.0.9~app-1.default~default.svc.cluster.local";
 
 fn context(text: &str) -> PushContext {
+    context_with(text, MeshConfig::default())
+}
+
+fn context_with(text: &str, mesh: MeshConfig) -> PushContext {
     let objects: BTreeMap<_, _> = mesh_runtime::config::parse_file("x.yaml".as_ref(), text)
         .into_iter()
         .map(|r| {
@@ -28,12 +32,7 @@ fn context(text: &str) -> PushContext {
         .collect();
     let snap = Snapshot::new(1, true, objects, Vec::new());
     let (registry, _) = Registry::from_config(&snap);
-    PushContext::new(
-        "1".into(),
-        &snap,
-        Arc::new(registry),
-        Arc::new(MeshConfig::default()),
-    )
+    PushContext::new("1".into(), &snap, Arc::new(registry), Arc::new(mesh))
 }
 
 fn proxy() -> Proxy {
@@ -174,4 +173,162 @@ subsets:
     let v2 = cds::merged_policy(&rule, Some(&rule.subsets[0]), 9080);
     assert_eq!(lb(&v2), Some(SimpleLb::LeastRequest));
     assert_eq!(max(&v2), Some(7));
+}
+
+const ZONED: &str = "apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  endpoints:
+  - {address: 10.0.0.1, locality: us/east/a}
+  - {address: 10.0.0.2, locality: us/east/b}
+  - {address: 10.0.0.3, locality: us/west/a}
+  - {address: 10.0.0.4, locality: eu/west/a}
+  - {address: 10.0.0.5}
+";
+
+fn priorities(ctx: &PushContext, locality: Option<&str>) -> Vec<(String, u32)> {
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    let r = super::eds::load_assignment_for(
+        ctx,
+        "outbound|9080||reviews.default.svc.cluster.local",
+        locality,
+    )
+    .unwrap();
+    let cla = ClusterLoadAssignment::decode(&r.any.value[..]).unwrap();
+    cla.endpoints
+        .iter()
+        .map(|l| {
+            let name = l
+                .locality
+                .as_ref()
+                .map(|l| format!("{}/{}/{}", l.region, l.zone, l.sub_zone))
+                .unwrap_or_default();
+            (name, l.priority)
+        })
+        .collect()
+}
+
+#[test]
+fn locality_failover_needs_outlier_detection() {
+    // Without outlier detection: grouped by locality, all priority 0.
+    let ctx = context(ZONED);
+    let got = priorities(&ctx, Some("us/east/a"));
+    assert_eq!(got.len(), 5);
+    assert!(got.iter().all(|(_, p)| *p == 0), "{got:?}");
+
+    let with_od = format!(
+        "{ZONED}---\napiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {{name: reviews}}\nspec:\n  host: reviews\n  trafficPolicy:\n    outlierDetection: {{consecutive5xxErrors: 1}}\n"
+    );
+    let ctx = context(&with_od);
+    let mut got = priorities(&ctx, Some("us/east/a"));
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("".to_string(), 3),
+            ("eu/west/a".to_string(), 3),
+            ("us/east/a".to_string(), 0),
+            ("us/east/b".to_string(), 1),
+            ("us/west/a".to_string(), 2),
+        ]
+    );
+    // No proxy locality: no priorities.
+    assert!(priorities(&ctx, None).iter().all(|(_, p)| *p == 0));
+    // Turned off.
+    let off = with_od.replace(
+        "outlierDetection:",
+        "loadBalancer: {localityLbSetting: {enabled: false}}\n    outlierDetection:",
+    );
+    let ctx = context(&off);
+    assert!(
+        priorities(&ctx, Some("us/east/a"))
+            .iter()
+            .all(|(_, p)| *p == 0)
+    );
+}
+
+#[test]
+fn mixer_in_the_registry_gets_its_cluster_made_http2() {
+    let policy = "apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: istio-policy, namespace: istio-system}
+spec:
+  hosts: [istio-policy.istio-system.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9091, name: tcp-mixer, protocol: TCP}]
+  endpoints: [{address: 10.0.0.9}]
+";
+    let mesh = MeshConfig::parse(
+        std::path::Path::new("mesh"),
+        "mixerCheckServer: istio-policy.istio-system.svc.cluster.local:9091\nmixerReportServer: 10.0.0.7:9091\ndisablePolicyChecks: false\n",
+    )
+    .unwrap();
+    let ctx = context_with(policy, mesh);
+    let clusters: Vec<Cluster> = cds::clusters(&ctx, &proxy())
+        .iter()
+        .map(|r| Cluster::decode(&r.any.value[..]).unwrap())
+        .collect();
+    let named = |n: &str| clusters.iter().filter(|c| c.name == n).collect::<Vec<_>>();
+    // The registry's cluster (EDS), once, speaking HTTP/2 despite its TCP port.
+    let check = named("outbound|9091||istio-policy.istio-system.svc.cluster.local");
+    assert_eq!(check.len(), 1);
+    assert!(check[0].eds_cluster_config.is_some());
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+        HttpProtocolOptions, http_protocol_options::UpstreamProtocolOptions,
+        http_protocol_options::explicit_http_config::ProtocolConfig,
+    };
+    let opts = &check[0].typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+    let opts = HttpProtocolOptions::decode(&opts.value[..]).unwrap();
+    assert!(matches!(
+        opts.upstream_protocol_options,
+        Some(UpstreamProtocolOptions::ExplicitHttpConfig(ref e))
+            if matches!(e.protocol_config, Some(ProtocolConfig::Http2ProtocolOptions(_)))
+    ));
+    // An address outside the registry gets a static cluster of its own.
+    let report = named("outbound|9091||10.0.0.7");
+    assert_eq!(report.len(), 1);
+    assert!(report[0].load_assignment.is_some());
+}
+
+#[test]
+fn a_sidecar_egress_port_binds_over_the_default_tls_listener() {
+    let config = "apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.example.com]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{number: 8443, name: tls, protocol: TLS}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: Sidecar
+metadata: {name: default}
+spec:
+  egress:
+  - port: {number: 8443, protocol: TLS, name: tls}
+    captureMode: NONE
+    hosts: ['*/*']
+";
+    let ctx = context(config);
+    let listeners: Vec<Listener> = lds::listeners(&ctx, &proxy())
+        .iter()
+        .map(|r| Listener::decode(&r.any.value[..]).unwrap())
+        .collect();
+    let l: Vec<&Listener> = listeners
+        .iter()
+        .filter(|l| l.name == "0.0.0.0_8443")
+        .collect();
+    assert_eq!(l.len(), 1);
+    // Bound (the default outbound listener is not), matched by SNI behind a TLS inspector.
+    assert_eq!(l[0].bind_to_port, None);
+    assert_eq!(l[0].listener_filters.len(), 1);
+    let m = l[0].filter_chains[0].filter_chain_match.as_ref().unwrap();
+    assert_eq!(m.server_names, vec!["api.example.com".to_string()]);
 }
