@@ -96,8 +96,10 @@ pub async fn run(mut cli: Cli, shutdown: Shutdown) -> anyhow::Result<()> {
         let client = mesh_runtime::kube_client::connect(kubeconfig.as_deref())
             .await
             .context("connecting to Kubernetes for the kubernetesenv pod cache")?;
+        let listed = base.readiness.condition("pods");
         dispatcher.set_pod_cache(adapter::kubernetesenv::pods::KubePodCache::start(
             client,
+            Some(listed),
             shutdown.clone(),
         ));
     }
