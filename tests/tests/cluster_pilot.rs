@@ -587,6 +587,21 @@ spec:
         .collect();
     let ips: BTreeSet<String> = reviews.iter().map(|(_, ip)| ip.clone()).collect();
     assert_eq!(addresses, ips, "{svc}");
+    // Through the HTTP proxy port, a client names the pod it wants.
+    for (version, ip) in &reviews {
+        let pod = format!("{ip}:9080");
+        let reply = mesh_tests::http_get(
+            &format!("http://127.0.0.1:{own_port}/"),
+            &[
+                ("host", &format!("reviews-headless.{ns_name}:9080")),
+                ("x-envoy-original-dst-host", &pod),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, 200, "{pod}: {}", reply.body);
+        assert_eq!(reply.body, format!("reviews-{version}\n"), "{pod}");
+    }
 
     own.stop().await.unwrap();
     stranger.stop().await.unwrap();

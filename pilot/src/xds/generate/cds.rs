@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     circuit_breakers::Thresholds,
     cluster::{
         ClusterDiscoveryType, CommonLbConfig, DiscoveryType, DnsLookupFamily, EdsClusterConfig,
-        LbConfig, LbPolicy, MaglevLbConfig, RingHashLbConfig,
+        LbConfig, LbPolicy, MaglevLbConfig, OriginalDstLbConfig, RingHashLbConfig,
     },
 };
 use envoy_types::pb::envoy::config::core::v3::{
@@ -203,6 +203,13 @@ fn outbound(
                 DiscoveryType::OriginalDst as i32,
             ));
             c.lb_policy = LbPolicy::ClusterProvided as i32;
+            // Without iptables (the http_proxy listener) there is no original destination to
+            // keep, so a client names the pod with `x-envoy-original-dst-host: IP:PORT`; a
+            // captured connection without the header still goes where it was headed.
+            c.lb_config = Some(LbConfig::OriginalDstLbConfig(OriginalDstLbConfig {
+                use_http_header: port.protocol.is_http(),
+                ..Default::default()
+            }));
         }
     }
     c.circuit_breakers = Some(CircuitBreakers {
