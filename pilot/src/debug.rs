@@ -1,5 +1,6 @@
 //! Pilot's debug pages: `/debug/syncz`, `/debug/adsz`, `/debug/registryz` and
-//! `/debug/config_dump?proxyID=...`.
+//! `/debug/config_dump?proxyID=...` (what a proxy is sent, as JSON in the shape of Envoy's
+//! admin `/config_dump`: see [`crate::xds::dump`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,8 +12,8 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::model::Proxy;
-use crate::xds::XdsServer;
 use crate::xds::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, short_type};
+use crate::xds::{XdsServer, dump};
 
 /// The debug routes.
 pub fn routes(server: XdsServer) -> Router {
@@ -196,18 +197,16 @@ async fn config_dump(State(server): State<XdsServer>, Query(q): Query<DumpQuery>
     let routes = generation
         .resources(&proxy, ROUTE, &rds_names)
         .unwrap_or_default();
-    let section = |rs: &[crate::xds::resource::SharedResource]| -> Vec<Value> {
-        rs.iter()
-            .map(|r| crate::xds::dump::resource_json(r))
-            .collect()
-    };
+    let version = generation.version();
     Json(json!({
         "proxy": proxy.to_string(),
-        "version": generation.version(),
-        "clusters": section(&clusters),
-        "endpoints": section(&endpoints),
-        "listeners": section(&listeners),
-        "routes": section(&routes),
+        "version": version,
+        "configs": [
+            dump::section(CLUSTER, version, &clusters),
+            dump::section(ENDPOINT, version, &endpoints),
+            dump::section(LISTENER, version, &listeners),
+            dump::section(ROUTE, version, &routes),
+        ],
     }))
     .into_response()
 }

@@ -20,7 +20,6 @@ pub mod xds;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use mesh_runtime::Shutdown;
 use mesh_runtime::monitoring;
 use mesh_runtime::service::{Base, ConfigSource};
@@ -62,6 +61,14 @@ pub async fn serve(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()>
         .await
         .with_context(|| format!("cannot listen on {} (--grpc-addr)", settings.grpc_addr))?;
     tracing::info!(addr = %settings.grpc_addr, "xDS server listening");
+    let webhook = match &settings.webhook {
+        Some(w) => {
+            let bound = validate::webhook::Webhook::bind(w).await?;
+            tracing::info!(addr = %w.addr, "admission webhook listening (/validate)");
+            Some(bound)
+        }
+        None => None,
+    };
 
     let mesh_rx = mesh::watch_mesh(settings.mesh.clone(), shutdown.clone())?;
     let source = ConfigSource::from_flags(settings.config_dir.clone(), settings.kubeconfig.clone());
@@ -136,17 +143,18 @@ pub async fn serve(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()>
     ));
 
     let grpc_shutdown = shutdown.clone();
-    let ads =
-        AggregatedDiscoveryServiceServer::new(server.service()).max_decoding_message_size(16 << 20);
     let grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-            .add_service(ads)
+        xds::server::grpc_server()
+            .add_service(server.service())
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc),
                 async move { grpc_shutdown.cancelled().await },
             ),
     );
+
+    if let Some(webhook) = webhook {
+        tokio::spawn(webhook.serve(shutdown.clone()));
+    }
 
     let routes = debug::routes(server.clone());
     let store = Arc::clone(&base.store);

@@ -10,6 +10,8 @@ use mesh_proto::types::Duration as IstioDuration;
 use mesh_runtime::cli::{BinaryCli, CommonArgs};
 use serde::Deserialize;
 
+use crate::validate::webhook::WebhookSettings;
+
 /// Pilot: serves Envoy configuration (xDS v3) for an Istio service mesh.
 ///
 /// Reads services and Istio traffic config from a directory of YAML (`--config-dir`) or from
@@ -81,6 +83,20 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub push_concurrency: Option<usize>,
 
+    /// Address of the validating admission webhook (HTTPS, `/validate`) [default:
+    /// 0.0.0.0:15017]. Serves only when --webhook-cert and --webhook-key are given.
+    #[arg(long, value_name = "ADDR")]
+    pub webhook_addr: Option<SocketAddr>,
+
+    /// PEM certificate chain the admission webhook serves (its CA goes in the
+    /// ValidatingWebhookConfiguration's caBundle). Without it the webhook is off.
+    #[arg(long, value_name = "FILE", requires = "webhook_key")]
+    pub webhook_cert: Option<PathBuf>,
+
+    /// PEM private key of --webhook-cert.
+    #[arg(long, value_name = "FILE", requires = "webhook_cert")]
+    pub webhook_key: Option<PathBuf>,
+
     /// Load config without Pilot's semantic validation (tests only: lets config that Envoy
     /// refuses reach Envoy).
     #[arg(long, hide = true)]
@@ -134,6 +150,9 @@ struct FileSettings {
     debounce_after: Option<IstioDuration>,
     debounce_max: Option<IstioDuration>,
     push_concurrency: Option<usize>,
+    webhook_addr: Option<SocketAddr>,
+    webhook_cert: Option<PathBuf>,
+    webhook_key: Option<PathBuf>,
 }
 
 /// Pilot's settings, resolved from flags, environment, settings file and defaults.
@@ -148,6 +167,17 @@ pub struct Settings {
     pub debounce_max: Duration,
     pub push_concurrency: usize,
     pub skip_validation: bool,
+    /// The admission webhook, when a certificate and key are given.
+    pub webhook: Option<WebhookSettings>,
+}
+
+/// Why the settings are unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(transparent)]
+    Load(#[from] mesh_runtime::settings::SettingsError),
+    #[error("webhookCert and webhookKey go together: {0} is missing")]
+    WebhookHalf(&'static str),
 }
 
 impl BinaryCli for Cli {
@@ -160,11 +190,24 @@ impl BinaryCli for Cli {
 
 impl Settings {
     /// Flags (and environment) win over the settings file, which wins over defaults.
-    pub fn resolve(
-        common: &CommonArgs,
-        cli: ServeArgs,
-    ) -> Result<Self, mesh_runtime::settings::SettingsError> {
+    pub fn resolve(common: &CommonArgs, cli: ServeArgs) -> Result<Self, SettingsError> {
         let file: FileSettings = mesh_runtime::settings::load(common.config.as_deref())?;
+        let webhook = match (
+            cli.webhook_cert.or(file.webhook_cert),
+            cli.webhook_key.or(file.webhook_key),
+        ) {
+            (Some(cert), Some(key)) => Some(WebhookSettings {
+                addr: cli
+                    .webhook_addr
+                    .or(file.webhook_addr)
+                    .unwrap_or_else(|| ([0, 0, 0, 0], 15017).into()),
+                cert,
+                key,
+            }),
+            (None, None) => None,
+            (Some(_), None) => return Err(SettingsError::WebhookHalf("webhookKey")),
+            (None, Some(_)) => return Err(SettingsError::WebhookHalf("webhookCert")),
+        };
         Ok(Self {
             config_dir: cli.config_dir.or(file.config_dir),
             kubeconfig: cli.kubeconfig.or(file.kubeconfig),
@@ -192,6 +235,7 @@ impl Settings {
                 .or(file.push_concurrency)
                 .unwrap_or(100),
             skip_validation: cli.skip_validation,
+            webhook,
         })
     }
 }

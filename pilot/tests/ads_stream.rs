@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use mesh_runtime::{Shutdown, Snapshot};
 use pilot::mesh::MeshConfig;
@@ -56,7 +55,7 @@ async fn start(hosts: &[&str]) -> (XdsServer, String, Shutdown) {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let svc = AggregatedDiscoveryServiceServer::new(server.service());
+    let svc = server.service();
     let stop = shutdown.clone();
     tokio::spawn(
         tonic::transport::Server::builder()

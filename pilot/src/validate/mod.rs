@@ -7,6 +7,7 @@
 //! runs the same checks offline. Every problem names its field, from `spec`.
 
 mod regex;
+pub mod webhook;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;

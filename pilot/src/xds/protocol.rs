@@ -19,11 +19,14 @@
 //!   `initial_resource_versions` says what the proxy already has.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
+use bytes::{BufMut, Bytes};
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-    Resource as DeltaResource,
 };
+use prost::Message;
 
 use super::resource::{SharedResource, is_wildcard_type};
 
@@ -38,6 +41,99 @@ pub enum Action {
     Nack(String),
     /// The request answers an older response; ignored.
     Stale,
+}
+
+/// A response a stream decided to send: its own few fields and the shared resources it carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    pub type_url: String,
+    pub version: String,
+    pub nonce: String,
+    /// Resources to send (SotW: the complete set for wildcard types; delta: what changed).
+    pub resources: Vec<SharedResource>,
+    /// Names the proxy must drop (delta only).
+    pub removed: Vec<String>,
+}
+
+/// One stream's protocol, state-of-the-world or delta: how its requests read, what a request
+/// means, and how responses are encoded. The stream loop in `server.rs` is written once
+/// against this.
+pub trait Protocol: Default + Send + 'static {
+    /// The request message of the stream.
+    type Request: Message + Default + Send + 'static;
+    /// Whether this is the delta protocol.
+    const DELTA: bool;
+    fn node(req: &Self::Request) -> Option<&Node>;
+    fn type_url(req: &Self::Request) -> &str;
+    fn nonce(req: &Self::Request) -> &str;
+    /// Interprets a request and updates the subscription it carries.
+    fn on_request(&mut self, req: &Self::Request) -> Action;
+    /// The response bringing the proxy to `resources`, or `None` when there is nothing to
+    /// send. `force` answers a request even when nothing changed (SotW only: a delta stream
+    /// never sends an empty response).
+    fn respond(
+        &mut self,
+        type_url: &str,
+        version: &str,
+        resources: &[SharedResource],
+        force: bool,
+    ) -> Option<Response>;
+    /// The gRPC message (length-prefixed protobuf) of a response, in chunks.
+    fn encode(resp: &Response) -> Vec<Bytes>;
+    /// Every type's state.
+    fn types(&self) -> &HashMap<String, TypeState>;
+
+    /// Whether the stream has asked for this type at all.
+    fn watches(&self, type_url: &str) -> bool {
+        self.types().contains_key(type_url)
+    }
+
+    /// The subscription of a type.
+    fn state(&self, type_url: &str) -> Option<&TypeState> {
+        self.types().get(type_url)
+    }
+}
+
+// === impl Response ===
+
+impl Response {
+    /// As a `DiscoveryResponse` message (tests and tools; streams send [`Protocol::encode`]).
+    pub fn to_sotw(&self) -> DiscoveryResponse {
+        let bytes: Vec<u8> = Sotw::encode(self)
+            .iter()
+            .flat_map(|b| b.iter().copied())
+            .skip(5)
+            .collect();
+        DiscoveryResponse::decode(&bytes[..]).unwrap_or_default()
+    }
+
+    /// As a `DeltaDiscoveryResponse` message (tests and tools).
+    pub fn to_delta(&self) -> DeltaDiscoveryResponse {
+        let bytes: Vec<u8> = Delta::encode(self)
+            .iter()
+            .flat_map(|b| b.iter().copied())
+            .skip(5)
+            .collect();
+        DeltaDiscoveryResponse::decode(&bytes[..]).unwrap_or_default()
+    }
+}
+
+/// A gRPC message of `head` (the response's own fields) followed by shared `entries`: the
+/// 5-byte prefix (uncompressed, big-endian length), then the protobuf, which is the merge of
+/// its parts.
+fn grpc_message(head: &impl Message, entries: impl Iterator<Item = Bytes>) -> Vec<Bytes> {
+    let entries: Vec<Bytes> = entries.collect();
+    let len = head.encoded_len() + entries.iter().map(Bytes::len).sum::<usize>();
+    let mut first = Vec::with_capacity(5 + head.encoded_len());
+    first.put_u8(0);
+    // A response over 4 GiB cannot be framed; the decoder on the other side would refuse
+    // it long before (Envoy's limit is far lower), so saturate rather than wrap.
+    first.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+    head.encode_raw(&mut first);
+    let mut out = Vec::with_capacity(entries.len() + 1);
+    out.push(Bytes::from(first));
+    out.extend(entries);
+    out
 }
 
 /// The sync status of one type on one stream, as shown on `/debug/syncz`.
@@ -61,9 +157,10 @@ pub struct TypeState {
     pub names: BTreeSet<String>,
     /// Subscribed to everything (wildcard types, or `*`).
     pub wildcard: bool,
-    /// Versions of what the proxy has (or was last sent), by resource name.
+    /// Versions of what the proxy has (or was last sent), by resource name (shared with the
+    /// resource: no copy per connection).
     #[serde(skip)]
-    pub sent: BTreeMap<String, String>,
+    pub sent: BTreeMap<Arc<str>, Version>,
     pub sent_version: String,
     pub sent_nonce: String,
     pub acked_version: String,
@@ -107,6 +204,46 @@ impl TypeState {
     pub fn wants(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
     }
+
+    /// Whether the proxy has (or was last sent) this very resource.
+    fn has(&self, r: &SharedResource) -> bool {
+        self.sent
+            .get(r.name.as_str())
+            .is_some_and(|v| v.matches(&Version::parse(&r.version)))
+    }
+
+    /// Remembers that the proxy was sent `r`.
+    fn record(&mut self, r: &SharedResource) {
+        let version = Version::parse(&r.version);
+        match self.sent.get_mut(r.name.as_str()) {
+            Some(v) => *v = version,
+            None => {
+                self.sent.insert(r.key(), version);
+            }
+        }
+    }
+}
+
+/// A resource version a proxy has, kept compactly: ours are 64-bit hashes in 16 hex digits,
+/// held as the number; any other string (from a proxy's `initial_resource_versions`) is
+/// unknown and matches nothing, so the resource is sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version(Option<u64>);
+
+// === impl Version ===
+
+impl Version {
+    pub fn parse(s: &str) -> Version {
+        Version(
+            (s.len() == 16)
+                .then(|| u64::from_str_radix(s, 16).ok())
+                .flatten(),
+        )
+    }
+
+    fn matches(&self, other: &Version) -> bool {
+        self.0.is_some() && self.0 == other.0
+    }
 }
 
 /// Nonce source: unique per stream and response.
@@ -120,27 +257,91 @@ impl Nonces {
     }
 }
 
-/// A state-of-the-world stream.
+/// What both protocols keep: the state of each type, and the nonce source.
 #[derive(Debug, Default)]
-pub struct Sotw {
+struct Types {
     types: HashMap<String, TypeState>,
     nonces: Nonces,
 }
 
+impl Types {
+    /// Records a response of `type_url` carrying `resources` (and, in delta, removing
+    /// `removed`, already forgotten by the caller) and builds it, with a fresh nonce.
+    fn response(
+        &mut self,
+        type_url: &str,
+        version: &str,
+        resources: Vec<SharedResource>,
+        removed: Vec<String>,
+    ) -> Response {
+        let nonce = self.nonces.next();
+        if let Some(state) = self.types.get_mut(type_url) {
+            for r in &resources {
+                state.record(r);
+            }
+            state.sent_version = version.to_string();
+            state.sent_nonce.clone_from(&nonce);
+            state.responses += 1;
+        }
+        Response {
+            type_url: type_url.to_string(),
+            version: version.to_string(),
+            nonce,
+            resources,
+            removed,
+        }
+    }
+}
+
+/// The [`Protocol`] accessors of the fields both request types have.
+macro_rules! request_fields {
+    ($req:ty) => {
+        fn node(req: &$req) -> Option<&Node> {
+            req.node.as_ref()
+        }
+
+        fn type_url(req: &$req) -> &str {
+            &req.type_url
+        }
+
+        fn nonce(req: &$req) -> &str {
+            &req.response_nonce
+        }
+    };
+}
+
+/// A state-of-the-world stream.
+#[derive(Debug, Default)]
+pub struct Sotw(Types);
+
 // === impl Sotw ===
 
-impl Sotw {
-    /// Interprets a request and updates the subscription it carries.
-    pub fn on_request(&mut self, req: &DiscoveryRequest) -> Action {
+impl Protocol for Sotw {
+    type Request = DiscoveryRequest;
+    const DELTA: bool = false;
+
+    request_fields!(DiscoveryRequest);
+
+    fn on_request(&mut self, req: &DiscoveryRequest) -> Action {
         let wildcard_type = is_wildcard_type(&req.type_url);
-        let state = self.types.entry(req.type_url.clone()).or_default();
+        let types = &mut self.0.types;
+        let state = match types.get_mut(&req.type_url) {
+            Some(s) => s,
+            None => types.entry(req.type_url.clone()).or_default(),
+        };
         if !req.response_nonce.is_empty() && req.response_nonce != state.sent_nonce {
             return Action::Stale;
         }
-        let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
-        let wildcard = names.contains("*") || (wildcard_type && names.is_empty());
-        let changed = names != state.names || wildcard != state.wildcard;
-        state.names = names;
+        let wildcard = req.resource_names.iter().any(|n| n == "*")
+            || (wildcard_type && req.resource_names.is_empty());
+        // Compared without copying the names: most requests are ACKs of the same list.
+        let same_names = req.resource_names.len() >= state.names.len()
+            && req.resource_names.iter().all(|n| state.names.contains(n))
+            && names_set_len(&req.resource_names) == state.names.len();
+        let changed = !same_names || wildcard != state.wildcard;
+        if !same_names {
+            state.names = req.resource_names.iter().cloned().collect();
+        }
         state.wildcard = wildcard;
         if req.response_nonce.is_empty() {
             // A first request on this stream (or after the proxy restarted the type).
@@ -151,114 +352,94 @@ impl Sotw {
             state.nack = Some(err.message.clone());
             return Action::Nack(err.message.clone());
         }
-        state.acked_version = req.version_info.clone();
-        state.acked_nonce = req.response_nonce.clone();
+        if state.acked_version != req.version_info {
+            state.acked_version.clone_from(&req.version_info);
+        }
+        state.acked_nonce.clone_from(&req.response_nonce);
         state.nack = None;
         if changed {
             // Forget what was sent under names no longer wanted, so they are sent again if
             // the proxy subscribes to them later.
-            let keep: BTreeSet<String> = state
-                .sent
-                .keys()
-                .filter(|n| state.wants(n))
-                .cloned()
-                .collect();
-            state.sent.retain(|n, _| keep.contains(n));
+            let (wildcard, names) = (state.wildcard, &state.names);
+            state.sent.retain(|n, _| wildcard || names.contains(&**n));
             Action::Respond
         } else {
             Action::Ack
         }
     }
 
-    /// Whether the stream has asked for this type at all.
-    pub fn watches(&self, type_url: &str) -> bool {
-        self.types.contains_key(type_url)
-    }
-
-    /// The subscription of a type.
-    pub fn state(&self, type_url: &str) -> Option<&TypeState> {
-        self.types.get(type_url)
-    }
-
-    /// All types' states.
-    pub fn states(&self) -> impl Iterator<Item = (&String, &TypeState)> {
-        self.types.iter()
+    fn types(&self) -> &HashMap<String, TypeState> {
+        &self.0.types
     }
 
     /// Builds the response for `resources` (everything the proxy should have of this type,
     /// or for named types, the wanted resources that exist), or `None` when nothing changed.
-    /// `force` sends even when nothing changed (an answer to a request).
-    pub fn respond(
+    fn respond(
         &mut self,
         type_url: &str,
         version: &str,
         resources: &[SharedResource],
         force: bool,
-    ) -> Option<DiscoveryResponse> {
-        let state = self.types.get_mut(type_url)?;
-        let wanted: Vec<&SharedResource> =
-            resources.iter().filter(|r| state.wants(&r.name)).collect();
-        let to_send: Vec<&SharedResource> = if is_wildcard_type(type_url) {
-            let same = wanted.len() == state.sent.len()
-                && wanted
-                    .iter()
-                    .all(|r| state.sent.get(&r.name) == Some(&r.version));
+    ) -> Option<Response> {
+        let state = self.0.types.get_mut(type_url)?;
+        let wanted = resources.iter().filter(|r| state.wants(&r.name));
+        let to_send: Vec<SharedResource> = if is_wildcard_type(type_url) {
+            let wanted: Vec<SharedResource> = wanted.cloned().collect();
+            let same = wanted.len() == state.sent.len() && wanted.iter().all(|r| state.has(r));
             if same && !force {
                 return None;
             }
+            state.sent.clear();
             wanted
         } else {
-            let changed: Vec<&SharedResource> = wanted
-                .into_iter()
-                .filter(|r| state.sent.get(&r.name) != Some(&r.version))
-                .collect();
+            let changed: Vec<SharedResource> = wanted.filter(|r| !state.has(r)).cloned().collect();
             if changed.is_empty() && !force {
                 return None;
             }
             changed
         };
-        if is_wildcard_type(type_url) {
-            state.sent.clear();
-        }
-        for r in &to_send {
-            state.sent.insert(r.name.clone(), r.version.clone());
-        }
-        let nonce = self.nonces.next();
-        state.sent_version = version.to_string();
-        state.sent_nonce = nonce.clone();
-        state.responses += 1;
-        Some(DiscoveryResponse {
-            version_info: version.to_string(),
-            resources: to_send.iter().map(|r| r.any.clone()).collect(),
-            type_url: type_url.to_string(),
-            nonce,
-            ..Default::default()
-        })
+        Some(self.0.response(type_url, version, to_send, Vec::new()))
     }
+
+    fn encode(resp: &Response) -> Vec<Bytes> {
+        let head = DiscoveryResponse {
+            version_info: resp.version.clone(),
+            type_url: resp.type_url.clone(),
+            nonce: resp.nonce.clone(),
+            ..Default::default()
+        };
+        grpc_message(&head, resp.resources.iter().map(|r| r.sotw_entry()))
+    }
+}
+
+/// The number of distinct names in a request's list.
+fn names_set_len(names: &[String]) -> usize {
+    names.iter().collect::<BTreeSet<_>>().len()
 }
 
 /// A delta (incremental) stream.
 #[derive(Debug, Default)]
-pub struct Delta {
-    types: HashMap<String, TypeState>,
-    nonces: Nonces,
-}
+pub struct Delta(Types);
 
 // === impl Delta ===
 
-impl Delta {
-    /// Interprets a request: applies subscription changes (whatever the nonce), then reads
-    /// the ACK or NACK.
-    pub fn on_request(&mut self, req: &DeltaDiscoveryRequest) -> Action {
-        let first = !self.types.contains_key(&req.type_url);
-        let state = self.types.entry(req.type_url.clone()).or_default();
+impl Protocol for Delta {
+    type Request = DeltaDiscoveryRequest;
+    const DELTA: bool = true;
+
+    request_fields!(DeltaDiscoveryRequest);
+
+    /// Applies subscription changes (whatever the nonce), then reads the ACK or NACK.
+    fn on_request(&mut self, req: &DeltaDiscoveryRequest) -> Action {
+        let first = !self.0.types.contains_key(&req.type_url);
+        let state = self.0.types.entry(req.type_url.clone()).or_default();
         if first {
             state.wildcard =
                 is_wildcard_type(&req.type_url) && req.resource_names_subscribe.is_empty();
             state.sent = req
                 .initial_resource_versions
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (Arc::from(k.as_str()), Version::parse(v)))
                 .collect();
         }
         let mut subscribed_new = false;
@@ -276,7 +457,7 @@ impl Delta {
             } else {
                 state.names.remove(name);
                 // The proxy forgets it; send it again if it comes back.
-                state.sent.remove(name);
+                state.sent.remove(name.as_str());
             }
         }
         if first {
@@ -290,8 +471,8 @@ impl Delta {
             state.nack = Some(err.message.clone());
             Action::Nack(err.message.clone())
         } else {
-            state.acked_nonce = req.response_nonce.clone();
-            state.acked_version = state.sent_version.clone();
+            state.acked_nonce.clone_from(&req.response_nonce);
+            state.acked_version.clone_from(&state.sent_version);
             state.nack = None;
             Action::Ack
         };
@@ -302,92 +483,77 @@ impl Delta {
         }
     }
 
-    pub fn watches(&self, type_url: &str) -> bool {
-        self.types.contains_key(type_url)
-    }
-
-    pub fn state(&self, type_url: &str) -> Option<&TypeState> {
-        self.types.get(type_url)
-    }
-
-    pub fn states(&self) -> impl Iterator<Item = (&String, &TypeState)> {
-        self.types.iter()
+    fn types(&self) -> &HashMap<String, TypeState> {
+        &self.0.types
     }
 
     /// Builds the response bringing the proxy from what it has to `resources` (for wildcard
     /// subscriptions: everything that exists; for names: the wanted ones that exist), or
-    /// `None` when it is already there. `complete` says `resources` covers every name the
-    /// proxy wants, so a wanted name missing from it was removed.
-    pub fn respond(
+    /// `None` when it is already there. A name the proxy has that is missing from
+    /// `resources` was removed.
+    fn respond(
         &mut self,
         type_url: &str,
         version: &str,
         resources: &[SharedResource],
-    ) -> Option<DeltaDiscoveryResponse> {
-        let state = self.types.get_mut(type_url)?;
+        _force: bool,
+    ) -> Option<Response> {
+        let state = self.0.types.get_mut(type_url)?;
         let present: BTreeSet<&str> = resources.iter().map(|r| r.name.as_str()).collect();
-        let changed: Vec<&SharedResource> = resources
+        let changed: Vec<SharedResource> = resources
             .iter()
-            .filter(|r| state.wants(&r.name))
-            .filter(|r| state.sent.get(&r.name) != Some(&r.version))
+            .filter(|r| state.wants(&r.name) && !state.has(r))
+            .cloned()
             .collect();
         let removed: Vec<String> = state
             .sent
             .keys()
-            .filter(|n| !present.contains(n.as_str()))
-            .cloned()
+            .filter(|n| !present.contains(&***n))
+            .map(|n| n.to_string())
             .collect();
         if changed.is_empty() && removed.is_empty() {
             return None;
         }
         for n in &removed {
-            state.sent.remove(n);
+            state.sent.remove(n.as_str());
         }
-        for r in &changed {
-            state.sent.insert(r.name.clone(), r.version.clone());
-        }
-        let nonce = self.nonces.next();
-        state.sent_version = version.to_string();
-        state.sent_nonce = nonce.clone();
-        state.responses += 1;
-        Some(DeltaDiscoveryResponse {
-            system_version_info: version.to_string(),
-            resources: changed
-                .iter()
-                .map(|r| DeltaResource {
-                    name: r.name.clone(),
-                    version: r.version.clone(),
-                    resource: Some(r.any.clone()),
-                    ..Default::default()
-                })
-                .collect(),
-            type_url: type_url.to_string(),
-            removed_resources: removed,
-            nonce,
+        Some(self.0.response(type_url, version, changed, removed))
+    }
+
+    fn encode(resp: &Response) -> Vec<Bytes> {
+        let head = DeltaDiscoveryResponse {
+            system_version_info: resp.version.clone(),
+            type_url: resp.type_url.clone(),
+            nonce: resp.nonce.clone(),
+            removed_resources: resp.removed.clone(),
             ..Default::default()
-        })
+        };
+        grpc_message(&head, resp.resources.iter().map(|r| r.delta_entry()))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use envoy_types::pb::google::protobuf::Any;
     use envoy_types::pb::google::rpc::Status as RpcStatus;
 
     use super::*;
     use crate::xds::resource::{CLUSTER, ENDPOINT, Resource};
 
+    /// A version in the server's own format (16 hex digits) from a short test number.
+    fn ver(v: &str) -> String {
+        format!("{:016x}", v.parse::<u64>().unwrap())
+    }
+
     fn res(name: &str, version: &str) -> SharedResource {
-        Arc::new(Resource {
-            name: name.into(),
-            version: version.into(),
-            any: Any {
+        Resource::new(
+            name,
+            ver(version),
+            Any {
                 type_url: String::new(),
                 value: version.as_bytes().to_vec(),
             },
-        })
+        )
     }
 
     fn req(type_url: &str, names: &[&str], nonce: &str, nack: Option<&str>) -> DiscoveryRequest {
@@ -485,7 +651,7 @@ mod tests {
         let r3 = s
             .respond(ENDPOINT, "v3", &[res("q", "1"), res("z", "1")], true)
             .unwrap();
-        let names: Vec<_> = r3.resources.iter().map(|a| a.value.clone()).collect();
+        let names: Vec<_> = r3.resources.iter().map(|r| r.any.value.clone()).collect();
         assert_eq!(names, vec![b"1".to_vec()]);
         assert!(s.watches(ENDPOINT) && !s.watches(CLUSTER));
     }
@@ -504,7 +670,7 @@ mod tests {
             response_nonce: nonce.into(),
             initial_resource_versions: initial
                 .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .map(|(k, v)| (k.to_string(), ver(v)))
                 .collect(),
             ..Default::default()
         }
@@ -519,22 +685,22 @@ mod tests {
             Action::Respond
         );
         let r1 = d
-            .respond(CLUSTER, "v1", &[res("a", "1"), res("b", "1")])
+            .respond(CLUSTER, "v1", &[res("a", "1"), res("b", "1")], false)
             .unwrap();
         let sent: Vec<_> = r1.resources.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(sent, vec!["b"]);
-        assert_eq!(r1.removed_resources, vec!["gone".to_string()]);
+        assert_eq!(r1.removed, vec!["gone".to_string()]);
         assert_eq!(
             d.on_request(&dreq(CLUSTER, &[], &[], &r1.nonce, &[])),
             Action::Ack
         );
         assert!(
-            d.respond(CLUSTER, "v2", &[res("a", "1"), res("b", "1")])
+            d.respond(CLUSTER, "v2", &[res("a", "1"), res("b", "1")], false)
                 .is_none()
         );
-        let r2 = d.respond(CLUSTER, "v3", &[res("b", "2")]).unwrap();
+        let r2 = d.respond(CLUSTER, "v3", &[res("b", "2")], false).unwrap();
         assert_eq!(r2.resources[0].name, "b");
-        assert_eq!(r2.removed_resources, vec!["a".to_string()]);
+        assert_eq!(r2.removed, vec!["a".to_string()]);
     }
 
     #[test]
@@ -544,8 +710,8 @@ mod tests {
             d.on_request(&dreq(ENDPOINT, &["x"], &[], "", &[])),
             Action::Respond
         );
-        let r1 = d.respond(ENDPOINT, "v1", &[res("x", "1")]).unwrap();
-        let r2 = d.respond(ENDPOINT, "v2", &[res("x", "2")]).unwrap();
+        let r1 = d.respond(ENDPOINT, "v1", &[res("x", "1")], false).unwrap();
+        let r2 = d.respond(ENDPOINT, "v2", &[res("x", "2")], false).unwrap();
         // Subscribing with an old nonce still subscribes.
         assert_eq!(
             d.on_request(&dreq(ENDPOINT, &["y"], &[], &r1.nonce, &[])),
@@ -566,8 +732,61 @@ mod tests {
             d.on_request(&dreq(ENDPOINT, &[], &["x"], &r2.nonce, &[])),
             Action::Ack
         );
-        let r3 = d.respond(ENDPOINT, "v3", &[res("y", "1")]).unwrap();
-        assert!(r3.removed_resources.is_empty());
+        let r3 = d.respond(ENDPOINT, "v3", &[res("y", "1")], false).unwrap();
+        assert!(r3.removed.is_empty());
         assert_eq!(r3.resources[0].name, "y");
+    }
+
+    #[test]
+    fn responses_encode_as_the_protobuf_messages_they_stand_for() {
+        let a = Resource::encode(
+            "a",
+            &envoy_types::pb::envoy::config::cluster::v3::Cluster {
+                name: "a".into(),
+                ..Default::default()
+            },
+        );
+        let resp = Response {
+            type_url: CLUSTER.into(),
+            version: "v1".into(),
+            nonce: "7".into(),
+            resources: vec![a.clone(), a.clone()],
+            removed: vec!["gone".into()],
+        };
+        let sotw = resp.to_sotw();
+        assert_eq!(
+            sotw,
+            DiscoveryResponse {
+                version_info: "v1".into(),
+                resources: vec![a.any.clone(), a.any.clone()],
+                type_url: CLUSTER.into(),
+                nonce: "7".into(),
+                ..Default::default()
+            }
+        );
+        let delta = resp.to_delta();
+        assert_eq!(delta.system_version_info, "v1");
+        assert_eq!(delta.removed_resources, vec!["gone".to_string()]);
+        assert_eq!(delta.resources.len(), 2);
+        assert_eq!(delta.resources[0].name, "a");
+        assert_eq!(delta.resources[0].version, a.version);
+        assert_eq!(delta.resources[0].resource.as_ref(), Some(&a.any));
+        // The gRPC prefix carries the length of what follows.
+        let chunks = Sotw::encode(&resp);
+        let total: usize = chunks.iter().map(|c| c.len()).sum();
+        let len = u32::from_be_bytes(chunks[0][1..5].try_into().unwrap()) as usize;
+        assert_eq!((chunks[0][0], len), (0, total - 5));
+    }
+
+    #[test]
+    fn versions_not_in_the_server_format_never_match() {
+        let mut d = Delta::default();
+        d.on_request(&DeltaDiscoveryRequest {
+            type_url: CLUSTER.into(),
+            initial_resource_versions: [("a".to_string(), "1".to_string())].into(),
+            ..Default::default()
+        });
+        let r = d.respond(CLUSTER, "v1", &[res("a", "1")], false).unwrap();
+        assert_eq!(r.resources.len(), 1, "an unknown version is resent");
     }
 }

@@ -1,8 +1,17 @@
 //! Encoded xDS resources: generated once, encoded once, shared by every proxy that gets them.
+//!
+//! A resource also keeps, built on first use and then shared, its encoding as an entry of a
+//! state-of-the-world response and of a delta response: a response to a proxy is a few bytes of
+//! its own (version, nonce, type) followed by these shared entries, so no proxy holds a copy of
+//! the config it is sent.
 
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryResponse, DiscoveryResponse, Resource as DeltaResource,
+};
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
@@ -41,6 +50,13 @@ pub struct Resource {
     /// Hex hash of the encoded bytes: equal bytes, equal version.
     pub version: String,
     pub any: Any,
+    /// The name again, shared: what connections remember they sent is keyed by it, without
+    /// a copy of the name per connection.
+    key: Arc<str>,
+    /// This resource as field `resources` of a `DiscoveryResponse`.
+    sotw_entry: OnceLock<Bytes>,
+    /// This resource as field `resources` of a `DeltaDiscoveryResponse`.
+    delta_entry: OnceLock<Bytes>,
 }
 
 /// A shared resource.
@@ -54,19 +70,70 @@ impl Resource {
         let value = msg.encode_to_vec();
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         value.hash(&mut hasher);
-        Arc::new(Resource {
-            name: name.into(),
-            version: format!("{:016x}", hasher.finish()),
-            any: Any {
+        Resource::new(
+            name,
+            format!("{:016x}", hasher.finish()),
+            Any {
                 type_url: M::type_url(),
                 value,
             },
+        )
+    }
+
+    /// A resource from its parts.
+    pub fn new(name: impl Into<String>, version: impl Into<String>, any: Any) -> SharedResource {
+        let name = name.into();
+        Arc::new(Resource {
+            key: Arc::from(name.as_str()),
+            name,
+            version: version.into(),
+            any,
+            sotw_entry: OnceLock::new(),
+            delta_entry: OnceLock::new(),
         })
+    }
+
+    /// The name, shared (see the field).
+    pub fn key(&self) -> Arc<str> {
+        self.key.clone()
     }
 
     /// Size of the encoded resource in bytes.
     pub fn size(&self) -> usize {
         self.any.value.len()
+    }
+
+    /// The encoding of this resource as one element of `DiscoveryResponse.resources`.
+    /// Protobuf messages concatenate by merging, so a response is its own scalar fields
+    /// followed by these entries.
+    pub fn sotw_entry(&self) -> Bytes {
+        self.sotw_entry
+            .get_or_init(|| {
+                let msg = DiscoveryResponse {
+                    resources: vec![self.any.clone()],
+                    ..Default::default()
+                };
+                Bytes::from(msg.encode_to_vec())
+            })
+            .clone()
+    }
+
+    /// The encoding of this resource as one element of `DeltaDiscoveryResponse.resources`.
+    pub fn delta_entry(&self) -> Bytes {
+        self.delta_entry
+            .get_or_init(|| {
+                let msg = DeltaDiscoveryResponse {
+                    resources: vec![DeltaResource {
+                        name: self.name.clone(),
+                        version: self.version.clone(),
+                        resource: Some(self.any.clone()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                Bytes::from(msg.encode_to_vec())
+            })
+            .clone()
     }
 }
 

@@ -1,24 +1,32 @@
 //! The ADS server: connections, their push queues, and the state-of-the-world and delta
 //! streams over gRPC.
+//!
+//! Both streams run one loop, generic over the [`Protocol`]. The gRPC service is written
+//! against tonic's transport directly rather than through generated code: a response is sent
+//! as its own few bytes followed by the shared, already encoded resources (see
+//! [`super::resource`]), so a connection never copies or buffers the config it is sent, and
+//! requests are read with a small buffer. That is most of what a connected proxy costs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-    aggregated_discovery_service_server::AggregatedDiscoveryService,
-};
 use serde_json::Value;
 use tokio::sync::{Notify, Semaphore, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::codec::{BufferSettings, Streaming};
+use tonic::codegen::{Service, http};
+use tonic::server::NamedService;
+use tonic::{Code, Status};
 
-use super::cache::Generation;
+use super::cache::{Generation, Scope};
 use super::metrics::XdsMetrics;
-use super::protocol::{Action, Delta, Sotw, TypeState};
+use super::protocol::{Action, Delta, Protocol, Sotw, TypeState};
 use super::resource::{ENDPOINT, PUSH_ORDER, short_type};
 use crate::model::Proxy;
 use crate::model::service::parse_cluster_name;
@@ -44,11 +52,18 @@ pub struct Connection {
     pub connected_at: SystemTime,
     pending: Mutex<Option<PushRequest>>,
     notify: Notify,
-    /// The proxy's own service instances when it last got a full push: when an endpoint-only
-    /// change alters them, its inbound listeners and clusters change too.
-    instances: Mutex<String>,
-    /// The per-type protocol state, copied out after every event, for the debug pages.
-    status: Mutex<BTreeMap<String, TypeState>>,
+    /// The proxy's scope when it last got a full push: when an endpoint-only change alters
+    /// its own service instances, its inbound listeners and clusters change too.
+    instances: Mutex<Scope>,
+    /// The proxy's scope in the latest generation it was served from.
+    scope: Mutex<Scope>,
+    /// The stream's protocol state, shared with the stream (read by the debug pages).
+    proto: Arc<dyn ProtocolState>,
+}
+
+/// A stream's protocol state as the debug pages read it.
+trait ProtocolState: Send + Sync + std::fmt::Debug {
+    fn status(&self) -> BTreeMap<String, TypeState>;
 }
 
 /// The xDS server's shared state. Cheap to clone.
@@ -79,9 +94,13 @@ impl PushRequest {
 
 // === impl Connection ===
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Connection {
     fn enqueue(&self, push: PushRequest) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = lock(&self.pending);
         match pending.as_mut() {
             Some(p) => p.merge(push),
             None => *pending = Some(push),
@@ -92,31 +111,41 @@ impl Connection {
 
     /// The queued push, made full when the proxy's own instances changed under it.
     fn take(&self, generation: &Generation) -> Option<PushRequest> {
-        let mut push = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()?;
-        let now = instances_signature(generation, &self.proxy);
-        let mut known = self.instances.lock().unwrap_or_else(|p| p.into_inner());
-        if *known != now {
+        let mut push = lock(&self.pending).take()?;
+        let now = self.scope(generation);
+        let mut known = lock(&self.instances);
+        if known.instances() != now.instances() {
             *known = now;
             push.full = true;
         }
         Some(push)
     }
 
-    fn set_status<'a>(&self, states: impl Iterator<Item = (&'a String, &'a TypeState)>) {
-        let copy = states.map(|(k, v)| (k.clone(), v.summary())).collect();
-        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = copy;
+    /// The proxy's scope in `generation`, computed once per generation.
+    fn scope(&self, generation: &Generation) -> Scope {
+        let mut memo = lock(&self.scope);
+        if !memo.is_of(generation) {
+            *memo = generation.scope(&self.proxy);
+        }
+        memo.clone()
     }
 
     /// The per-type protocol state.
     pub fn status(&self) -> BTreeMap<String, TypeState> {
-        self.status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.proto.status()
+    }
+}
+
+impl<P: Protocol> ProtocolState for Mutex<P>
+where
+    P: std::fmt::Debug + Sync,
+{
+    fn status(&self) -> BTreeMap<String, TypeState> {
+        lock(self)
+            .types()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.summary()))
+            .collect()
     }
 }
 
@@ -184,25 +213,27 @@ impl XdsServer {
         &self.inner.metrics
     }
 
-    fn register(&self, proxy: Proxy, delta: bool) -> Arc<Connection> {
+    fn register(
+        &self,
+        proxy: Proxy,
+        delta: bool,
+        proto: Arc<dyn ProtocolState>,
+    ) -> Arc<Connection> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let instances = Mutex::new(instances_signature(&self.current(), &proxy));
+        let scope = self.current().scope(&proxy);
         let conn = Arc::new(Connection {
-            instances,
+            instances: Mutex::new(scope.clone()),
+            scope: Mutex::new(scope),
             id,
             proxy,
             delta,
             connected_at: SystemTime::now(),
             pending: Mutex::new(None),
             notify: Notify::new(),
-            status: Mutex::new(BTreeMap::new()),
+            proto,
         });
         let n = {
-            let mut conns = self
-                .inner
-                .connections
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut conns = lock(&self.inner.connections);
             conns.insert(id, conn.clone());
             conns.len()
         };
@@ -213,11 +244,7 @@ impl XdsServer {
 
     fn unregister(&self, conn: &Connection) {
         let n = {
-            let mut conns = self
-                .inner
-                .connections
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut conns = lock(&self.inner.connections);
             conns.remove(&conn.id);
             conns.len()
         };
@@ -265,23 +292,6 @@ fn proxy_of(server: &XdsServer, node: Option<&Node>) -> Result<Proxy, Status> {
     Ok(proxy)
 }
 
-/// The service instances at a proxy's IPs, as one comparable string.
-fn instances_signature(generation: &Generation, proxy: &Proxy) -> String {
-    let mut all: Vec<String> = proxy
-        .ips
-        .iter()
-        .flat_map(|ip| generation.ctx.registry.instances_at(ip))
-        .map(|(svc, port, ep)| {
-            format!(
-                "{}:{}@{}:{}",
-                svc.hostname, port.number, ep.address, ep.port
-            )
-        })
-        .collect();
-    all.sort();
-    all.join(",")
-}
-
 /// Whether a push concerns this type of a connection: everything on a full push, endpoints
 /// the connection watches on an EDS push.
 fn wanted_by(push: &PushRequest, type_url: &str, state: Option<&TypeState>) -> bool {
@@ -297,48 +307,149 @@ fn eds_affected(push: &PushRequest, state: Option<&TypeState>) -> bool {
         .any(|n| parse_cluster_name(n).is_some_and(|(_, _, _, host)| push.eds_hosts.contains(host)))
 }
 
-/// The gRPC face of the server.
+/// The gRPC path of the state-of-the-world stream.
+const SOTW_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+/// The gRPC path of the delta stream.
+const DELTA_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+/// The largest request accepted (a proxy subscribing to many thousand names).
+const MAX_REQUEST: usize = 16 << 20;
+/// The initial size of a stream's request buffer: requests are small (ACKs, name lists); it
+/// grows for a larger one.
+const REQUEST_BUFFER: usize = 1024;
+/// Responses a stream may have queued for sending. They share their resources' bytes, so a
+/// queued response costs little; the bound keeps a slow proxy from piling them up.
+const QUEUED_RESPONSES: usize = 4;
+
+/// The gRPC face of the server: `envoy.service.discovery.v3.AggregatedDiscoveryService`,
+/// for tonic's router (`Server::builder().add_service(server.service())`).
 #[derive(Debug, Clone)]
 pub struct AdsService {
     server: XdsServer,
 }
 
-type SotwTx = mpsc::Sender<Result<DiscoveryResponse, Status>>;
-type DeltaTx = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
+/// What a stream sends its proxy: a response, or the end of the stream. Kept small: the
+/// channel allocates its slots in blocks of 32 whatever its capacity, and a `Status` inline
+/// would make each slot ten times larger, in every connection.
+#[derive(Debug)]
+enum Outgoing {
+    /// One gRPC message, in chunks (see [`Protocol::encode`]).
+    Message(Vec<Bytes>),
+    /// The stream is over; the status goes in the trailers.
+    End(Box<Status>),
+}
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsService {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+type Tx = mpsc::Sender<Outgoing>;
 
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(8);
-        let server = self.server.clone();
-        let requests = request.into_inner();
-        tokio::spawn(async move {
-            if let Err(status) = sotw_stream(&server, requests, &tx).await {
-                let _ = tx.send(Err(status)).await;
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+// === impl AdsService ===
+
+impl NamedService for AdsService {
+    const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+}
+
+impl Service<http::Request<tonic::body::Body>> for AdsService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(8);
-        let server = self.server.clone();
-        let requests = request.into_inner();
-        tokio::spawn(async move {
-            if let Err(status) = delta_stream(&server, requests, &tx).await {
-                let _ = tx.send(Err(status)).await;
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let compressed = req
+            .headers()
+            .get("grpc-encoding")
+            .is_some_and(|v| v != "identity");
+        let resp = if compressed {
+            Status::unimplemented("compressed requests are not supported").into_http()
+        } else {
+            match req.uri().path() {
+                SOTW_PATH => self.open::<Sotw>(req.into_body()),
+                DELTA_PATH => self.open::<Delta>(req.into_body()),
+                path => Status::unimplemented(format!("no method {path}")).into_http(),
             }
+        };
+        std::future::ready(Ok(resp))
+    }
+}
+
+impl AdsService {
+    /// Starts a stream: its loop runs in a task of its own and sends into the response body.
+    fn open<P>(&self, body: tonic::body::Body) -> http::Response<tonic::body::Body>
+    where
+        P: Protocol + std::fmt::Debug + Sync,
+    {
+        let decoder = tonic_prost::ProstDecoder::<P::Request>::new(BufferSettings::new(
+            REQUEST_BUFFER,
+            REQUEST_BUFFER,
+        ));
+        let requests = Streaming::new_request(decoder, body, None, Some(MAX_REQUEST));
+        let (tx, rx) = mpsc::channel(QUEUED_RESPONSES);
+        let server = self.server.clone();
+        tokio::spawn(async move {
+            let end = match run_stream::<P>(&server, requests, &tx).await {
+                Ok(()) => Status::new(Code::Ok, ""),
+                Err(status) => status,
+            };
+            let _ = tx.send(Outgoing::End(Box::new(end))).await;
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let mut resp = http::Response::new(tonic::body::Body::new(ResponseBody {
+            rx,
+            chunks: Vec::new().into_iter(),
+            done: false,
+        }));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        resp
+    }
+}
+
+/// A stream's response body: the chunks of each message as they come, then the status as
+/// trailers.
+#[derive(Debug)]
+struct ResponseBody {
+    rx: mpsc::Receiver<Outgoing>,
+    chunks: std::vec::IntoIter<Bytes>,
+    done: bool,
+}
+
+// === impl ResponseBody ===
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(chunk) = this.chunks.next() {
+                return Poll::Ready(Some(Ok(http_body::Frame::data(chunk))));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let status = match std::task::ready!(this.rx.poll_recv(cx)) {
+                Some(Outgoing::Message(chunks)) => {
+                    this.chunks = chunks.into_iter();
+                    continue;
+                }
+                Some(Outgoing::End(status)) => *status,
+                None => Status::unavailable("the stream ended"),
+            };
+            this.done = true;
+            let mut trailers = http::HeaderMap::new();
+            if let Err(e) = status.add_header(&mut trailers) {
+                tracing::debug!(error = %e, "cannot encode the stream's status");
+            }
+            return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
+        }
     }
 }
 
@@ -354,27 +465,39 @@ impl Drop for Registration<'_> {
     }
 }
 
-async fn sotw_stream(
+/// Names of a type nobody subscribed to.
+static NO_NAMES: BTreeSet<String> = BTreeSet::new();
+
+/// One ADS stream, state-of-the-world or delta, from its first request to its end.
+async fn run_stream<P>(
     server: &XdsServer,
-    mut requests: Streaming<DiscoveryRequest>,
-    tx: &SotwTx,
-) -> Result<(), Status> {
+    mut requests: Streaming<P::Request>,
+    tx: &Tx,
+) -> Result<(), Status>
+where
+    P: Protocol + std::fmt::Debug + Sync,
+{
     let Some(first) = requests.message().await? else {
         return Ok(());
     };
-    let proxy = proxy_of(server, first.node.as_ref())?;
-    let conn = server.register(proxy, false);
+    let proxy = proxy_of(server, P::node(&first))?;
+    let proto = Arc::new(Mutex::new(P::default()));
+    let conn = server.register(proxy, P::DELTA, proto.clone());
     let _registration = Registration {
         server,
         conn: conn.clone(),
     };
-    let mut proto = Sotw::default();
+    let stream = Stream {
+        server,
+        conn: &conn,
+        proto: &proto,
+        tx,
+    };
     let mut next = Some(first);
     let shutdown = server.inner.shutdown.clone();
     loop {
         if let Some(req) = next.take() {
-            sotw_request(server, &conn, &mut proto, req, tx).await?;
-            conn.set_status(proto.states());
+            stream.on_request(req).await?;
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -388,191 +511,99 @@ async fn sotw_stream(
             },
             _ = conn.notify.notified() => {
                 if let Some(push) = conn.take(&server.current()) {
-                    sotw_push(server, &conn, &mut proto, push, tx).await?;
-                    conn.set_status(proto.states());
+                    stream.on_push(push).await?;
                 }
             }
         }
     }
 }
 
-async fn sotw_request(
-    server: &XdsServer,
-    conn: &Connection,
-    proto: &mut Sotw,
-    req: DiscoveryRequest,
-    tx: &SotwTx,
-) -> Result<(), Status> {
-    let type_url = req.type_url.clone();
-    let short = short_type(&type_url);
-    match proto.on_request(&req) {
-        Action::Respond => {
-            let generation = server.current();
-            let names = proto
-                .state(&type_url)
-                .map(|s| s.names.clone())
-                .unwrap_or_default();
-            let started = Instant::now();
+/// What a stream's handlers share.
+struct Stream<'a, P> {
+    server: &'a XdsServer,
+    conn: &'a Connection,
+    proto: &'a Mutex<P>,
+    tx: &'a Tx,
+}
+
+// === impl Stream ===
+
+impl<P: Protocol> Stream<'_, P> {
+    async fn on_request(&self, req: P::Request) -> Result<(), Status> {
+        let type_url = P::type_url(&req);
+        let short = short_type(type_url);
+        let nonce = P::nonce(&req);
+        let proxy = &self.conn.proxy;
+        let action = lock(self.proto).on_request(&req);
+        match action {
+            Action::Respond => self.send(type_url, None, true).await?,
+            Action::Ack => tracing::trace!(%proxy, ty = short, nonce, "ACK"),
+            Action::Nack(message) => {
+                self.server.inner.metrics.rejected(short);
+                tracing::warn!(%proxy, ty = short, nonce, error = %message, "proxy rejected config (NACK); it keeps its last accepted config");
+            }
+            Action::Stale => tracing::debug!(%proxy, ty = short, nonce, "stale nonce ignored"),
+        }
+        Ok(())
+    }
+
+    async fn on_push(&self, push: PushRequest) -> Result<(), Status> {
+        let _permit = self.server.inner.push_limit.acquire().await;
+        for type_url in PUSH_ORDER {
+            let wanted = {
+                let proto = lock(self.proto);
+                proto.watches(type_url) && wanted_by(&push, type_url, proto.state(type_url))
+            };
+            if wanted {
+                self.send(type_url, Some(push.start), false).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Generates (or finds cached) what the proxy should have of `type_url` and sends what
+    /// it lacks. `force` answers a request even when nothing changed.
+    async fn send(
+        &self,
+        type_url: &str,
+        push_start: Option<Instant>,
+        force: bool,
+    ) -> Result<(), Status> {
+        let generation = self.server.current();
+        let scope = self.conn.scope(&generation);
+        let proxy = &self.conn.proxy;
+        let started = Instant::now();
+        let resp = {
+            let mut proto = lock(self.proto);
+            let names = proto.state(type_url).map_or(&NO_NAMES, |s| &s.names);
             let resources = generation
-                .resources(&conn.proxy, &type_url, &names)
+                .resources_in(proxy, &scope, type_url, names)
                 .unwrap_or_else(|| {
-                    tracing::warn!(proxy = %conn.proxy, %type_url, "unknown type requested; answering with no resources");
+                    tracing::warn!(%proxy, %type_url, "unknown type requested; answering with no resources");
                     Vec::new()
                 });
-            if let Some(resp) = proto.respond(&type_url, generation.version(), &resources, true) {
-                server.inner.metrics.pushed(short, started.elapsed(), None);
-                send(tx, resp).await?;
-            }
-        }
-        Action::Ack => {
-            tracing::trace!(proxy = %conn.proxy, ty = short, version = %req.version_info, "ACK");
-        }
-        Action::Nack(message) => {
-            server.inner.metrics.rejected(short);
-            tracing::warn!(proxy = %conn.proxy, ty = short, version = %req.version_info, nonce = %req.response_nonce, error = %message, "proxy rejected config (NACK); it keeps its last accepted config");
-        }
-        Action::Stale => {
-            tracing::debug!(proxy = %conn.proxy, ty = short, nonce = %req.response_nonce, "stale nonce ignored");
-        }
-    }
-    Ok(())
-}
-
-async fn sotw_push(
-    server: &XdsServer,
-    conn: &Connection,
-    proto: &mut Sotw,
-    push: PushRequest,
-    tx: &SotwTx,
-) -> Result<(), Status> {
-    let _permit = server.inner.push_limit.acquire().await;
-    let generation = server.current();
-    for type_url in PUSH_ORDER {
-        if !proto.watches(type_url) {
-            continue;
-        }
-        let state = proto.state(type_url);
-        if !wanted_by(&push, type_url, state) {
-            continue;
-        }
-        let names = state.map(|s| s.names.clone()).unwrap_or_default();
-        let started = Instant::now();
-        let Some(resources) = generation.resources(&conn.proxy, type_url, &names) else {
-            continue;
+            proto.respond(type_url, generation.version(), &resources, force)
         };
-        if let Some(resp) = proto.respond(type_url, generation.version(), &resources, false) {
-            server
-                .inner
-                .metrics
-                .pushed(short_type(type_url), started.elapsed(), Some(push.start));
-            send(tx, resp).await?;
-        }
-    }
-    Ok(())
-}
-
-async fn send<T>(tx: &mpsc::Sender<Result<T, Status>>, msg: T) -> Result<(), Status> {
-    tx.send(Ok(msg))
-        .await
-        .map_err(|_| Status::cancelled("the proxy went away"))
-}
-
-async fn delta_stream(
-    server: &XdsServer,
-    mut requests: Streaming<DeltaDiscoveryRequest>,
-    tx: &DeltaTx,
-) -> Result<(), Status> {
-    let Some(first) = requests.message().await? else {
-        return Ok(());
-    };
-    let proxy = proxy_of(server, first.node.as_ref())?;
-    let conn = server.register(proxy, true);
-    let _registration = Registration {
-        server,
-        conn: conn.clone(),
-    };
-    let mut proto = Delta::default();
-    let mut next = Some(first);
-    let shutdown = server.inner.shutdown.clone();
-    loop {
-        if let Some(req) = next.take() {
-            delta_request(server, &conn, &mut proto, req, tx).await?;
-            conn.set_status(proto.states());
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            msg = requests.message() => match msg {
-                Ok(Some(req)) => next = Some(req),
-                Ok(None) => return Ok(()),
-                Err(e) => {
-                    tracing::debug!(proxy = %conn.proxy, error = %e, "stream ended");
-                    return Ok(());
-                }
-            },
-            _ = conn.notify.notified() => {
-                if let Some(push) = conn.take(&server.current()) {
-                    let _permit = server.inner.push_limit.acquire().await;
-                    for type_url in PUSH_ORDER {
-                        if !proto.watches(type_url) {
-                            continue;
-                        }
-                        if !wanted_by(&push, type_url, proto.state(type_url)) {
-                            continue;
-                        }
-                        delta_send(server, &conn, &mut proto, type_url, Some(push.start), tx).await?;
-                    }
-                    conn.set_status(proto.states());
-                }
-            }
-        }
-    }
-}
-
-async fn delta_request(
-    server: &XdsServer,
-    conn: &Connection,
-    proto: &mut Delta,
-    req: DeltaDiscoveryRequest,
-    tx: &DeltaTx,
-) -> Result<(), Status> {
-    let short = short_type(&req.type_url);
-    match proto.on_request(&req) {
-        Action::Respond => delta_send(server, conn, proto, &req.type_url, None, tx).await?,
-        Action::Ack => tracing::trace!(proxy = %conn.proxy, ty = short, "ACK"),
-        Action::Nack(message) => {
-            server.inner.metrics.rejected(short);
-            tracing::warn!(proxy = %conn.proxy, ty = short, nonce = %req.response_nonce, error = %message, "proxy rejected config (NACK); it keeps its last accepted config");
-        }
-        Action::Stale => {
-            tracing::debug!(proxy = %conn.proxy, ty = short, nonce = %req.response_nonce, "stale nonce ignored");
-        }
-    }
-    Ok(())
-}
-
-async fn delta_send(
-    server: &XdsServer,
-    conn: &Connection,
-    proto: &mut Delta,
-    type_url: &str,
-    push_start: Option<Instant>,
-    tx: &DeltaTx,
-) -> Result<(), Status> {
-    let generation = server.current();
-    let names = proto
-        .state(type_url)
-        .map(|s| s.names.clone())
-        .unwrap_or_default();
-    let started = Instant::now();
-    let resources = generation
-        .resources(&conn.proxy, type_url, &names)
-        .unwrap_or_default();
-    if let Some(resp) = proto.respond(type_url, generation.version(), &resources) {
-        server
+        let Some(resp) = resp else { return Ok(()) };
+        self.server
             .inner
             .metrics
             .pushed(short_type(type_url), started.elapsed(), push_start);
-        send(tx, resp).await?;
+        self.tx
+            .send(Outgoing::Message(P::encode(&resp)))
+            .await
+            .map_err(|_| Status::cancelled("the proxy went away"))
     }
-    Ok(())
+}
+
+/// The HTTP/2 server xDS is served on, with Pilot's settings: keepalive pings so dead proxies
+/// are noticed, no Nagle delay on responses, and receive windows sized for what proxies send
+/// (ACKs and name lists, not megabytes): the window bounds what a connection can make Pilot
+/// buffer before the stream reads it, 1 MiB per stream by default.
+pub fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .tcp_nodelay(true)
+        .initial_stream_window_size(256 * 1024)
+        .initial_connection_window_size(512 * 1024)
 }

@@ -1,0 +1,416 @@
+//! The validating admission webhook (Istio's `istiod` port 15017, path `/validate`): the API
+//! server sends every Istio config object being created or updated as an `admission.k8s.io/v1`
+//! `AdmissionReview`, and the answer allows it or denies it with the problems `pilot validate`
+//! reports (the same checks, [`super::validate_spec`], on the spec as
+//! [`mesh_proto::parse_spec`] reads it). So `kubectl apply` of an invalid VirtualService fails
+//! at once with the reason, instead of being refused later by Pilot's config store.
+//!
+//! Served over HTTPS only (the API server requires it) with the certificate and key of
+//! `--webhook-cert` and `--webhook-key`; without them the webhook is off. A
+//! `ValidatingWebhookConfiguration` points the API server here (the README says what it
+//! holds; `tests/tests/cluster_webhook.rs` registers one). The certificate is read at start;
+//! restart Pilot to replace it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use mesh_proto::{Kind, SpecError, parse_spec};
+use mesh_runtime::Shutdown;
+use mesh_runtime::config::ConfigKey;
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// The longest a client may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest review accepted (the API server's own limit on objects is 3 MiB).
+const MAX_REVIEW: usize = 8 << 20;
+
+/// Why the webhook cannot start, or a review cannot be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: no PEM certificate in it ({message})")]
+    Certificate { path: PathBuf, message: String },
+    #[error("{path}: no PEM private key in it ({message})")]
+    Key { path: PathBuf, message: String },
+    #[error("the webhook certificate and key do not make a TLS server: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("cannot listen on {addr} (--webhook-addr): {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("not an AdmissionReview: {0}")]
+    Review(String),
+}
+
+/// Where and how the webhook serves.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    pub addr: SocketAddr,
+    /// PEM certificate chain, serving certificate first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// The webhook, bound and ready to serve.
+pub struct Webhook {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+}
+
+// === impl Webhook ===
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Webhook {
+    /// Reads the certificate and key and binds the address: a bad certificate or a taken
+    /// port fails here, before Pilot serves anything.
+    pub async fn bind(settings: &WebhookSettings) -> Result<Webhook, WebhookError> {
+        let config = tls_config(&settings.cert, &settings.key)?;
+        let listener =
+            TcpListener::bind(settings.addr)
+                .await
+                .map_err(|source| WebhookError::Bind {
+                    addr: settings.addr,
+                    source,
+                })?;
+        Ok(Webhook {
+            listener,
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves HTTPS until `shutdown`: each connection in a task of its own.
+    pub async fn serve(self, shutdown: Shutdown) {
+        let service = TowerToHyperService::new(routes());
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "webhook: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let acceptor = self.acceptor.clone();
+            let service = service.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "webhook: TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "webhook: TLS handshake timed out");
+                        return;
+                    }
+                };
+                let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .into_owned();
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "webhook: connection ended");
+                    },
+                    _ = shutdown.cancelled() => {}
+                }
+            });
+        }
+    }
+}
+
+/// The TLS server configuration from PEM files, offering HTTP/2 and HTTP/1.1.
+fn tls_config(cert: &Path, key: &Path) -> Result<ServerConfig, WebhookError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| WebhookError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let cert_pem = read(cert)?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| WebhookError::Certificate {
+            path: cert.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(WebhookError::Certificate {
+            path: cert.to_path_buf(),
+            message: "the file holds no CERTIFICATE block".into(),
+        });
+    }
+    let key_der = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|e| WebhookError::Key {
+        path: key.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The webhook's routes: `POST /validate`.
+pub fn routes() -> Router {
+    Router::new().route("/validate", post(validate))
+}
+
+async fn validate(body: Bytes) -> Response {
+    if body.len() > MAX_REVIEW {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "AdmissionReview too large\n").into_response();
+    }
+    match review(&body) {
+        Ok(answer) => axum::Json(answer).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
+}
+
+/// An `AdmissionReview` as the API server sends it (the fields the answer needs).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AdmissionReview {
+    api_version: Option<String>,
+    request: Option<AdmissionRequest>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AdmissionRequest {
+    uid: String,
+    kind: GroupVersionKind,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: String,
+    #[serde(default)]
+    operation: String,
+    #[serde(default)]
+    object: Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct GroupVersionKind {
+    #[serde(default)]
+    group: String,
+    version: String,
+    kind: String,
+}
+
+/// The answer to an `AdmissionReview` (JSON bytes): allowed, or denied with every problem
+/// found, one per line as `pilot validate` prints them (without the file).
+pub fn review(body: &[u8]) -> Result<Value, WebhookError> {
+    let review: AdmissionReview =
+        serde_json::from_slice(body).map_err(|e| WebhookError::Review(e.to_string()))?;
+    let request = review
+        .request
+        .ok_or_else(|| WebhookError::Review("it has no request".into()))?;
+    let problems = problems(&request);
+    let mut response = json!({"uid": request.uid, "allowed": problems.is_empty()});
+    if !problems.is_empty() {
+        tracing::info!(kind = %request.kind.kind, namespace = %request.namespace, name = %request.name, problems = ?problems, "webhook: denied");
+        response["status"] = json!({
+            "code": 400,
+            "reason": "Invalid",
+            "message": problems.join("\n"),
+        });
+    }
+    Ok(json!({
+        "apiVersion": review.api_version.unwrap_or_else(|| "admission.k8s.io/v1".into()),
+        "kind": "AdmissionReview",
+        "response": response,
+    }))
+}
+
+/// The problems of the object under review; none for deletions and for kinds Pilot does not
+/// check.
+fn problems(request: &AdmissionRequest) -> Vec<String> {
+    if !matches!(request.operation.as_str(), "CREATE" | "UPDATE" | "") {
+        return Vec::new();
+    }
+    let gvk = &request.kind;
+    let api_version = if gvk.group.is_empty() {
+        gvk.version.clone()
+    } else {
+        format!("{}/{}", gvk.group, gvk.version)
+    };
+    let Ok(kind) = Kind::from_api_version(&api_version, &gvk.kind) else {
+        // Not an Istio kind: nothing of Pilot's to check.
+        return Vec::new();
+    };
+    let meta = &request.object["metadata"];
+    let name = meta["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .unwrap_or(&request.name);
+    let namespace = meta["namespace"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .unwrap_or(&request.namespace);
+    let key = ConfigKey {
+        namespace: if kind.namespaced() {
+            namespace.to_string()
+        } else {
+            String::new()
+        },
+        name: name.to_string(),
+        kind: kind.clone(),
+    };
+    let spec = request.object.get("spec").cloned().unwrap_or(Value::Null);
+    let errors: Vec<SpecError> = match parse_spec(&kind, spec) {
+        Ok(spec) => super::validate_spec(&spec),
+        Err(e) => vec![e],
+    };
+    errors.into_iter().map(|e| format!("{key}: {e}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vs_review(weights: (u32, u32), operation: &str) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": "networking.istio.io", "version": "v1alpha3", "kind": "VirtualService"},
+                "name": "reviews",
+                "namespace": "shop",
+                "operation": operation,
+                "object": {
+                    "apiVersion": "networking.istio.io/v1alpha3",
+                    "kind": "VirtualService",
+                    "metadata": {"name": "reviews", "namespace": "shop"},
+                    "spec": {
+                        "hosts": ["reviews"],
+                        "http": [{"route": [
+                            {"destination": {"host": "reviews", "subset": "v1"}, "weight": weights.0},
+                            {"destination": {"host": "reviews", "subset": "v2"}, "weight": weights.1},
+                        ]}],
+                    },
+                },
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_valid_object_is_allowed_with_its_uid() {
+        let answer = review(&vs_review((50, 50), "CREATE")).unwrap();
+        assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(answer["kind"], "AdmissionReview");
+        assert_eq!(
+            answer["response"]["uid"],
+            "705ab4f5-6393-11e8-b7cc-42010a800002"
+        );
+        assert_eq!(answer["response"]["allowed"], true);
+    }
+
+    #[test]
+    fn an_invalid_object_is_denied_with_pilot_validates_message() {
+        let answer = review(&vs_review((50, 40), "UPDATE")).unwrap();
+        assert_eq!(answer["response"]["allowed"], false);
+        let message = answer["response"]["status"]["message"].as_str().unwrap();
+        // The same words `pilot validate` prints for the same object in a file.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vs.yaml");
+        let yaml = "apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: reviews, namespace: shop}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, subset: v1}\n      weight: 50\n    - destination: {host: reviews, subset: v2}\n      weight: 40\n";
+        std::fs::write(&file, yaml).unwrap();
+        let offline = super::super::validate_files(&[file]);
+        assert_eq!(offline.len(), 1, "{offline:?}");
+        assert!(
+            offline[0].ends_with(message),
+            "{message:?} vs {:?}",
+            offline[0]
+        );
+        assert!(
+            message.starts_with("VirtualService.networking.istio.io shop/reviews: spec.http[0]"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn deletions_and_other_kinds_are_allowed_and_garbage_is_refused() {
+        let answer = review(&vs_review((50, 40), "DELETE")).unwrap();
+        assert_eq!(answer["response"]["allowed"], true);
+        let pod = json!({"request": {"uid": "1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "operation": "CREATE", "object": {"spec": {"containers": []}}}});
+        let answer = review(&serde_json::to_vec(&pod).unwrap()).unwrap();
+        assert_eq!(answer["response"]["allowed"], true);
+        assert!(matches!(review(b"not json"), Err(WebhookError::Review(_))));
+        assert!(matches!(
+            review(br#"{"kind": "AdmissionReview"}"#),
+            Err(WebhookError::Review(m)) if m.contains("no request")
+        ));
+    }
+
+    #[test]
+    fn a_spec_that_does_not_parse_is_denied_with_the_field() {
+        let body = json!({"request": {"uid": "2",
+            "kind": {"group": "networking.istio.io", "version": "v1beta1", "kind": "DestinationRule"},
+            "operation": "CREATE",
+            "object": {"metadata": {"name": "r", "namespace": "ns"}, "spec": {"host": "r", "bogus": 1}}}});
+        let answer = review(&serde_json::to_vec(&body).unwrap()).unwrap();
+        assert_eq!(answer["response"]["allowed"], false);
+        let message = answer["response"]["status"]["message"].as_str().unwrap();
+        assert!(message.contains("bogus"), "{message}");
+    }
+
+    #[test]
+    fn bad_certificate_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        assert!(matches!(
+            tls_config(&cert, &key),
+            Err(WebhookError::Read { .. })
+        ));
+        std::fs::write(&cert, "not pem").unwrap();
+        std::fs::write(&key, "not pem").unwrap();
+        assert!(matches!(
+            tls_config(&cert, &key),
+            Err(WebhookError::Certificate { .. })
+        ));
+    }
+}
