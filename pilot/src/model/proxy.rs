@@ -1,6 +1,7 @@
 //! A proxy as Pilot sees it: who it is (from the Envoy node id) and what it told us about
 //! itself (node metadata).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -138,14 +139,19 @@ impl Proxy {
 
     /// The proxy's locality, `region/zone/subzone`: Istio's `istio-locality` label
     /// (`region.zone.subzone`, as label values cannot hold `/`), else the `ISTIO_LOCALITY`
-    /// metadata (what Istio's agent reads from its environment).
-    pub fn locality(&self) -> Option<String> {
+    /// metadata (what Istio's agent reads from its environment). Borrowed unless the label
+    /// needs its dots turned into slashes.
+    pub fn locality(&self) -> Option<Cow<'_, str>> {
         if let Some(l) = self.labels.get("istio-locality").filter(|l| !l.is_empty()) {
-            return Some(l.replace('.', "/"));
+            return Some(if l.contains('.') {
+                Cow::Owned(l.replace('.', "/"))
+            } else {
+                Cow::Borrowed(l.as_str())
+            });
         }
         self.meta_str("ISTIO_LOCALITY")
             .filter(|l| !l.is_empty())
-            .map(str::to_string)
+            .map(Cow::Borrowed)
     }
 
     /// A metadata value as a string.
@@ -204,5 +210,30 @@ mod tests {
         assert!(e.to_string().contains("unknown proxy type"));
         let e = Proxy::from_node("sidecar~x~a.b~b.svc", BTreeMap::new()).unwrap_err();
         assert!(e.to_string().contains("not an IP"));
+    }
+
+    #[test]
+    fn locality_from_label_or_metadata() {
+        let node = "sidecar~127.0.0.1~a.default~default.svc.cluster.local";
+        let none = Proxy::from_node(node, BTreeMap::new()).unwrap();
+        assert_eq!(none.locality(), None);
+        let meta = BTreeMap::from([("ISTIO_LOCALITY".to_string(), serde_json::json!("us/east/a"))]);
+        let from_meta = Proxy::from_node(node, meta.clone()).unwrap();
+        assert_eq!(from_meta.locality().as_deref(), Some("us/east/a"));
+        assert!(matches!(from_meta.locality(), Some(Cow::Borrowed(_))));
+        // The label wins, with dots for slashes.
+        let mut both = meta;
+        both.insert(
+            "LABELS".to_string(),
+            serde_json::json!({"istio-locality": "eu.west.b"}),
+        );
+        let from_label = Proxy::from_node(node, both).unwrap();
+        assert_eq!(from_label.locality().as_deref(), Some("eu/west/b"));
+        let empty = Proxy::from_node(
+            node,
+            BTreeMap::from([("ISTIO_LOCALITY".to_string(), serde_json::json!(""))]),
+        )
+        .unwrap();
+        assert_eq!(empty.locality(), None);
     }
 }

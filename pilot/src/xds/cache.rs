@@ -2,14 +2,18 @@
 //! the same inputs share one generation and one encoding.
 //!
 //! What a proxy's CDS, LDS and RDS depend on besides the push context is its [`Scope`]:
-//! proxies with equal scopes get identical config and share it. A connection computes its
-//! scope once per generation and looks the cache up with it, without building keys.
+//! proxies with equal scopes get identical config and share it. EDS depends on the proxy's
+//! locality only (locality failover priorities), and only for clusters whose DestinationRule
+//! asks for failover: the others share one assignment across localities. A connection
+//! computes its scope once per generation, with its locality interned in the generation, and
+//! looks the cache up with it, without building keys.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::generate::mtls::CertFiles;
 use super::generate::{cds, eds, lds, rds};
 use super::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SharedResource};
 use crate::model::service::parse_cluster_name;
@@ -27,24 +31,32 @@ pub struct Generation {
     cache: Mutex<Cache>,
 }
 
+/// A proxy locality, interned per generation: proxies in one locality share one string.
+type Locality = Option<Arc<str>>;
+
 /// The cache of a generation: CDS and LDS by scope, RDS by route name then scope, EDS by
-/// cluster name (endpoints do not depend on the proxy).
+/// cluster name then proxy locality. A cluster whose assignment does not depend on the
+/// locality has it generated once, under `None`, and shared by every locality's entry.
 #[derive(Debug, Default, Clone)]
 struct Cache {
     cds: HashMap<Arc<str>, Shared>,
     lds: HashMap<Arc<str>, Shared>,
     rds: HashMap<String, HashMap<Arc<str>, Shared>>,
-    eds: HashMap<String, Shared>,
+    eds: HashMap<String, HashMap<Locality, Shared>>,
+    /// The proxy localities seen in this generation.
+    localities: HashSet<Arc<str>>,
 }
 
-/// What a proxy's CDS, LDS and RDS depend on besides the push context, as one string: its
-/// node type, namespace, traffic capture, HTTP proxy port, labels and the service instances
-/// at its IPs (the last part, also used on its own to see a proxy's instances change).
+/// What a proxy's config depends on besides the push context. For CDS, LDS and RDS, one
+/// string: its node type, namespace, traffic capture, HTTP proxy port, locality, certificate
+/// files (`TLS_CLIENT_*`, `TLS_SERVER_*`), labels and the service instances at its IPs (the
+/// last part, also used on its own to see a proxy's instances change). For EDS, its locality.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scope {
     generation: u64,
     key: Arc<str>,
     instances_at: usize,
+    locality: Locality,
 }
 
 static GENERATIONS: AtomicU64 = AtomicU64::new(0);
@@ -65,7 +77,8 @@ impl Generation {
     }
 
     /// A generation for `ctx` that only differs from `self` in the endpoints of
-    /// `changed_hosts`: everything else generated so far is kept.
+    /// `changed_hosts`: their assignments, for every locality, are dropped (and regenerated
+    /// per locality as proxies ask); everything else generated so far is kept.
     pub fn with_new_endpoints(
         &self,
         ctx: Arc<PushContext>,
@@ -91,9 +104,21 @@ impl Generation {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// `locality` as this generation's shared string.
+    fn intern(&self, locality: &str) -> Arc<str> {
+        let mut cache = self.lock();
+        if let Some(l) = cache.localities.get(locality) {
+            return l.clone();
+        }
+        let l: Arc<str> = locality.into();
+        cache.localities.insert(l.clone());
+        l
+    }
+
     /// The scope of `proxy` in this generation.
     pub fn scope(&self, proxy: &Proxy) -> Scope {
         let ctx = &self.ctx;
+        let locality = proxy.locality().map(|l| self.intern(&l));
         let mut s = format!(
             "{:?}|{}|{}|{}|",
             proxy.node_type,
@@ -101,8 +126,16 @@ impl Generation {
             proxy.captures_traffic(),
             lds::http_proxy_port(ctx, proxy)
         );
+        // Free-form values are written with their length, so no two scopes share a key.
+        field(&mut s, locality.as_deref().unwrap_or(""));
+        for files in [CertFiles::client(proxy), CertFiles::server(proxy)] {
+            field(&mut s, &files.cert_chain);
+            field(&mut s, &files.key);
+            field(&mut s, &files.root_cert);
+        }
         for (k, v) in &proxy.labels {
-            let _ = write!(s, "{k}={v},");
+            field(&mut s, k);
+            field(&mut s, v);
         }
         s.push('|');
         let instances_at = s.len();
@@ -128,6 +161,7 @@ impl Generation {
             generation: self.id,
             key: s.into(),
             instances_at,
+            locality,
         }
     }
 
@@ -158,14 +192,14 @@ impl Generation {
                 .cached(
                     |c| c.cds.get(key).cloned(),
                     |c, made| c.cds.entry(key.clone()).or_insert(made).clone(),
-                    || cds::clusters(ctx, proxy),
+                    || Arc::new(cds::clusters(ctx, proxy)),
                 )
                 .to_vec(),
             LISTENER => self
                 .cached(
                     |c| c.lds.get(key).cloned(),
                     |c, made| c.lds.entry(key.clone()).or_insert(made).clone(),
-                    || lds::listeners(ctx, proxy),
+                    || Arc::new(lds::listeners(ctx, proxy)),
                 )
                 .to_vec(),
             ROUTE => {
@@ -182,7 +216,7 @@ impl Generation {
                             let by_scope = c.rds.entry(name.clone()).or_default();
                             by_scope.entry(key.clone()).or_insert(made).clone()
                         },
-                        || rds::routes(ctx, proxy, &BTreeSet::from([name.clone()])),
+                        || Arc::new(rds::routes(ctx, proxy, &BTreeSet::from([name.clone()]))),
                     );
                     out.extend(one.iter().cloned());
                 }
@@ -191,17 +225,32 @@ impl Generation {
             ENDPOINT => {
                 let mut out = Vec::new();
                 for name in names {
-                    let one = self.cached(
-                        |c| c.eds.get(name).cloned(),
-                        |c, made| c.eds.entry(name.clone()).or_insert(made).clone(),
-                        || eds::load_assignment(ctx, name).into_iter().collect(),
-                    );
-                    out.extend(one.iter().cloned());
+                    out.extend(self.endpoints(name, &scope.locality).iter().cloned());
                 }
                 out
             }
             _ => return None,
         })
+    }
+
+    /// The assignment of `cluster` for a proxy in `locality`: generated for that locality
+    /// when the cluster has failover priorities, else the locality-less one, shared.
+    fn endpoints(&self, cluster: &str, locality: &Locality) -> Shared {
+        let ctx = &self.ctx;
+        self.cached(
+            |c| c.eds.get(cluster).and_then(|by| by.get(locality)).cloned(),
+            |c, made| eds_entry(c, cluster, locality, made),
+            || match locality {
+                Some(_) if !eds::depends_on_locality(ctx, cluster) => {
+                    self.endpoints(cluster, &None)
+                }
+                _ => Arc::new(
+                    eds::load_assignment_for(ctx, cluster, locality.as_deref())
+                        .into_iter()
+                        .collect(),
+                ),
+            },
+        )
     }
 
     /// What `get` finds in the cache, or else what `make` generates, stored by `put`.
@@ -210,14 +259,29 @@ impl Generation {
         &self,
         get: impl FnOnce(&Cache) -> Option<Shared>,
         put: impl FnOnce(&mut Cache, Shared) -> Shared,
-        make: impl FnOnce() -> Vec<SharedResource>,
+        make: impl FnOnce() -> Shared,
     ) -> Shared {
         if let Some(hit) = get(&self.lock()) {
             return hit;
         }
-        let made = Arc::new(make());
+        let made = make();
         put(&mut self.lock(), made)
     }
+}
+
+/// Stores `made` as the assignment of `cluster` for `locality`, unless another proxy did
+/// first; the cluster's name is copied only for its first entry.
+fn eds_entry(cache: &mut Cache, cluster: &str, locality: &Locality, made: Shared) -> Shared {
+    let by_locality = match cache.eds.get_mut(cluster) {
+        Some(by) => by,
+        None => cache.eds.entry(cluster.to_string()).or_default(),
+    };
+    by_locality.entry(locality.clone()).or_insert(made).clone()
+}
+
+/// Appends a free-form scope value as `LEN:VALUE|`.
+fn field(s: &mut String, value: &str) {
+    let _ = write!(s, "{}:{value}|", value.len());
 }
 
 // === impl Scope ===
@@ -231,5 +295,290 @@ impl Scope {
     /// The service instances at the proxy's IPs, as one comparable string.
     pub fn instances(&self) -> &str {
         &self.key[self.instances_at..]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use mesh_runtime::Snapshot;
+    use prost::Message;
+
+    use super::*;
+    use crate::mesh::MeshConfig;
+    use crate::model::Registry;
+
+    const NODE: &str = "sidecar~127.0.0.9~productpage-1.default~default.svc.cluster.local";
+    const REVIEWS: &str = "outbound|9080||reviews.default.svc.cluster.local";
+    const RATINGS: &str = "outbound|9080||ratings.default.svc.cluster.local";
+
+    /// `reviews` fails over by locality (outlier detection) over ISTIO_MUTUAL; `ratings` has
+    /// localities but no DestinationRule; the proxy is a `productpage` instance whose inbound
+    /// listener a namespace-wide PeerAuthentication makes STRICT.
+    fn config(reviews_endpoints: &str) -> String {
+        format!(
+            "apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  endpoints:
+{reviews_endpoints}---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {{name: reviews}}
+spec:
+  host: reviews
+  trafficPolicy:
+    tls: {{mode: ISTIO_MUTUAL}}
+    outlierDetection: {{consecutive5xxErrors: 1}}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {{name: ratings}}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: 10.0.1.1, locality: us/east/a}}
+  - {{address: 10.0.1.2, locality: us/west/a}}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {{name: productpage}}
+spec:
+  hosts: [productpage.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: 127.0.0.9, labels: {{app: productpage}}}}
+---
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: default}}
+spec:
+  mtls: {{mode: STRICT}}
+"
+        )
+    }
+
+    const TWO_ZONES: &str = "  - {address: 10.0.0.1, locality: us/east/a}
+  - {address: 10.0.0.2, locality: us/west/a}
+";
+
+    fn context(text: &str) -> Arc<PushContext> {
+        let objects: BTreeMap<_, _> = mesh_runtime::config::parse_file("x.yaml".as_ref(), text)
+            .into_iter()
+            .map(|r| {
+                let o = r.unwrap();
+                (o.key.clone(), Arc::new(o))
+            })
+            .collect();
+        let snap = Snapshot::new(1, true, objects, Vec::new());
+        let (registry, warnings) = Registry::from_config(&snap);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        Arc::new(PushContext::new(
+            "1".into(),
+            &snap,
+            Arc::new(registry),
+            Arc::new(MeshConfig::default()),
+        ))
+    }
+
+    fn proxy(meta: &[(&str, serde_json::Value)]) -> Proxy {
+        let mut metadata: BTreeMap<String, serde_json::Value> = meta
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        metadata
+            .entry("LABELS".into())
+            .or_insert_with(|| serde_json::json!({"app": "productpage"}));
+        Proxy::from_node(NODE, metadata).unwrap()
+    }
+
+    fn at(locality: &str) -> Proxy {
+        proxy(&[("ISTIO_LOCALITY", serde_json::json!(locality))])
+    }
+
+    fn all(g: &Generation, p: &Proxy, type_url: &str) -> Vec<SharedResource> {
+        g.resources(p, type_url, &BTreeSet::new()).unwrap()
+    }
+
+    fn mentions(resources: &[SharedResource], text: &str) -> bool {
+        resources.iter().any(|r| {
+            r.any
+                .value
+                .windows(text.len())
+                .any(|w| w == text.as_bytes())
+        })
+    }
+
+    fn shared(a: &[SharedResource], b: &[SharedResource]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+
+    fn eds(g: &Generation, p: &Proxy, cluster: &str) -> Vec<SharedResource> {
+        g.resources(p, ENDPOINT, &BTreeSet::from([cluster.to_string()]))
+            .unwrap()
+    }
+
+    /// `(locality, priority, endpoints)` of the one assignment in `resources`.
+    fn priorities(resources: &[SharedResource]) -> Vec<(String, u32, usize)> {
+        assert_eq!(resources.len(), 1);
+        let cla = ClusterLoadAssignment::decode(&resources[0].any.value[..]).unwrap();
+        let mut out: Vec<_> = cla
+            .endpoints
+            .iter()
+            .map(|l| {
+                let name = l
+                    .locality
+                    .as_ref()
+                    .map(|l| format!("{}/{}/{}", l.region, l.zone, l.sub_zone))
+                    .unwrap_or_default();
+                (name, l.priority, l.lb_endpoints.len())
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn own(v: &[(&str, u32, usize)]) -> Vec<(String, u32, usize)> {
+        v.iter().map(|(l, p, n)| (l.to_string(), *p, *n)).collect()
+    }
+
+    #[test]
+    fn cert_files_and_locality_are_part_of_the_scope() {
+        let g = Generation::new(context(&config(TWO_ZONES)));
+        let plain = proxy(&[]);
+        let client = proxy(&[("TLS_CLIENT_CERT_CHAIN", serde_json::json!("/a/cert.pem"))]);
+        let server = proxy(&[("TLS_SERVER_KEY", serde_json::json!("/b/key.pem"))]);
+        let root = proxy(&[("TLS_CLIENT_ROOT_CERT", serde_json::json!("/c/root.pem"))]);
+        let east = at("us/east/a");
+        // Istio's default paths spelled out: the same files, so the same config.
+        let explicit = proxy(&[(
+            "TLS_CLIENT_CERT_CHAIN",
+            serde_json::json!("/etc/certs/cert-chain.pem"),
+        )]);
+        let scopes: Vec<Scope> = [&plain, &client, &server, &root, &east]
+            .iter()
+            .map(|p| g.scope(p))
+            .collect();
+        for (i, a) in scopes.iter().enumerate() {
+            for b in &scopes[i + 1..] {
+                assert_ne!(a.key, b.key);
+                // The instances are the same: only the config differs.
+                assert_eq!(a.instances(), b.instances());
+            }
+        }
+        assert_eq!(g.scope(&explicit), scopes[0]);
+
+        // Each proxy gets its own files, not those of whoever asked first.
+        let cds_plain = all(&g, &plain, CLUSTER);
+        let cds_client = all(&g, &client, CLUSTER);
+        let cds_root = all(&g, &root, CLUSTER);
+        assert!(mentions(&cds_plain, "/etc/certs/cert-chain.pem"));
+        assert!(!mentions(&cds_plain, "/a/cert.pem"));
+        assert!(mentions(&cds_client, "/a/cert.pem"));
+        assert!(!mentions(&cds_client, "/etc/certs/cert-chain.pem"));
+        assert!(mentions(&cds_root, "/c/root.pem"));
+        assert!(shared(&all(&g, &explicit, CLUSTER), &cds_plain));
+
+        let lds_plain = all(&g, &plain, LISTENER);
+        let lds_server = all(&g, &server, LISTENER);
+        assert!(mentions(&lds_plain, "/etc/certs/key.pem"));
+        assert!(!mentions(&lds_plain, "/b/key.pem"));
+        assert!(mentions(&lds_server, "/b/key.pem"));
+        assert!(!mentions(&lds_server, "/etc/certs/key.pem"));
+        assert!(shared(&all(&g, &explicit, LISTENER), &lds_plain));
+        // A locality alone is a scope of its own too.
+        assert!(!shared(&all(&g, &east, CLUSTER), &cds_plain));
+    }
+
+    #[test]
+    fn eds_is_per_locality_where_failover_applies() {
+        let g = Generation::new(context(&config(TWO_ZONES)));
+        let east = at("us/east/a");
+        // Same locality through the label: other labels, so another CDS scope, same EDS.
+        let east_label = proxy(&[(
+            "LABELS",
+            serde_json::json!({"app": "productpage", "istio-locality": "us.east.a"}),
+        )]);
+        let west = at("us/west/a");
+        let nowhere = proxy(&[]);
+
+        let (s1, s2) = (g.scope(&east), g.scope(&east_label));
+        assert_ne!(s1.key, s2.key);
+        let (Some(l1), Some(l2)) = (&s1.locality, &s2.locality) else {
+            panic!("no locality: {s1:?} {s2:?}");
+        };
+        assert!(Arc::ptr_eq(l1, l2), "the locality is not interned");
+        assert_eq!(g.scope(&nowhere).locality, None);
+
+        let e = eds(&g, &east, REVIEWS);
+        let w = eds(&g, &west, REVIEWS);
+        let n = eds(&g, &nowhere, REVIEWS);
+        assert_eq!(
+            priorities(&e),
+            own(&[("us/east/a", 0, 1), ("us/west/a", 2, 1)])
+        );
+        assert_eq!(
+            priorities(&w),
+            own(&[("us/east/a", 2, 1), ("us/west/a", 0, 1)])
+        );
+        assert_eq!(
+            priorities(&n),
+            own(&[("us/east/a", 0, 1), ("us/west/a", 0, 1)])
+        );
+        assert!(shared(&eds(&g, &east_label, REVIEWS), &e));
+        assert!(shared(&eds(&g, &east, REVIEWS), &e));
+
+        // Without failover the assignment is generated once for every locality.
+        let r = eds(&g, &east, RATINGS);
+        assert_eq!(
+            priorities(&r),
+            own(&[("us/east/a", 0, 1), ("us/west/a", 0, 1)])
+        );
+        assert!(shared(&eds(&g, &west, RATINGS), &r));
+        assert!(shared(&eds(&g, &nowhere, RATINGS), &r));
+        // Unknown clusters: nothing, whatever the locality.
+        assert!(eds(&g, &east, "outbound|1||nope").is_empty());
+    }
+
+    #[test]
+    fn endpoint_changes_reach_every_locality() {
+        let g1 = Generation::new(context(&config(TWO_ZONES)));
+        let (east, west, nowhere) = (at("us/east/a"), at("us/west/a"), proxy(&[]));
+        let cds1 = all(&g1, &east, CLUSTER);
+        let ratings1 = eds(&g1, &east, RATINGS);
+        for p in [&east, &west, &nowhere] {
+            eds(&g1, p, REVIEWS);
+        }
+
+        let three = format!("{TWO_ZONES}  - {{address: 10.0.0.3, locality: us/east/a}}\n");
+        let changed = BTreeSet::from(["reviews.default.svc.cluster.local".to_string()]);
+        let g2 = g1.with_new_endpoints(context(&config(&three)), &changed);
+        assert_eq!(
+            priorities(&eds(&g2, &east, REVIEWS)),
+            own(&[("us/east/a", 0, 2), ("us/west/a", 2, 1)])
+        );
+        assert_eq!(
+            priorities(&eds(&g2, &west, REVIEWS)),
+            own(&[("us/east/a", 2, 2), ("us/west/a", 0, 1)])
+        );
+        assert_eq!(
+            priorities(&eds(&g2, &nowhere, REVIEWS)),
+            own(&[("us/east/a", 0, 2), ("us/west/a", 0, 1)])
+        );
+        // What did not change is kept.
+        assert!(shared(&eds(&g2, &west, RATINGS), &ratings1));
+        assert!(shared(&all(&g2, &east, CLUSTER), &cds1));
     }
 }

@@ -8,7 +8,9 @@
 //! zone, 2 for the same region, 3 for the rest. Envoy sends everything to priority 0 and
 //! spills over to the next as endpoints there become unhealthy or are gone. That makes the
 //! assignment depend on the proxy's locality ([`load_assignment_for`]); without one (or
-//! without outlier detection) every locality is priority 0 ([`load_assignment`]).
+//! without outlier detection) every locality is priority 0 ([`load_assignment`]). The cache
+//! keeps one assignment per cluster and proxy locality, and shares the locality-less one
+//! when the cluster's priorities do not depend on it ([`depends_on_locality`]).
 
 use std::collections::BTreeMap;
 
@@ -24,7 +26,7 @@ use crate::xds::resource::{Resource, SharedResource};
 /// without endpoints gets an empty assignment, so Envoy stops waiting for it.
 ///
 /// Subset labels come from the destination rule as seen from the service's own namespace: EDS
-/// is shared by every proxy that asks for the same cluster.
+/// is shared by every proxy that asks for the same cluster (from the same locality).
 pub fn load_assignment(ctx: &PushContext, cluster: &str) -> Option<SharedResource> {
     load_assignment_for(ctx, cluster, None)
 }
@@ -60,6 +62,20 @@ pub fn load_assignment_for(
         ..Default::default()
     };
     Some(Resource::encode(cluster, &cla))
+}
+
+/// Whether the assignment of `cluster` depends on the proxy's locality: a known outbound
+/// cluster whose DestinationRule asks for failover (see [`failover_enabled`]).
+pub fn depends_on_locality(ctx: &PushContext, cluster: &str) -> bool {
+    let Some((direction, port, subset, host)) = parse_cluster_name(cluster) else {
+        return false;
+    };
+    if direction != "outbound" {
+        return false;
+    }
+    ctx.registry
+        .service(host)
+        .is_some_and(|svc| failover_enabled(ctx, svc, subset, port))
 }
 
 /// Whether locality failover applies to `svc`'s `subset` on `port`: outlier detection is set
