@@ -7,6 +7,10 @@
 //! - HTTPS servers (TLS SIMPLE or MUTUAL, certificates from files) get a filter chain each,
 //!   matched by SNI, with the route configuration `https.PORT.INDEX.GATEWAY.NAMESPACE`.
 //! - TLS PASSTHROUGH servers route by SNI to the `tls` routes of bound VirtualServices.
+//! - Conflicts, as Istio resolves them: a TLS server (HTTPS or passthrough) naming a host an
+//!   earlier server on the port already has is skipped whole (logged); within a listener,
+//!   each server name is matched by the first chain naming it only, since Envoy refuses a
+//!   listener whose filter chains match alike.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,7 +32,7 @@ use mesh_proto::networking::{Gateway, Server, ServerTlsMode, VirtualService};
 use super::lds::{http_chain, rds, strip_host_port, tcp_chain};
 use super::mixer::{self, Side};
 use super::route::virtual_service_routes;
-use super::util::socket_address;
+use super::util::{UniqueChains, socket_address};
 use crate::model::push_context::{Named, host_matches};
 use crate::model::service::outbound_cluster_name;
 use crate::model::{Port, Protocol, Proxy, PushContext};
@@ -113,10 +117,27 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<Listener> {
     }
     let mut out = Vec::new();
     for (port, servers) in by_port {
-        let mut chains = Vec::new();
+        let mut chains = UniqueChains::default();
         let mut plain_http = false;
         let mut sni = false;
+        // Istio's rule: a TLS server naming a host that an earlier server on the port
+        // already has is skipped whole (the first keeps the port's host).
+        let mut tls_hosts: BTreeSet<&str> = BTreeSet::new();
         for s in &servers {
+            if s.terminates_tls() || s.mode() == Some(ServerTlsMode::Passthrough) {
+                let duplicates: Vec<&str> = s.hosts().filter(|h| tls_hosts.contains(h)).collect();
+                if !duplicates.is_empty() {
+                    tracing::warn!(
+                        gateway = %s.gateway,
+                        server = s.index,
+                        port,
+                        hosts = ?duplicates,
+                        "skipping a gateway server: another server on the port has its TLS hosts"
+                    );
+                    continue;
+                }
+                tls_hosts.extend(s.hosts());
+            }
             if s.terminates_tls() {
                 let mut chain =
                     http_chain(&format!("outbound_0.0.0.0_{port}"), rds(&s.route_name()));
@@ -124,12 +145,14 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<Listener> {
                 mixer::apply(ctx, proxy, &mut chain, Side::Gateway, None);
                 chain.filter_chain_match = Some(sni_match(s.hosts()));
                 chain.transport_socket = downstream_tls(s);
-                chains.push(chain);
+                chains.add(chain, &s.gateway);
                 sni = true;
             } else if s.is_http() {
                 plain_http = true;
             } else if s.mode() == Some(ServerTlsMode::Passthrough) {
-                chains.extend(passthrough_chains(ctx, proxy, s));
+                for chain in passthrough_chains(ctx, proxy, s) {
+                    chains.add(chain, &s.gateway);
+                }
                 sni = true;
             }
         }
@@ -140,8 +163,9 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<Listener> {
             );
             strip_host_port(&mut chain);
             mixer::apply(ctx, proxy, &mut chain, Side::Gateway, None);
-            chains.push(chain);
+            chains.add(chain, "http");
         }
+        let chains = chains.into_chains();
         if chains.is_empty() {
             continue;
         }
@@ -171,7 +195,9 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<Listener> {
 }
 
 fn sni_match<'a>(hosts: impl Iterator<Item = &'a str>) -> FilterChainMatch {
-    let names: Vec<String> = hosts.filter(|h| *h != "*").map(str::to_string).collect();
+    let mut names: Vec<String> = hosts.filter(|h| *h != "*").map(str::to_string).collect();
+    names.sort();
+    names.dedup();
     FilterChainMatch {
         server_names: names,
         transport_protocol: "tls".into(),

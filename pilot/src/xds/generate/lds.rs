@@ -46,7 +46,7 @@ use envoy_types::pb::google::protobuf::BoolValue;
 use super::cds::{BLACK_HOLE, PASSTHROUGH};
 use super::mixer::{self, Side};
 use super::route::{CORS_FILTER, FAULT_FILTER};
-use super::util::{ads, duration, socket_address};
+use super::util::{UniqueChains, ads, duration, socket_address};
 use crate::mesh::OutboundMode;
 use crate::model::service::{inbound_cluster_name, outbound_cluster_name};
 use crate::model::{NodeType, Proxy, PushContext};
@@ -101,7 +101,7 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<SharedResource> {
                 let entry = tls
                     .entry(format!("{bind}_{}", port.number))
                     .or_insert_with(|| (port.number, Vec::new()));
-                add_chains(&mut entry.1, chains);
+                add_chains(&mut entry.1, chains, &svc.hostname);
             } else {
                 let cluster = outbound_cluster_name(port.number, "", &svc.hostname);
                 let bind = svc.addresses.first().cloned().unwrap_or("0.0.0.0".into());
@@ -272,7 +272,8 @@ fn egress_listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<Listener> {
                 continue;
             };
             if picked {
-                add_chains(&mut chains, tls_chains(ctx, proxy, svc, svc_port, true));
+                let more = tls_chains(ctx, proxy, svc, svc_port, true);
+                add_chains(&mut chains, more, &svc.hostname);
             }
         }
         if chains.is_empty() {
@@ -533,17 +534,14 @@ fn tls_chains(
     out
 }
 
-/// Adds chains to a listener's, leaving out those whose match another chain already has
-/// (Envoy refuses duplicates; the first wins).
-fn add_chains(into: &mut Vec<FilterChain>, chains: Vec<FilterChain>) {
-    for c in chains {
-        if !into
-            .iter()
-            .any(|have| have.filter_chain_match == c.filter_chain_match)
-        {
-            into.push(c);
-        }
+/// Adds `chains` (of service `origin`) to a listener's, leaving out the server names another
+/// chain already matches (Envoy refuses duplicates; the first wins).
+fn add_chains(into: &mut Vec<FilterChain>, chains: Vec<FilterChain>, origin: &str) {
+    let mut unique = UniqueChains::default();
+    for c in into.drain(..).chain(chains) {
+        unique.add(c, origin);
     }
+    *into = unique.into_chains();
 }
 
 fn tls_inspector() -> ListenerFilter {

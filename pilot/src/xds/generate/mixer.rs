@@ -40,7 +40,7 @@ use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::{
     CommonGrpcAccessLogConfig, HttpGrpcAccessLogConfig, TcpGrpcAccessLogConfig,
 };
 use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{
-    ExtAuthz, ExtAuthzPerRoute, ext_authz::Services,
+    CheckSettings, ExtAuthz, ExtAuthzPerRoute, ext_authz::Services, ext_authz_per_route::Override,
 };
 use envoy_types::pb::envoy::extensions::filters::network::ext_authz::v3::ExtAuthz as NetworkExtAuthz;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -53,7 +53,7 @@ use envoy_types::pb::envoy::r#type::metadata::v3::{
 };
 use envoy_types::pb::envoy::r#type::tracing::v3::{CustomTag, custom_tag};
 use envoy_types::pb::google::protobuf::{Any, Struct, Value, value::Kind};
-use prost::{Message, Name};
+use prost::Message;
 
 use super::cds::lb_endpoint;
 use super::util::duration;
@@ -446,56 +446,22 @@ pub fn annotate_routes(ctx: &PushContext, routes: &mut [Route]) {
     }
 }
 
-// === deterministic encoding ===
-//
-// `context_extensions` is a protobuf map, which prost encodes in `HashMap` order: different
-// bytes, hence a different resource version, on every generation. These messages are
-// wire-compatible with `ExtAuthzPerRoute { check_settings }` and encode the entries sorted.
-
-#[derive(Clone, PartialEq, Message)]
-struct SortedPerRoute {
-    #[prost(message, optional, tag = "2")]
-    check_settings: Option<SortedCheckSettings>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct SortedCheckSettings {
-    #[prost(message, repeated, tag = "1")]
-    context_extensions: Vec<MapEntry>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct MapEntry {
-    #[prost(string, tag = "1")]
-    key: String,
-    #[prost(string, tag = "2")]
-    value: String,
-}
-
-fn per_route(mut attrs: Vec<(&'static str, String)>) -> Any {
-    attrs.sort();
-    attrs.dedup_by(|a, b| a.0 == b.0);
-    let msg = SortedPerRoute {
-        check_settings: Some(SortedCheckSettings {
-            context_extensions: attrs
-                .into_iter()
-                .map(|(k, v)| MapEntry {
-                    key: k.to_string(),
-                    value: v,
-                })
-                .collect(),
-        }),
+/// The per-route ext_authz settings carrying `attrs` as `context_extensions` (a map: its
+/// order is made canonical when the resource is encoded, see [`crate::xds::resource`]).
+fn per_route(attrs: Vec<(&'static str, String)>) -> Any {
+    let settings = CheckSettings {
+        context_extensions: attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        ..Default::default()
     };
-    Any {
-        type_url: ExtAuthzPerRoute::type_url(),
-        value: msg.encode_to_vec(),
-    }
+    any(&ExtAuthzPerRoute {
+        r#override: Some(Override::CheckSettings(settings)),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::ext_authz_per_route::Override;
+    use crate::xds::resource::canonical_encoding;
 
     #[test]
     fn per_route_settings_decode_as_ext_authz_per_route() {
@@ -513,8 +479,14 @@ mod tests {
             ),
             ("destination.service.name", "reviews".into()),
         ]);
-        assert_eq!(a, b, "encoding depends on order");
-        let decoded = ExtAuthzPerRoute::decode(&a.value[..]).unwrap();
+        let a = ExtAuthzPerRoute::decode(&a.value[..]).unwrap();
+        let b = ExtAuthzPerRoute::decode(&b.value[..]).unwrap();
+        assert_eq!(
+            canonical_encoding(&a),
+            canonical_encoding(&b),
+            "encoding depends on order"
+        );
+        let decoded = a;
         let Some(Override::CheckSettings(s)) = decoded.r#override else {
             panic!("no check settings: {decoded:?}");
         };

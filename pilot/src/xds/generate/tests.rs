@@ -332,3 +332,291 @@ spec:
     let m = l[0].filter_chains[0].filter_chain_match.as_ref().unwrap();
     assert_eq!(m.server_names, vec!["api.example.com".to_string()]);
 }
+
+const ROUTER: &str =
+    "router~127.0.0.40~istio-ingressgateway-1.istio-system~istio-system.svc.cluster.local";
+
+fn router() -> Proxy {
+    let labels = serde_json::json!({"istio": "ingressgateway"});
+    Proxy::from_node(ROUTER, BTreeMap::from([("LABELS".to_string(), labels)])).unwrap()
+}
+
+const POLICIES: &str = "apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  endpoints: [{address: 10.0.0.1}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata: {name: ingress}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ['*']
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: ['*']
+  gateways: [ingress]
+  http:
+  - route: [{destination: {host: reviews.default.svc.cluster.local, port: {number: 9080}}}]
+    fault: {abort: {httpStatus: 503, percentage: {value: 1}}, delay: {fixedDelay: 1s, percentage: {value: 2}}}
+    corsPolicy: {allowOrigins: [{exact: 'https://a.example.com'}], allowMethods: [GET], maxAge: 60s}
+";
+
+fn mixer_mesh() -> MeshConfig {
+    MeshConfig::parse(
+        std::path::Path::new("mesh"),
+        "mixerCheckServer: 10.0.0.7:9091\ndisablePolicyChecks: false\n",
+    )
+    .unwrap()
+}
+
+#[test]
+fn routes_with_several_per_filter_configs_encode_the_same_every_time() {
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+    let names = std::collections::BTreeSet::from(["http.80".to_string()]);
+    let mut versions = std::collections::BTreeSet::new();
+    let mut bytes = std::collections::BTreeSet::new();
+    // Fresh push contexts and fresh maps (new hash seeds) each time.
+    for _ in 0..8 {
+        let ctx = context_with(POLICIES, mixer_mesh());
+        let routes = super::rds::routes(&ctx, &router(), &names);
+        assert_eq!(routes.len(), 1);
+        let rc = RouteConfiguration::decode(&routes[0].any.value[..]).unwrap();
+        let route = &rc.virtual_hosts[0].routes[0];
+        let mut filters: Vec<&str> = route
+            .typed_per_filter_config
+            .keys()
+            .map(String::as_str)
+            .collect();
+        filters.sort();
+        assert_eq!(
+            filters,
+            [
+                super::route::CORS_FILTER,
+                super::mixer::EXT_AUTHZ_FILTER,
+                super::route::FAULT_FILTER
+            ]
+        );
+        versions.insert(routes[0].version.clone());
+        bytes.insert(routes[0].any.value.clone());
+    }
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    assert_eq!(bytes.len(), 1);
+}
+
+/// (transport protocol, server name) of every filter chain of a listener: what Envoy
+/// requires to be unique.
+fn chain_matches(l: &Listener) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for c in &l.filter_chains {
+        let m = c.filter_chain_match.clone().unwrap_or_default();
+        if m.server_names.is_empty() {
+            out.push((m.transport_protocol.clone(), String::new()));
+        }
+        for n in &m.server_names {
+            out.push((m.transport_protocol.clone(), n.clone()));
+        }
+    }
+    out
+}
+
+fn gateway_listeners(config: &str) -> Vec<Listener> {
+    let ctx = context(config);
+    lds::listeners(&ctx, &router())
+        .iter()
+        .map(|r| Listener::decode(&r.any.value[..]).unwrap())
+        .collect()
+}
+
+#[test]
+fn gateways_naming_the_same_sni_host_get_one_filter_chain_for_it() {
+    let config = "apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: backend}
+spec:
+  hosts: [backend.tls.internal]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{number: 8443, name: tls, protocol: TLS}]
+  endpoints: [{address: 10.0.0.2}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata: {name: first}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [secure.example.com]
+    tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}
+  - port: {number: 8443, name: tls, protocol: TLS}
+    hosts: [secure.example.com]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata: {name: second}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [secure.example.com, other.example.com]
+    tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}
+  - port: {number: 8443, name: tls, protocol: TLS}
+    hosts: [secure.example.com]
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 9443, name: tls-any, protocol: TLS}
+    hosts: ['*']
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: passthrough}
+spec:
+  hosts: [secure.example.com]
+  gateways: [first, second]
+  tls:
+  - match: [{sniHosts: [secure.example.com]}, {sniHosts: [secure.example.com]}]
+    route: [{destination: {host: backend.tls.internal, port: {number: 8443}}}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: passthrough-again}
+spec:
+  hosts: [secure.example.com, api.example.com]
+  gateways: [second]
+  tls:
+  - match: [{sniHosts: [secure.example.com]}]
+    route: [{destination: {host: backend.tls.internal, port: {number: 8443}}}]
+  - match: [{sniHosts: [api.example.com, secure.example.com]}]
+    route: [{destination: {host: backend.tls.internal, port: {number: 8443}}}]
+";
+    let listeners = gateway_listeners(config);
+    let named = |n: &str| {
+        listeners
+            .iter()
+            .find(|l| l.name == n)
+            .unwrap_or_else(|| panic!("no listener {n}"))
+    };
+    let tls = |n: &str| ("tls".to_string(), n.to_string());
+    // HTTPS: the second gateway's server repeats a host, so it is skipped whole (Istio's
+    // rule); the first keeps the port's host.
+    assert_eq!(
+        chain_matches(named("0.0.0.0_443")),
+        vec![tls("secure.example.com")]
+    );
+    // Passthrough: one chain for the host, though two servers and three routes name it.
+    assert_eq!(
+        chain_matches(named("0.0.0.0_8443")),
+        vec![tls("secure.example.com")]
+    );
+    // Routes of a `*` server: each name once, across chains.
+    assert_eq!(
+        chain_matches(named("0.0.0.0_9443")),
+        vec![tls("secure.example.com"), tls("api.example.com")]
+    );
+    for l in &listeners {
+        let mut m = chain_matches(l);
+        let all = m.len();
+        m.sort();
+        m.dedup();
+        assert_eq!(m.len(), all, "{}: duplicate filter chain matches", l.name);
+    }
+}
+
+#[test]
+fn every_any_in_generated_resources_is_canonical() {
+    use crate::xds::resource::is_canonical_deep;
+    // A workload of reviews (inbound ext_authz settings with their context extensions),
+    // outbound routes with fault and CORS, a gateway with all three.
+    let config = format!(
+        "{POLICIES}---
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {{name: details}}
+spec:
+  hosts: [details.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.9}}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {{name: reviews-mesh}}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  http:
+  - route: [{{destination: {{host: reviews.default.svc.cluster.local}}}}]
+    fault: {{abort: {{httpStatus: 503, percentage: {{value: 1}}}}}}
+    corsPolicy: {{allowOrigins: [{{exact: 'https://a.example.com'}}]}}
+"
+    );
+    let mesh = MeshConfig::parse(
+        std::path::Path::new("mesh"),
+        "mixerCheckServer: 10.0.0.7:9091\nmixerReportServer: 10.0.0.7:9091\ndisablePolicyChecks: false\n",
+    )
+    .unwrap();
+    let ctx = context_with(&config, mesh);
+    let mut checked = 0;
+    for proxy in [proxy(), router()] {
+        let routes: std::collections::BTreeSet<String> =
+            ["9080", "http.80"].map(String::from).into();
+        let resources = cds::clusters(&ctx, &proxy)
+            .into_iter()
+            .chain(lds::listeners(&ctx, &proxy))
+            .chain(super::rds::routes(&ctx, &proxy, &routes));
+        for r in resources {
+            let name = r.any.type_url.rsplit_once('/').unwrap().1;
+            assert!(is_canonical_deep(name, &r.any.value), "{}", r.name);
+            checked += 1;
+        }
+    }
+    assert!(checked > 10, "{checked}");
+}
+
+#[test]
+fn overlapping_sni_routes_of_a_sidecar_take_each_name_once() {
+    let config = "apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.example.com, www.example.com]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{number: 443, name: tls, protocol: TLS}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: api}
+spec:
+  hosts: [api.example.com]
+  tls:
+  - match: [{sniHosts: [api.example.com, www.example.com]}]
+    route: [{destination: {host: api.example.com}}]
+  - match: [{sniHosts: [api.example.com]}]
+    route: [{destination: {host: www.example.com}}]
+";
+    let ctx = context(config);
+    let listeners: Vec<Listener> = lds::listeners(&ctx, &proxy())
+        .iter()
+        .map(|r| Listener::decode(&r.any.value[..]).unwrap())
+        .collect();
+    let l = listeners
+        .iter()
+        .find(|l| l.name == "0.0.0.0_443")
+        .expect("tls listener");
+    let mut names: Vec<String> = chain_matches(l).into_iter().map(|(_, n)| n).collect();
+    names.sort();
+    assert_eq!(names, ["api.example.com", "www.example.com"]);
+}
