@@ -17,12 +17,8 @@ use serde_json::{Map, Value, json};
 
 use super::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SharedResource};
 
-/// Envoy's API descriptor set, as `envoy-types` ships it (see `build.rs`).
-static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin"));
-
-static POOL: LazyLock<Result<DescriptorPool, DumpError>> = LazyLock::new(|| {
-    DescriptorPool::decode(DESCRIPTORS).map_err(|e| DumpError::Descriptors(e.to_string()))
-});
+static POOL: LazyLock<Result<DescriptorPool, DumpError>> =
+    LazyLock::new(|| super::resource::envoy_descriptors().map_err(DumpError::Descriptors));
 
 /// Why a resource could not be shown.
 #[derive(Debug, Clone, thiserror::Error)]

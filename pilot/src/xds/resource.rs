@@ -162,6 +162,16 @@ pub fn any<M: Message + Name>(msg: &M) -> Any {
 /// Envoy's API descriptor set, as `envoy-types` ships it (see `build.rs`).
 static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin"));
 
+/// The descriptors, decoded once for the canonical encoder and the JSON config dump.
+static POOL: LazyLock<Result<DescriptorPool, String>> =
+    LazyLock::new(|| DescriptorPool::decode(DESCRIPTORS).map_err(|e| e.to_string()));
+
+/// Envoy's API descriptors (a cheap handle on the one decoded pool); the error says why they
+/// do not load.
+pub fn envoy_descriptors() -> Result<DescriptorPool, String> {
+    POOL.clone()
+}
+
 /// What canonicalizing needs to know of every message type, computed once. `Any`s are taken
 /// as they are: [`any`] made them canonical.
 static CANON: LazyLock<Option<Canon>> = LazyLock::new(|| match Canon::new(false) {
@@ -176,7 +186,7 @@ static CANON: LazyLock<Option<Canon>> = LazyLock::new(|| match Canon::new(false)
 #[derive(Debug, thiserror::Error)]
 pub enum CanonError {
     #[error("Envoy's descriptors do not load: {0}")]
-    Descriptors(#[from] prost_reflect::DescriptorError),
+    Descriptors(String),
 }
 
 /// A message that is not well-formed protobuf (left as it is).
@@ -241,7 +251,7 @@ const ANY: &str = "google.protobuf.Any";
 
 impl Canon {
     fn new(deep: bool) -> Result<Canon, CanonError> {
-        let pool = DescriptorPool::decode(DESCRIPTORS)?;
+        let pool = envoy_descriptors().map_err(CanonError::Descriptors)?;
         let messages: Vec<MessageDescriptor> = pool.all_messages().collect();
         let count = messages.len();
         let by_name: HashMap<Box<str>, usize> = messages
