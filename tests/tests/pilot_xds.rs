@@ -432,6 +432,19 @@ spec:
         .await
         .unwrap();
     }
+    // Each changed cluster got its (unchanged) endpoints again, which Envoy waits for before
+    // it swaps the cluster in and ACKs the CDS update.
+    eventually(
+        "the changed clusters are warm and CDS is ACKed",
+        WAIT,
+        || async {
+            let syncz = pilot.debug("/debug/syncz").await?;
+            let warming = envoy.stat("cluster_manager.warming_clusters").await?;
+            Ok(syncz[0]["types"]["cds"]["status"] == "SYNCED" && warming == Some(0))
+        },
+    )
+    .await
+    .unwrap();
     // Nothing resent: the routes came out byte for byte the same each time.
     let syncz = pilot.debug("/debug/syncz").await.unwrap();
     assert_eq!(rds_sent(&syncz), sent_before, "{syncz}");

@@ -28,7 +28,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use prost::Message;
 
-use super::resource::{SharedResource, is_wildcard_type};
+use super::resource::{CLUSTER, ENDPOINT, SharedResource, is_wildcard_type};
 
 /// What a request asks of the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -282,6 +282,16 @@ impl Types {
             state.sent_version = version.to_string();
             state.sent_nonce.clone_from(&nonce);
             state.responses += 1;
+        }
+        if type_url == CLUSTER {
+            // Envoy warms a new or changed EDS cluster until it gets that cluster's endpoints
+            // again (and holds the CDS ACK until then), even if they did not change: forget
+            // them, so the EDS push that follows every CDS push sends them.
+            if let Some(eds) = self.types.get_mut(ENDPOINT) {
+                for r in &resources {
+                    eds.sent.remove(r.name.as_str());
+                }
+            }
         }
         Response {
             type_url: type_url.to_string(),
@@ -568,6 +578,45 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_changed_cluster_gets_its_unchanged_endpoints_again() {
+        let mut s = Sotw::default();
+        s.on_request(&req(CLUSTER, &[], "", None));
+        let c1 = s
+            .respond(CLUSTER, "v1", &[res("a", "1"), res("b", "1")], true)
+            .unwrap();
+        s.on_request(&req(CLUSTER, &[], &c1.nonce, None));
+        s.on_request(&req(ENDPOINT, &["a", "b"], "", None));
+        let e1 = s
+            .respond(ENDPOINT, "v1", &[res("a", "7"), res("b", "7")], true)
+            .unwrap();
+        assert_eq!(
+            s.on_request(&req(ENDPOINT, &["a", "b"], &e1.nonce, None)),
+            Action::Ack
+        );
+        // Nothing changed: nothing to send.
+        assert!(
+            s.respond(ENDPOINT, "v2", &[res("a", "7"), res("b", "7")], false)
+                .is_none()
+        );
+
+        // Cluster `a` changes; Envoy warms it until it gets `a`'s endpoints again.
+        let c2 = s
+            .respond(CLUSTER, "v3", &[res("a", "2"), res("b", "1")], false)
+            .unwrap();
+        assert_eq!(c2.resources.len(), 2, "CDS is sent whole");
+        let e2 = s
+            .respond(ENDPOINT, "v3", &[res("a", "7"), res("b", "7")], false)
+            .unwrap();
+        let names: BTreeSet<&str> = e2.resources.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, BTreeSet::from(["a", "b"]));
+        assert_eq!(
+            s.on_request(&req(CLUSTER, &[], &c2.nonce, None)),
+            Action::Ack
+        );
+        assert_eq!(s.state(CLUSTER).unwrap().status(), SyncStatus::Synced);
     }
 
     #[test]
