@@ -61,6 +61,8 @@ pub async fn run(cli: Cli, shutdown: Shutdown) -> anyhow::Result<()> {
         &source,
         settings::watched_kinds(),
         None,
+        // Citadel reads ServiceAccounts only: no Istio objects to write a status on.
+        false,
         shutdown.clone(),
     )
     .await

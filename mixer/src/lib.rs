@@ -69,6 +69,7 @@ pub async fn run(mut cli: Cli, shutdown: Shutdown) -> anyhow::Result<()> {
         &source,
         settings::watched_kinds(),
         None,
+        settings.enable_status,
         shutdown.clone(),
     )
     .await

@@ -42,6 +42,13 @@ pub struct Cli {
     #[arg(long, value_name = "NAMESPACE")]
     pub config_default_namespace: Option<String>,
 
+    /// On Kubernetes, write why an Istio object is refused into its status
+    /// (`validationMessages` and a `Reconciled` condition), only when that changes
+    /// [default: true]. Istio leaves this off because its webhook refuses such objects first;
+    /// without a webhook, the status is where a `kubectl` user sees why an object is ignored.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub enable_status: Option<bool>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -68,6 +75,7 @@ struct FileSettings {
     grpc_addr: Option<SocketAddr>,
     prometheus_addr: Option<SocketAddr>,
     config_default_namespace: Option<String>,
+    enable_status: Option<bool>,
 }
 
 /// Mixer's settings, resolved from flags, environment, settings file and defaults.
@@ -79,6 +87,8 @@ pub struct Settings {
     pub grpc_addr: SocketAddr,
     pub prometheus_addr: SocketAddr,
     pub config_default_namespace: String,
+    /// Write refusals into Istio objects' status on Kubernetes.
+    pub enable_status: bool,
 }
 
 impl BinaryCli for Cli {
@@ -112,6 +122,7 @@ impl Settings {
                 .config_default_namespace
                 .or(file.config_default_namespace)
                 .unwrap_or_else(|| crate::config::DEFAULT_CONFIG_NAMESPACE.to_string()),
+            enable_status: cli.enable_status.or(file.enable_status).unwrap_or(true),
         })
     }
 }

@@ -78,6 +78,7 @@ pub async fn serve(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()>
         settings::watched_kinds(),
         (!settings.skip_validation)
             .then(|| Arc::new(validate::PilotValidator) as mesh_runtime::config::SharedValidator),
+        settings.enable_status,
         shutdown.clone(),
     )
     .await

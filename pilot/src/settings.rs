@@ -97,6 +97,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE", requires = "webhook_cert")]
     pub webhook_key: Option<PathBuf>,
 
+    /// On Kubernetes, write why an Istio object is refused into its status
+    /// (`validationMessages` and a `Reconciled` condition), only when that changes
+    /// [default: true]. Istio leaves this off because its webhook refuses such objects first;
+    /// without a webhook, the status is where a `kubectl` user sees why an object is ignored.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub enable_status: Option<bool>,
+
     /// Load config without Pilot's semantic validation (tests only: lets config that Envoy
     /// refuses reach Envoy).
     #[arg(long, hide = true)]
@@ -153,6 +160,7 @@ struct FileSettings {
     webhook_addr: Option<SocketAddr>,
     webhook_cert: Option<PathBuf>,
     webhook_key: Option<PathBuf>,
+    enable_status: Option<bool>,
 }
 
 /// Pilot's settings, resolved from flags, environment, settings file and defaults.
@@ -167,6 +175,8 @@ pub struct Settings {
     pub debounce_max: Duration,
     pub push_concurrency: usize,
     pub skip_validation: bool,
+    /// Write refusals into Istio objects' status on Kubernetes.
+    pub enable_status: bool,
     /// The admission webhook, when a certificate and key are given.
     pub webhook: Option<WebhookSettings>,
 }
@@ -235,6 +245,7 @@ impl Settings {
                 .or(file.push_concurrency)
                 .unwrap_or(100),
             skip_validation: cli.skip_validation,
+            enable_status: cli.enable_status.or(file.enable_status).unwrap_or(true),
             webhook,
         })
     }

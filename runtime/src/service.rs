@@ -85,26 +85,6 @@ impl ConfigSource {
     }
 }
 
-/// The environment variable that turns status writes on refused objects off (`false`) for
-/// `component`: `PILOT_ENABLE_STATUS` for pilot, Istio's name for it.
-pub fn status_env(component: &str) -> String {
-    format!("{}_ENABLE_STATUS", component.to_ascii_uppercase())
-}
-
-/// Whether `component` writes status conditions on the objects its Kubernetes store refuses:
-/// yes unless `<COMPONENT>_ENABLE_STATUS` is `false` (or `0`).
-///
-/// Istio leaves `PILOT_ENABLE_STATUS` off by default because its validating webhook refuses
-/// invalid objects before they are stored; without a webhook, the status is the one place a
-/// `kubectl` user sees why an object is ignored, so it is on here. Writes happen only when
-/// an object's status has to change.
-pub fn status_enabled(component: &str) -> bool {
-    !matches!(
-        std::env::var(status_env(component)).as_deref(),
-        Ok("false") | Ok("0") | Ok("False") | Ok("FALSE")
-    )
-}
-
 /// Sets `condition` once the store has loaded everything at least once.
 pub fn track_readiness(
     mut rx: watch::Receiver<Arc<Snapshot>>,
@@ -178,21 +158,21 @@ impl std::fmt::Debug for dyn ConfigStore {
 
 impl Base {
     /// Opens the config store and registers the `config` readiness condition and the
-    /// `istio_build` metric for `component`.
+    /// `istio_build` metric for `component`. `write_status`: on Kubernetes, say in each
+    /// refused Istio object's status why it was refused (`--enable-status`).
     pub async fn start(
         component: &str,
         source: &ConfigSource,
         kinds: Vec<(Kind, String)>,
         validator: Option<SharedValidator>,
+        write_status: bool,
         shutdown: Shutdown,
     ) -> Result<Self, ServiceError> {
         let readiness = crate::Readiness::default();
         let config_ready = readiness.condition("config");
         let mut registry = prometheus_client::registry::Registry::default();
         crate::monitoring::register_build_info(&mut registry, component);
-        let options = KubeOptions {
-            write_status: status_enabled(component),
-        };
+        let options = KubeOptions { write_status };
         let store = source
             .open_with(kinds, validator, options, shutdown.clone())
             .await?;

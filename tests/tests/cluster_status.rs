@@ -64,22 +64,47 @@ async fn a_refused_object_says_why_in_its_status() {
     let ns_name = ns.name().to_string();
 
     let kubeconfig = cluster.kubeconfig();
-    let grpc = format!("127.0.0.1:{}", mesh_tests::free_port());
-    let mut pilot = Service::start(
-        "pilot",
-        &[
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-            "--grpc-addr",
-            &grpc,
-        ],
-    )
-    .await
-    .unwrap();
-    pilot.wait_ready(WAIT).await.unwrap();
+    let start_pilot = |extra: &'static [&'static str]| {
+        let kubeconfig = kubeconfig.clone();
+        async move {
+            let grpc = format!("127.0.0.1:{}", mesh_tests::free_port());
+            let mut args = vec![
+                "--kubeconfig",
+                kubeconfig.to_str().unwrap(),
+                "--grpc-addr",
+                &grpc,
+            ];
+            args.extend_from_slice(extra);
+            let mut pilot = Service::start("pilot", &args).await.unwrap();
+            pilot.wait_ready(WAIT).await.unwrap();
+            pilot
+        }
+    };
 
     // The API server takes it (the schema has nothing against 90); Pilot refuses it.
     cluster.apply(&ns_name, INVALID).await.unwrap();
+
+    // With `--enable-status false` the refusal shows on configz only; the object is left alone.
+    let quiet = start_pilot(&["--enable-status", "false"]).await;
+    let configz = mesh_tests::http_get(&format!("http://{}/debug/configz", quiet.http_addr()), &[])
+        .await
+        .unwrap()
+        .body;
+    assert!(
+        configz.contains(&ns_name) && configz.contains("90"),
+        "{configz}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let s = status(cluster, &ns_name).await.unwrap();
+    assert!(reconciled(&s).is_none(), "{s}");
+    assert!(
+        s.get("validationMessages").is_none_or(|m| m.is_null()),
+        "{s}"
+    );
+    quiet.stop().await.unwrap();
+
+    // By default, the refusal is written into the object's status.
+    let pilot = start_pilot(&[]).await;
     eventually("the refusal is in the status", WAIT, || async {
         let s = status(cluster, &ns_name).await?;
         Ok(reconciled(&s).is_some_and(|c| {
