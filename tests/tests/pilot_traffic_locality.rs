@@ -180,9 +180,9 @@ async fn traffic_stays_in_the_zone_and_fails_over_to_the_nearest() {
     let p = in_a.priorities().await;
     assert_eq!(p.get(&a1.addr().to_string()), Some(&0), "{p:?}");
     assert_eq!(p.get(&a2.addr().to_string()), Some(&0), "{p:?}");
-    assert_eq!(p.get(&b.addr().to_string()), Some(&2), "{p:?}");
+    assert_eq!(p.get(&b.addr().to_string()), Some(&1), "{p:?}");
     let p = in_b.priorities().await;
-    assert_eq!(p.get(&a1.addr().to_string()), Some(&2), "{p:?}");
+    assert_eq!(p.get(&a1.addr().to_string()), Some(&1), "{p:?}");
     assert_eq!(p.get(&b.addr().to_string()), Some(&0), "{p:?}");
 
     // All of 50 requests stay in the sidecar's zone.
@@ -203,7 +203,7 @@ async fn traffic_stays_in_the_zone_and_fails_over_to_the_nearest() {
             &service_entry(&[(&a1, ZONE_A), (&a2, ZONE_A), (&b, ZONE_B), (&c, ELSEWHERE)]),
         )
         .unwrap();
-    for (sidecar, expect) in [(&in_a, 3), (&in_b, 3)] {
+    for (sidecar, expect) in [(&in_a, 2), (&in_b, 2)] {
         eventually("the new endpoint reaches Envoy", WAIT, || async {
             Ok(sidecar.priorities().await.get(&c.addr().to_string()) == Some(&expect))
         })
@@ -236,7 +236,8 @@ async fn traffic_stays_in_the_zone_and_fails_over_to_the_nearest() {
     // zone-b (same region), not to the other region. Envoy still makes first attempts at the
     // ejected endpoints (`upstream_cx_connect_fail` grows by about one a request) and the
     // default retries land them in zone-b, but a request whose retries all fail is a 503: so
-    // only where the answers come from is exact here.
+    // only where the answers come from is exact here. (Envoy's own behaviour when a whole
+    // priority level goes down at once: envoyproxy/envoy#28304.)
     a1.stop().await;
     a2.stop().await;
     let ejections = format!("cluster.{CLUSTER}.outlier_detection.ejections_active");
@@ -271,7 +272,7 @@ async fn traffic_stays_in_the_zone_and_fails_over_to_the_nearest() {
     })
     .await
     .unwrap();
-    assert_eq!(in_a.priorities().await.get(&b.addr().to_string()), Some(&2));
+    assert_eq!(in_a.priorities().await.get(&b.addr().to_string()), Some(&0));
     let counts = in_a.count(50).await;
     assert_eq!(counts.get(&ok(&b)), Some(&50), "after failover: {counts:?}");
     assert_eq!(c.requests(), c_before, "failover went past the same region");

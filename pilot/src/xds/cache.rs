@@ -527,11 +527,11 @@ spec:
         let n = eds(&g, &nowhere, REVIEWS);
         assert_eq!(
             priorities(&e),
-            own(&[("us/east/a", 0, 1), ("us/west/a", 2, 1)])
+            own(&[("us/east/a", 0, 1), ("us/west/a", 1, 1)])
         );
         assert_eq!(
             priorities(&w),
-            own(&[("us/east/a", 2, 1), ("us/west/a", 0, 1)])
+            own(&[("us/east/a", 1, 1), ("us/west/a", 0, 1)])
         );
         assert_eq!(
             priorities(&n),
@@ -567,11 +567,11 @@ spec:
         let g2 = g1.with_new_endpoints(context(&config(&three)), &changed);
         assert_eq!(
             priorities(&eds(&g2, &east, REVIEWS)),
-            own(&[("us/east/a", 0, 2), ("us/west/a", 2, 1)])
+            own(&[("us/east/a", 0, 2), ("us/west/a", 1, 1)])
         );
         assert_eq!(
             priorities(&eds(&g2, &west, REVIEWS)),
-            own(&[("us/east/a", 2, 2), ("us/west/a", 0, 1)])
+            own(&[("us/east/a", 1, 2), ("us/west/a", 0, 1)])
         );
         assert_eq!(
             priorities(&eds(&g2, &nowhere, REVIEWS)),

@@ -5,14 +5,15 @@
 //! detection (without it Envoy would never move traffic away from a failing locality) and
 //! does not turn `localityLbSetting` off, endpoints get Envoy priorities by how much of the
 //! proxy's locality they share: 0 for the same region, zone and sub-zone, 1 for the same
-//! zone, 2 for the same region, 3 for the rest. Envoy sends everything to priority 0 and
+//! zone, 2 for the same region, 3 for the rest, then renumbered without gaps (the levels in
+//! use become 0, 1, 2...), as Istio does. Envoy sends everything to priority 0 and
 //! spills over to the next as endpoints there become unhealthy or are gone. That makes the
 //! assignment depend on the proxy's locality ([`load_assignment_for`]); without one (or
 //! without outlier detection) every locality is priority 0 ([`load_assignment`]). The cache
 //! keeps one assignment per cluster and proxy locality, and shares the locality-less one
 //! when the cluster's priorities do not depend on it ([`depends_on_locality`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::core::v3::Locality;
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
@@ -112,15 +113,24 @@ fn locality_endpoints(
         // An empty assignment still has its (empty) default locality.
         return vec![LocalityLbEndpoints::default()];
     }
+    let raw: Vec<u32> = by_locality
+        .keys()
+        .map(|locality| proxy_locality.map_or(0, |p| priority(p, locality)))
+        .collect();
+    // Envoy wants priorities without gaps (an empty priority level counts as one with no
+    // healthy hosts): number the levels in use 0, 1, 2... as Istio does.
+    let levels: BTreeSet<u32> = raw.iter().copied().collect();
+    let compact = |p: u32| levels.iter().position(|l| *l == p).unwrap_or(0) as u32;
     by_locality
         .into_iter()
-        .map(|(locality, eps)| LocalityLbEndpoints {
+        .zip(raw)
+        .map(|((locality, eps), raw)| LocalityLbEndpoints {
             locality: (!locality.is_empty()).then(|| parse_locality(locality)),
             lb_endpoints: eps
                 .iter()
                 .map(|ep| lb_endpoint(&ep.address, ep.port, ep.weight))
                 .collect(),
-            priority: proxy_locality.map_or(0, |p| priority(p, locality)),
+            priority: compact(raw),
             ..Default::default()
         })
         .collect()
