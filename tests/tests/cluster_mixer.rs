@@ -6,12 +6,15 @@
 //! is counted as `unknown`. Checks see the generated attributes too: a denier whose rule
 //! matches `source.workload.name == "reviews-v3"` answers 403 to requests from that pod only.
 
+mod mixer_support;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use mesh_tests::cluster::{Cluster, move_to_namespace};
 use mesh_tests::mesh::eventually;
 use mesh_tests::{Envoy, Service, Upstream, free_port, http_get, repo_root};
+use mixer_support::{envoy_bootstrap, ext_authz_filter, mixer_access_log, sample};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -57,84 +60,25 @@ spec:
 /// reports every request to Mixer's access-log service, as a sidecar's inbound listener
 /// would.
 fn bootstrap(port: u16, mixer: SocketAddr, upstream: SocketAddr, ns: &str) -> Value {
-    let cluster = |name: &str, addr: SocketAddr, http2: bool| {
-        let mut c = json!({
-            "name": name,
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "load_assignment": {
-                "cluster_name": name,
-                "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "socket_address": {
-                    "address": addr.ip().to_string(),
-                    "port_value": addr.port(),
-                }}}}]}],
-            },
-        });
-        if http2 {
-            c["typed_extension_protocol_options"] = json!({
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": { "http2_protocol_options": {} },
-                }
-            });
-        }
-        c
-    };
-    json!({
-        "static_resources": {
-            "listeners": [{
-                "name": "http",
-                "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } },
-                "filter_chains": [{ "filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "http",
-                        "route_config": { "name": "local", "virtual_hosts": [{
-                            "name": "ratings",
-                            "domains": ["*"],
-                            "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": "upstream" } }],
-                        }]},
-                        "access_log": [{
-                            "name": "envoy.access_loggers.http_grpc",
-                            "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
-                                "common_config": {
-                                    "log_name": "mixer",
-                                    "transport_api_version": "V3",
-                                    "grpc_service": { "envoy_grpc": { "cluster_name": "mixer" } },
-                                    "buffer_flush_interval": "0.1s",
-                                    "custom_tags": [
-                                        { "tag": "destination.service.host", "literal": { "value": format!("ratings.{ns}.svc.cluster.local") } },
-                                        { "tag": "destination.service.name", "literal": { "value": "ratings" } },
-                                        { "tag": "destination.service.namespace", "literal": { "value": ns } },
-                                    ],
-                                },
-                            },
-                        }],
-                        "http_filters": [
-                            {
-                                "name": "envoy.filters.http.ext_authz",
-                                "typed_config": {
-                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-                                    "transport_api_version": "V3",
-                                    "grpc_service": { "envoy_grpc": { "cluster_name": "mixer" }, "timeout": "2s" },
-                                    "failure_mode_allow": false,
-                                },
-                            },
-                            {
-                                "name": "envoy.filters.http.router",
-                                "typed_config": {
-                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
-                                },
-                            },
-                        ],
-                    },
-                }]}],
-            }],
-            "clusters": [cluster("upstream", upstream, false), cluster("mixer", mixer, true)],
-        },
-    })
+    let host = json!({
+        "name": "ratings",
+        "domains": ["*"],
+        "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": "upstream" } }],
+    });
+    let tags = json!([
+        { "tag": "destination.service.host", "literal": { "value": format!("ratings.{ns}.svc.cluster.local") } },
+        { "tag": "destination.service.name", "literal": { "value": "ratings" } },
+        { "tag": "destination.service.namespace", "literal": { "value": ns } },
+    ]);
+    let log = mixer_access_log(tags);
+    envoy_bootstrap(
+        port,
+        mixer,
+        upstream,
+        vec![host],
+        ext_authz_filter(),
+        Some(log),
+    )
 }
 
 /// A GET through Envoy from a socket bound to `from` (a pod's IP, or another loopback
@@ -153,15 +97,7 @@ async fn get_from(from: &str, envoy_port: u16) -> anyhow::Result<String> {
 
 /// The `istio_requests_total` series of Mixer's prometheus adapter with every label given.
 fn requests(page: &str, labels: &[(&str, &str)]) -> f64 {
-    page.lines()
-        .filter(|l| l.starts_with("istio_requests_total{"))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    sample(page, "istio_requests_total", labels)
 }
 
 #[tokio::test]

@@ -3,174 +3,16 @@
 //! (`mixer/tests/fixtures/policy.yaml`: a denier for `x-user: john`, a blacklist of `/admin`
 //! and `/secret`, and a memquota of 5 requests per 10s for the `limited` service).
 
-use std::net::SocketAddr;
+mod mixer_support;
+
 use std::time::{Duration, Instant};
 
-use mesh_tests::{Envoy, Service, Upstream, free_port, http_get, repo_root};
-use serde_json::{Value, json};
+use mesh_tests::http_get;
+use mixer_support::{Setup, sample, test_policy};
 
-struct Mixer {
-    svc: Service,
-    grpc: SocketAddr,
-    prometheus: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-async fn start_mixer() -> Mixer {
-    let dir = tempfile::tempdir().unwrap();
-    let fixtures = repo_root().join("mixer/tests/fixtures");
-    for f in ["istio-1.0-default-config.yaml", "policy.yaml"] {
-        std::fs::copy(fixtures.join(f), dir.path().join(f)).unwrap();
-    }
-    let grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let prometheus: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut svc = Service::start(
-        "mixer",
-        &[
-            "--config-dir",
-            dir.path().to_str().unwrap(),
-            "--grpc-addr",
-            &grpc.to_string(),
-            "--prometheus-addr",
-            &prometheus.to_string(),
-        ],
-    )
-    .await
-    .unwrap();
-    svc.wait_ready(Duration::from_secs(60)).await.unwrap();
-    Mixer {
-        svc,
-        grpc,
-        prometheus,
-        _dir: dir,
-    }
-}
-
-fn cluster(name: &str, addr: SocketAddr, http2: bool) -> Value {
-    let mut c = json!({
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "socket_address": {
-                "address": addr.ip().to_string(),
-                "port_value": addr.port(),
-            }}}}]}],
-        },
-    });
-    if http2 {
-        c["typed_extension_protocol_options"] = json!({
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": { "http2_protocol_options": {} },
-            }
-        });
-    }
-    c
-}
-
-/// A route to the upstream that tells Mixer (through ext_authz context extensions) which
-/// destination service it is.
-fn route(domain: &str, service: &str) -> Value {
-    json!({
-        "name": domain,
-        "domains": [domain],
-        "routes": [{
-            "match": { "prefix": "/" },
-            "route": { "cluster": "upstream" },
-            "typed_per_filter_config": {
-                "envoy.filters.http.ext_authz": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
-                    "check_settings": { "context_extensions": {
-                        "destination.service.name": service,
-                        "destination.service.namespace": "default",
-                        "destination.service.host": format!("{service}.default.svc.cluster.local"),
-                    }},
-                },
-            },
-        }],
-    })
-}
-
-fn bootstrap(port: u16, mixer: SocketAddr, upstream: SocketAddr) -> Value {
-    json!({
-        "static_resources": {
-            "listeners": [{
-                "name": "http",
-                "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } },
-                "filter_chains": [{ "filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "http",
-                        "route_config": { "name": "local", "virtual_hosts": [
-                            route("svc", "svc"),
-                            route("limited", "limited"),
-                        ]},
-                        "access_log": [{
-                            "name": "envoy.access_loggers.http_grpc",
-                            "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
-                                "common_config": {
-                                    "log_name": "mixer",
-                                    "transport_api_version": "V3",
-                                    "grpc_service": { "envoy_grpc": { "cluster_name": "mixer" } },
-                                    "buffer_flush_interval": "0.1s",
-                                    "custom_tags": [
-                                        { "tag": "destination.service.host", "request_header": { "name": "x-destination-host", "default_value": "svc.default.svc.cluster.local" } },
-                                        { "tag": "destination.service.name", "literal": { "value": "svc" } },
-                                    ],
-                                },
-                            },
-                        }],
-                        "http_filters": [
-                            {
-                                "name": "envoy.filters.http.ext_authz",
-                                "typed_config": {
-                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-                                    "transport_api_version": "V3",
-                                    "grpc_service": { "envoy_grpc": { "cluster_name": "mixer" }, "timeout": "2s" },
-                                    "failure_mode_allow": false,
-                                },
-                            },
-                            {
-                                "name": "envoy.filters.http.router",
-                                "typed_config": {
-                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
-                                },
-                            },
-                        ],
-                    },
-                }]}],
-            }],
-            "clusters": [cluster("upstream", upstream, false), cluster("mixer", mixer, true)],
-        },
-    })
-}
-
-struct Setup {
-    mixer: Mixer,
-    _envoy: Envoy,
-    upstream: Upstream,
-    url: String,
-}
-
+/// Mixer with the test policy, and an Envoy routing `svc` and `limited` through it.
 async fn setup() -> Setup {
-    let mixer = start_mixer().await;
-    let upstream = Upstream::start("backend", "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let port = free_port();
-    let envoy = Envoy::start(bootstrap(port, mixer.grpc, upstream.addr()))
-        .await
-        .unwrap();
-    Setup {
-        mixer,
-        _envoy: envoy,
-        upstream,
-        url: format!("http://127.0.0.1:{port}"),
-    }
+    mixer_support::setup(&[test_policy()], &["svc", "limited"]).await
 }
 
 #[tokio::test]
@@ -257,13 +99,15 @@ async fn mixer_telemetry_reaches_istio_requests_total() {
     let metrics_url = format!("http://{}/metrics", s.mixer.prometheus);
     loop {
         let body = http_get(&metrics_url, &[]).await.unwrap().body;
-        let value = |code: &str| -> f64 {
-            body.lines()
-                .filter(|l| l.starts_with("istio_requests_total{"))
-                .filter(|l| l.contains(&format!("response_code=\"{code}\"")))
-                .filter(|l| l.contains("destination_service=\"svc.default.svc.cluster.local\""))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
+        let value = |code: &str| {
+            sample(
+                &body,
+                "istio_requests_total",
+                &[
+                    ("response_code", code),
+                    ("destination_service", "svc.default.svc.cluster.local"),
+                ],
+            )
         };
         if value("200") >= 3.0 && value("403") >= 1.0 {
             assert!(
@@ -281,23 +125,13 @@ async fn mixer_telemetry_reaches_istio_requests_total() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Mixer's own series.
-    let own = http_get(&format!("http://{}/metrics", s.mixer.svc.http_addr()), &[])
-        .await
-        .unwrap()
-        .body;
+    let own = s.mixer.own_metrics().await;
     assert!(
         own.contains("mixer_checks_total{code=\"PERMISSION_DENIED\"} 1"),
         "{own}"
     );
     assert!(own.contains("mixer_report_entries_total"), "{own}");
-    let configz = http_get(
-        &format!("http://{}/debug/configz", s.mixer.svc.http_addr()),
-        &[],
-    )
-    .await
-    .unwrap()
-    .json()
-    .unwrap();
+    let configz = s.mixer.configz().await;
     assert_eq!(
         configz["mixer"]["refused"].as_array().unwrap().len(),
         0,
@@ -325,7 +159,7 @@ where
 #[tokio::test]
 async fn mixer_config_changes_apply_and_a_bad_update_keeps_the_last_good_rule() {
     let s = setup().await;
-    let dir = s.mixer._dir.path().to_path_buf();
+    let dir = s.mixer.dir.path().to_path_buf();
     let status = |user: &'static str| {
         let url = format!("{}/", s.url);
         async move {

@@ -9,6 +9,8 @@
 //! - A real Envoy's `envoy.filters.http.ratelimit` filter, pointed at Mixer, answers 429 on the
 //!   sixth request to a memquota-limited descriptor.
 
+mod mixer_support;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -20,7 +22,8 @@ use mesh_proto::grpc::istio::mixer::v1::{
     CheckRequest, CheckResponse, CompressedAttributes, ReportRequest, StringMap,
 };
 use mesh_proto::grpc::prost_types;
-use mesh_tests::{Envoy, Service, Upstream, free_port, http_get, repo_root};
+use mesh_tests::{Envoy, Upstream, free_port, http_get};
+use mixer_support::{Mixer, envoy_bootstrap, sample, test_policy};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
@@ -39,41 +42,9 @@ mod word {
 
 const GLOBAL_WORDS: u32 = 222;
 
-struct Mixer {
-    svc: Service,
-    grpc: SocketAddr,
-    prometheus: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
+/// Mixer with the test policy.
 async fn start_mixer() -> Mixer {
-    let dir = tempfile::tempdir().unwrap();
-    let fixtures = repo_root().join("mixer/tests/fixtures");
-    for f in ["istio-1.0-default-config.yaml", "policy.yaml"] {
-        std::fs::copy(fixtures.join(f), dir.path().join(f)).unwrap();
-    }
-    let grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let prometheus: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut svc = Service::start(
-        "mixer",
-        &[
-            "--config-dir",
-            dir.path().to_str().unwrap(),
-            "--grpc-addr",
-            &grpc.to_string(),
-            "--prometheus-addr",
-            &prometheus.to_string(),
-        ],
-    )
-    .await
-    .unwrap();
-    svc.wait_ready(Duration::from_secs(60)).await.unwrap();
-    Mixer {
-        svc,
-        grpc,
-        prometheus,
-        _dir: dir,
-    }
+    mixer_support::start_mixer(&[test_policy()]).await
 }
 
 async fn client(mixer: &Mixer) -> MixerClient<Channel> {
@@ -268,12 +239,11 @@ async fn mixer_v1_malformed_messages_are_invalid_arguments() {
 
 /// The prometheus adapter's `istio_requests_total` for SERVICE and CODE.
 fn requests_total(body: &str, service: &str, code: &str) -> f64 {
-    body.lines()
-        .filter(|l| l.starts_with("istio_requests_total{"))
-        .filter(|l| l.contains(&format!("response_code=\"{code}\"")))
-        .filter(|l| l.contains(&format!("destination_service=\"{service}\"")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    sample(
+        body,
+        "istio_requests_total",
+        &[("response_code", code), ("destination_service", service)],
+    )
 }
 
 #[tokio::test]
@@ -341,30 +311,6 @@ async fn mixer_v1_delta_encoded_reports_reach_prometheus() {
     }
 }
 
-fn cluster(name: &str, addr: SocketAddr, http2: bool) -> Value {
-    let mut c = json!({
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "socket_address": {
-                "address": addr.ip().to_string(),
-                "port_value": addr.port(),
-            }}}}]}],
-        },
-    });
-    if http2 {
-        c["typed_extension_protocol_options"] = json!({
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": { "http2_protocol_options": {} },
-            }
-        });
-    }
-    c
-}
-
 /// A virtual host whose requests are rate limited by one descriptor:
 /// `destination.service.name = SERVICE`.
 fn rate_limited_host(service: &str) -> Value {
@@ -384,50 +330,25 @@ fn rate_limited_host(service: &str) -> Value {
     })
 }
 
+/// An Envoy on `port` whose ratelimit filter asks Mixer about `svc` and `limited`.
 fn ratelimit_bootstrap(port: u16, mixer: SocketAddr, upstream: SocketAddr) -> Value {
-    json!({
-        "static_resources": {
-            "listeners": [{
-                "name": "http",
-                "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } },
-                "filter_chains": [{ "filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "http",
-                        "route_config": { "name": "local", "virtual_hosts": [
-                            rate_limited_host("svc"),
-                            rate_limited_host("limited"),
-                        ]},
-                        "http_filters": [
-                            {
-                                "name": "envoy.filters.http.ratelimit",
-                                "typed_config": {
-                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
-                                    "domain": "mesh",
-                                    "timeout": "2s",
-                                    // An error from Mixer refuses the request, so a broken
-                                    // service cannot pass this test.
-                                    "failure_mode_deny": true,
-                                    "rate_limit_service": {
-                                        "grpc_service": { "envoy_grpc": { "cluster_name": "mixer" } },
-                                        "transport_api_version": "V3",
-                                    },
-                                },
-                            },
-                            {
-                                "name": "envoy.filters.http.router",
-                                "typed_config": {
-                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
-                                },
-                            },
-                        ],
-                    },
-                }]}],
-            }],
-            "clusters": [cluster("upstream", upstream, false), cluster("mixer", mixer, true)],
+    let ratelimit = json!({
+        "name": "envoy.filters.http.ratelimit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+            "domain": "mesh",
+            "timeout": "2s",
+            // An error from Mixer refuses the request, so a broken service cannot pass
+            // this test.
+            "failure_mode_deny": true,
+            "rate_limit_service": {
+                "grpc_service": { "envoy_grpc": { "cluster_name": "mixer" } },
+                "transport_api_version": "V3",
+            },
         },
-    })
+    });
+    let hosts = vec![rate_limited_host("svc"), rate_limited_host("limited")];
+    envoy_bootstrap(port, mixer, upstream, hosts, ratelimit, None)
 }
 
 #[tokio::test]

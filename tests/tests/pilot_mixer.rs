@@ -5,6 +5,7 @@
 //! (`mixer/tests/fixtures/policy.yaml`: a denier for `x-user: john`, a blacklist of `/admin`
 //! and `/secret`) and a rule that denies `/private` to `productpage`'s mesh identity.
 
+mod mixer_support;
 mod pilot_traffic_support;
 
 use std::collections::BTreeMap;
@@ -13,7 +14,8 @@ use std::time::Duration;
 
 use mesh_tests::mesh::{Pilot, eventually, via_proxy};
 use mesh_tests::{Envoy, Service, Upstream, free_port, http_get};
-use pilot_traffic_support::{Mixer, cert_meta, citadel, start_mixer};
+use mixer_support::{Mixer, start_mixer, test_policy};
+use pilot_traffic_support::{cert_meta, citadel};
 
 const CLIENT: &str = "sidecar~127.0.0.30~productpage-1.default~default.svc.cluster.local";
 const SERVER_IP: &str = "127.0.0.31";
@@ -130,7 +132,7 @@ impl Setup {
     }
 
     async fn start_with(opts: Options) -> Setup {
-        let mixer = start_mixer(&[("private.yaml", PRIVATE_RULE)]).await;
+        let mixer = start_mixer(&[test_policy(), ("private.yaml", PRIVATE_RULE.into())]).await;
         let app = Upstream::start("reviews-v1", "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
@@ -471,7 +473,7 @@ async fn tcp_connections_are_checked_and_reported_at_the_server_sidecar() {
     let rule = format!(
         "apiVersion: config.istio.io/v1alpha2\nkind: rule\nmetadata: {{name: denytcp, namespace: istio-system}}\nspec:\n  match: destination.port == {denied}\n  actions:\n  - handler: denyjohn.denier\n    instances: [denyrequest.checknothing]\n"
     );
-    let mixer = start_mixer(&[("tcp.yaml", &rule)]).await;
+    let mixer = start_mixer(&[test_policy(), ("tcp.yaml", rule)]).await;
     let app = Upstream::start("db", "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();

@@ -1,8 +1,8 @@
-//! Shared helpers of the `mixer_adapters` and `mixer_prometheus` tests: Mixer on Istio 1.0's
-//! default config plus a test's own YAML, a real Envoy calling it (ext_authz v3 for checks
-//! and quotas, the gRPC access-log service for telemetry), and the real servers adapters
-//! talk to (`redis-server`, `prometheus`), each on a free port with its own temp directory
-//! and stopped by pid.
+//! Shared helpers of the `mixer_*`, `cluster_mixer` and `pilot_mixer` tests: Mixer on Istio
+//! 1.0's default config plus a test's own YAML, a real Envoy calling it (ext_authz v3 for
+//! checks and quotas, the gRPC access-log service for telemetry), and the real servers
+//! adapters talk to (`redis-server`, `prometheus`), each on a free port with its own temp
+//! directory and stopped by pid.
 
 #![allow(dead_code)]
 
@@ -17,6 +17,14 @@ use tokio::process::{Child, Command};
 
 /// How long tests wait for something to happen.
 pub const WAIT: Duration = Duration::from_secs(20);
+
+/// `mixer/tests/fixtures/policy.yaml` as a file for [`start_mixer`]: a denier for
+/// `x-user: john`, a blacklist of `/admin` and `/secret`, and a memquota of 5 requests per
+/// 10s for the `limited` service.
+pub fn test_policy() -> (&'static str, String) {
+    let path = repo_root().join("mixer/tests/fixtures/policy.yaml");
+    ("policy.yaml", std::fs::read_to_string(path).unwrap())
+}
 
 /// A running Mixer and its config directory.
 pub struct Mixer {
@@ -109,7 +117,8 @@ pub fn sample(page: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-fn cluster(name: &str, addr: SocketAddr, http2: bool) -> Value {
+/// A static cluster `name` with one endpoint, `addr`; `http2` for gRPC upstreams (Mixer).
+pub fn cluster(name: &str, addr: SocketAddr, http2: bool) -> Value {
     let mut c = json!({
         "name": name,
         "type": "STATIC",
@@ -156,9 +165,64 @@ fn route(domain: &str, service: &str) -> Value {
     })
 }
 
-/// An Envoy listening on `port`, checking every request with Mixer (failing closed) and
-/// logging every request to it; `services` are the Host values it routes.
-fn bootstrap(port: u16, mixer: SocketAddr, upstream: SocketAddr, services: &[&str]) -> Value {
+/// The ext_authz v3 filter checking every request with Mixer (cluster `mixer`), failing
+/// closed.
+pub fn ext_authz_filter() -> Value {
+    json!({
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "transport_api_version": "V3",
+            "grpc_service": { "envoy_grpc": { "cluster_name": "mixer" }, "timeout": "3s" },
+            "failure_mode_allow": false,
+        },
+    })
+}
+
+/// An access log sending every request to Mixer's gRPC access-log service (cluster
+/// `mixer`), with `custom_tags` (attributes for Mixer) on each entry.
+pub fn mixer_access_log(custom_tags: Value) -> Value {
+    json!({
+        "name": "envoy.access_loggers.http_grpc",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+            "common_config": {
+                "log_name": "mixer",
+                "transport_api_version": "V3",
+                "grpc_service": { "envoy_grpc": { "cluster_name": "mixer" } },
+                "buffer_flush_interval": "0.1s",
+                "custom_tags": custom_tags,
+            },
+        },
+    })
+}
+
+/// An Envoy bootstrap: one HTTP listener on `port` serving `virtual_hosts` through `filter`
+/// and the router, logging with `access_log` if given, and the clusters `upstream` and
+/// `mixer` (HTTP/2).
+pub fn envoy_bootstrap(
+    port: u16,
+    mixer: SocketAddr,
+    upstream: SocketAddr,
+    virtual_hosts: Vec<Value>,
+    filter: Value,
+    access_log: Option<Value>,
+) -> Value {
+    let router = json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+        },
+    });
+    let mut hcm = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "http",
+        "route_config": { "name": "local", "virtual_hosts": virtual_hosts },
+        "http_filters": [filter, router],
+    });
+    if let Some(log) = access_log {
+        hcm["access_log"] = json!([log]);
+    }
     json!({
         "static_resources": {
             "listeners": [{
@@ -166,51 +230,29 @@ fn bootstrap(port: u16, mixer: SocketAddr, upstream: SocketAddr, services: &[&st
                 "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } },
                 "filter_chains": [{ "filters": [{
                     "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "http",
-                        "route_config": { "name": "local", "virtual_hosts":
-                            services.iter().map(|s| route(s, s)).collect::<Vec<_>>(),
-                        },
-                        "access_log": [{
-                            "name": "envoy.access_loggers.http_grpc",
-                            "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
-                                "common_config": {
-                                    "log_name": "mixer",
-                                    "transport_api_version": "V3",
-                                    "grpc_service": { "envoy_grpc": { "cluster_name": "mixer" } },
-                                    "buffer_flush_interval": "0.1s",
-                                    "custom_tags": [
-                                        { "tag": "destination.service.host", "request_header": { "name": "x-destination-host", "default_value": "svc.default.svc.cluster.local" } },
-                                        { "tag": "destination.service.name", "literal": { "value": "svc" } },
-                                    ],
-                                },
-                            },
-                        }],
-                        "http_filters": [
-                            {
-                                "name": "envoy.filters.http.ext_authz",
-                                "typed_config": {
-                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-                                    "transport_api_version": "V3",
-                                    "grpc_service": { "envoy_grpc": { "cluster_name": "mixer" }, "timeout": "3s" },
-                                    "failure_mode_allow": false,
-                                },
-                            },
-                            {
-                                "name": "envoy.filters.http.router",
-                                "typed_config": {
-                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
-                                },
-                            },
-                        ],
-                    },
+                    "typed_config": hcm,
                 }]}],
             }],
             "clusters": [cluster("upstream", upstream, false), cluster("mixer", mixer, true)],
         },
     })
+}
+
+/// An Envoy listening on `port`, checking every request with Mixer (failing closed) and
+/// logging every request to it; `services` are the Host values it routes.
+fn bootstrap(port: u16, mixer: SocketAddr, upstream: SocketAddr, services: &[&str]) -> Value {
+    let tags = json!([
+        { "tag": "destination.service.host", "request_header": { "name": "x-destination-host", "default_value": "svc.default.svc.cluster.local" } },
+        { "tag": "destination.service.name", "literal": { "value": "svc" } },
+    ]);
+    envoy_bootstrap(
+        port,
+        mixer,
+        upstream,
+        services.iter().map(|s| route(s, s)).collect(),
+        ext_authz_filter(),
+        Some(mixer_access_log(tags)),
+    )
 }
 
 /// Mixer, a sample upstream and an Envoy in front of it.

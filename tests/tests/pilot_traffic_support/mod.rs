@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use mesh_tests::mesh::{Pilot, eventually};
-use mesh_tests::{Envoy, HttpResponse, Service, Upstream, free_port, http_get, repo_root};
+use mesh_tests::{Envoy, HttpResponse, Service, Upstream, free_port, http_get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -218,49 +218,7 @@ impl Drop for RawServer {
     }
 }
 
-// === Mixer and Citadel ===
-
-/// Mixer on Istio 1.0's default config, the test policy of `mixer/tests/fixtures/` and
-/// `extra` files.
-pub struct Mixer {
-    pub svc: Service,
-    pub grpc: SocketAddr,
-    pub prometheus: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-pub async fn start_mixer(extra: &[(&str, &str)]) -> Mixer {
-    let dir = tempfile::tempdir().unwrap();
-    let fixtures = repo_root().join("mixer/tests/fixtures");
-    for f in ["istio-1.0-default-config.yaml", "policy.yaml"] {
-        std::fs::copy(fixtures.join(f), dir.path().join(f)).unwrap();
-    }
-    for (name, text) in extra {
-        std::fs::write(dir.path().join(name), text).unwrap();
-    }
-    let grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let prometheus: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut svc = Service::start(
-        "mixer",
-        &[
-            "--config-dir",
-            dir.path().to_str().unwrap(),
-            "--grpc-addr",
-            &grpc.to_string(),
-            "--prometheus-addr",
-            &prometheus.to_string(),
-        ],
-    )
-    .await
-    .unwrap();
-    svc.wait_ready(Duration::from_secs(60)).await.unwrap();
-    Mixer {
-        svc,
-        grpc,
-        prometheus,
-        _dir: dir,
-    }
-}
+// === Citadel ===
 
 /// Citadel in file mode with service accounts `productpage` and `reviews`; returns it with
 /// the secret directory once both secrets exist.
