@@ -405,8 +405,10 @@ fn apply(
                 return Some(message);
             }
             state.errors.remove(&obj.key);
+            // A write that changed nothing of the config (a status write, a managed-fields
+            // update) keeps the object as it was, so nothing is pushed for it.
             let obj = match state.objects.get(&obj.key) {
-                Some(prev) if **prev == obj => prev.clone(),
+                Some(prev) if prev.same_config(&obj) => prev.clone(),
                 _ => Arc::new(obj),
             };
             state.objects.insert(key, obj);
@@ -430,7 +432,59 @@ fn apply(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    #[test]
+    fn a_status_write_is_not_new_config() {
+        let resource = api_resource(&Kind::VirtualService, "v1");
+        let object = |rv: &str, generation: i64, host: &str, status: serde_json::Value| {
+            let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "VirtualService",
+                "metadata": {
+                    "name": "r", "namespace": "ns",
+                    "resourceVersion": rv, "generation": generation,
+                },
+                "spec": {"hosts": [host], "http": [{"route": [{"destination": {"host": host}}]}]},
+                "status": status,
+            }))
+            .unwrap();
+            obj
+        };
+        let vs = Kind::VirtualService;
+        let mut state = State::default();
+        let key = ConfigKey::new(vs.clone(), "ns", "r");
+        let loaded = apply(
+            &mut state,
+            &vs,
+            &resource,
+            None,
+            object("1", 1, "r", json!({})),
+        );
+        assert_eq!(loaded, None);
+        let first = state.objects[&key].clone();
+        // Only the status and the resourceVersion changed: the same object stays.
+        let status = json!({"conditions": [{"type": "Reconciled", "status": "False"}]});
+        apply(
+            &mut state,
+            &vs,
+            &resource,
+            None,
+            object("2", 1, "r", status),
+        );
+        assert!(Arc::ptr_eq(&first, &state.objects[&key]));
+        // A spec change is new config.
+        apply(
+            &mut state,
+            &vs,
+            &resource,
+            None,
+            object("3", 2, "s", json!({})),
+        );
+        assert!(!Arc::ptr_eq(&first, &state.objects[&key]));
+    }
 
     #[test]
     fn plurals() {

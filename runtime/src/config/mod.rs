@@ -145,6 +145,22 @@ impl fmt::Display for ConfigKey {
     }
 }
 
+// === impl ConfigObject ===
+
+impl ConfigObject {
+    /// Equal in everything that configures the mesh: all but where it came from. A
+    /// Kubernetes object's resourceVersion changes with every write, a status write too, and
+    /// that alone must not look like new config (a push to every proxy).
+    pub fn same_config(&self, other: &ConfigObject) -> bool {
+        self.key == other.key
+            && self.api_version == other.api_version
+            && self.generation == other.generation
+            && self.labels == other.labels
+            && self.annotations == other.annotations
+            && self.spec == other.spec
+    }
+}
+
 // === impl Origin ===
 
 impl fmt::Display for Origin {
