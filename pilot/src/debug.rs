@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::model::Proxy;
-use crate::xds::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, short_type};
+use crate::xds::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, short_type};
 use crate::xds::{XdsServer, dump};
 
 /// The debug routes.
@@ -197,6 +197,14 @@ async fn config_dump(State(server): State<XdsServer>, Query(q): Query<DumpQuery>
     let routes = generation
         .resources(&proxy, ROUTE, &rds_names)
         .unwrap_or_default();
+    // Without a connection, every secret the proxy's TLS contexts may refer to.
+    let secrets = match status.as_ref().and_then(|s| s.get(SECRET)) {
+        Some(t) => generation
+            .resources(&proxy, SECRET, &t.names)
+            .unwrap_or_default(),
+        None if status.is_some() => Vec::new(),
+        None => crate::xds::generate::mtls::secrets(&proxy),
+    };
     let version = generation.version();
     Json(json!({
         "proxy": proxy.to_string(),
@@ -206,6 +214,7 @@ async fn config_dump(State(server): State<XdsServer>, Query(q): Query<DumpQuery>
             dump::section(ENDPOINT, version, &endpoints),
             dump::section(LISTENER, version, &listeners),
             dump::section(ROUTE, version, &routes),
+            dump::section(SECRET, version, &secrets),
         ],
     }))
     .into_response()

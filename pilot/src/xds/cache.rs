@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::generate::mtls::CertFiles;
-use super::generate::{cds, eds, lds, rds};
-use super::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SharedResource};
+use super::generate::{cds, eds, lds, mtls, rds};
+use super::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, SharedResource};
 use crate::model::service::parse_cluster_name;
 use crate::model::{Proxy, PushContext};
 
@@ -34,7 +34,7 @@ pub struct Generation {
 /// A proxy locality, interned per generation: proxies in one locality share one string.
 type Locality = Option<Arc<str>>;
 
-/// The cache of a generation: CDS and LDS by scope, RDS by route name then scope, EDS by
+/// The cache of a generation: CDS, LDS and SDS by scope, RDS by route name then scope, EDS by
 /// cluster name then proxy locality. A cluster whose assignment does not depend on the
 /// locality has it generated once, under `None`, and shared by every locality's entry.
 #[derive(Debug, Default, Clone)]
@@ -42,12 +42,14 @@ struct Cache {
     cds: HashMap<Arc<str>, Shared>,
     lds: HashMap<Arc<str>, Shared>,
     rds: HashMap<String, HashMap<Arc<str>, Shared>>,
+    /// Every SDS secret a scope may ask for (they depend on its certificate files only).
+    sds: HashMap<Arc<str>, Shared>,
     eds: HashMap<String, HashMap<Locality, Shared>>,
     /// The proxy localities seen in this generation.
     localities: HashSet<Arc<str>>,
 }
 
-/// What a proxy's config depends on besides the push context. For CDS, LDS and RDS, one
+/// What a proxy's config depends on besides the push context. For CDS, LDS, RDS and SDS, one
 /// string: its node type, namespace, traffic capture, HTTP proxy port, locality, certificate
 /// files (`TLS_CLIENT_*`, `TLS_SERVER_*`), labels and the service instances at its IPs (the
 /// last part, also used on its own to see a proxy's instances change). For EDS, its locality.
@@ -222,6 +224,16 @@ impl Generation {
                 }
                 out
             }
+            SECRET => self
+                .cached(
+                    |c| c.sds.get(key).cloned(),
+                    |c, made| c.sds.entry(key.clone()).or_insert(made).clone(),
+                    || Arc::new(mtls::secrets(proxy)),
+                )
+                .iter()
+                .filter(|r| names.contains(&r.name))
+                .cloned()
+                .collect(),
             ENDPOINT => {
                 let mut out = Vec::new();
                 for name in names {
@@ -480,23 +492,39 @@ spec:
         }
         assert_eq!(g.scope(&explicit), scopes[0]);
 
-        // Each proxy gets its own files, not those of whoever asked first.
+        // Each proxy gets its own files, not those of whoever asked first: clusters and
+        // listeners name SDS secrets, the secrets name the files.
         let cds_plain = all(&g, &plain, CLUSTER);
-        let cds_client = all(&g, &client, CLUSTER);
-        let cds_root = all(&g, &root, CLUSTER);
-        assert!(mentions(&cds_plain, "/etc/certs/cert-chain.pem"));
-        assert!(!mentions(&cds_plain, "/a/cert.pem"));
-        assert!(mentions(&cds_client, "/a/cert.pem"));
-        assert!(!mentions(&cds_client, "/etc/certs/cert-chain.pem"));
-        assert!(mentions(&cds_root, "/c/root.pem"));
+        assert!(mentions(&cds_plain, "default") && mentions(&cds_plain, "ROOTCA"));
+        assert!(!mentions(&cds_plain, "/etc/certs/"));
         assert!(shared(&all(&g, &explicit, CLUSTER), &cds_plain));
+        let sds = |p: &Proxy, names: &[&str]| {
+            let names = names.iter().map(|n| n.to_string()).collect();
+            g.resources(p, SECRET, &names).unwrap()
+        };
+        let both = ["default", "ROOTCA"];
+        let sds_plain = sds(&plain, &both);
+        assert_eq!(sds_plain.len(), 2);
+        assert!(mentions(&sds_plain, "/etc/certs/cert-chain.pem"));
+        assert!(!mentions(&sds_plain, "/a/cert.pem"));
+        let sds_client = sds(&client, &both);
+        assert!(mentions(&sds_client, "/a/cert.pem"));
+        assert!(!mentions(&sds_client, "/etc/certs/cert-chain.pem"));
+        assert!(mentions(&sds(&root, &both), "/c/root.pem"));
+        assert!(shared(&sds(&explicit, &both), &sds_plain));
+        // Names the proxy's files do not give are not served.
+        assert!(sds(&plain, &["file-cert:/x~/y", "nope"]).is_empty());
 
+        // Server files other than the client's: Istio's file-mounted names.
         let lds_plain = all(&g, &plain, LISTENER);
         let lds_server = all(&g, &server, LISTENER);
-        assert!(mentions(&lds_plain, "/etc/certs/key.pem"));
-        assert!(!mentions(&lds_plain, "/b/key.pem"));
-        assert!(mentions(&lds_server, "/b/key.pem"));
-        assert!(!mentions(&lds_server, "/etc/certs/key.pem"));
+        assert!(mentions(&lds_plain, "default"));
+        assert!(!mentions(&lds_plain, "file-cert:"));
+        let server_cert = "file-cert:/etc/certs/cert-chain.pem~/b/key.pem";
+        assert!(mentions(&lds_server, server_cert));
+        let sds_server = sds(&server, &[server_cert, "ROOTCA"]);
+        assert_eq!(sds_server.len(), 2);
+        assert!(mentions(&sds_server, "/b/key.pem"));
         assert!(shared(&all(&g, &explicit, LISTENER), &lds_plain));
         // A locality alone is a scope of its own too.
         assert!(!shared(&all(&g, &east, CLUSTER), &cds_plain));

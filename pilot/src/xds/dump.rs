@@ -1,6 +1,6 @@
 //! Resources as JSON for `/debug/config_dump`, in the shape of Envoy's own admin
 //! `/config_dump`: one entry per type (`ClustersConfigDump`, `EndpointsConfigDump`,
-//! `ListenersConfigDump`, `RoutesConfigDump`) holding each resource decoded to JSON.
+//! `ListenersConfigDump`, `RoutesConfigDump`, `SecretsConfigDump`) holding each resource decoded to JSON.
 //!
 //! Resources are decoded with the descriptors of Envoy's API (the set `envoy-types` ships,
 //! put in `OUT_DIR` by `build.rs`) and written following the proto3 JSON mapping: camelCase field
@@ -15,7 +15,7 @@ use std::sync::LazyLock;
 use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MapKey, ReflectMessage, Value as Field};
 use serde_json::{Map, Value, json};
 
-use super::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SharedResource};
+use super::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, SharedResource};
 
 static POOL: LazyLock<Result<DescriptorPool, DumpError>> =
     LazyLock::new(|| super::resource::envoy_descriptors().map_err(DumpError::Descriptors));
@@ -57,6 +57,11 @@ fn section_shape(type_url: &str) -> Option<(&'static str, &'static str, &'static
             "dynamicRouteConfigs",
             "routeConfig",
         ),
+        SECRET => (
+            "type.googleapis.com/envoy.admin.v3.SecretsConfigDump",
+            "dynamicActiveSecrets",
+            "secret",
+        ),
         _ => return None,
     })
 }
@@ -76,6 +81,8 @@ pub fn section(type_url: &str, version: &str, resources: &[SharedResource]) -> V
                     "name": r.name,
                     "activeState": {"versionInfo": version, "listener": config},
                 })
+            } else if type_url == SECRET {
+                json!({"name": r.name, "versionInfo": version, field: config})
             } else {
                 json!({"versionInfo": version, field: config})
             }
@@ -631,7 +638,9 @@ mod tests {
             let all_names: BTreeSet<String> = clusters
                 .iter()
                 .map(|c| c.name.clone())
-                .chain(["http_proxy", "80", "9080", "http.80"].map(String::from))
+                .chain(
+                    ["http_proxy", "80", "9080", "http.80", "default", "ROOTCA"].map(String::from),
+                )
                 .collect();
             for ty in PUSH_ORDER {
                 let resources = generation.resources(proxy, ty, &all_names).unwrap();

@@ -36,8 +36,14 @@ pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listene
 /// Type URL of route configurations (RDS).
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 
-/// The types this server serves, in make-before-break push order.
-pub const PUSH_ORDER: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
+/// Type URL of SDS secrets (certificates and roots, by name, like EDS).
+pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+/// The types this server serves, in make-before-break push order: secrets after endpoints,
+/// as a new cluster warms until it has both, and before the listeners that may need them.
+/// (Envoy also pauses its EDS and SDS requests while it applies CDS, and asks for a secret a
+/// new cluster or listener refers to when it creates it.)
+pub const PUSH_ORDER: [&str; 5] = [CLUSTER, ENDPOINT, SECRET, LISTENER, ROUTE];
 
 /// Whether a type is requested by wildcard (every resource) rather than by name.
 pub fn is_wildcard_type(type_url: &str) -> bool {
@@ -51,6 +57,7 @@ pub fn short_type(type_url: &str) -> &'static str {
         ENDPOINT => "eds",
         LISTENER => "lds",
         ROUTE => "rds",
+        SECRET => "sds",
         _ => "unknown",
     }
 }

@@ -14,20 +14,29 @@
 //!
 //! Where the files are: Istio's node metadata `TLS_CLIENT_CERT_CHAIN`, `TLS_CLIENT_KEY`,
 //! `TLS_CLIENT_ROOT_CERT` (and `TLS_SERVER_*` for inbound), each defaulting to its file in
-//! `/etc/certs/`. Envoy reads them when the cluster or listener is created: a rotated
-//! certificate is picked up with the next config change of that cluster or listener (Istio
-//! 1.0's agent restarted Envoy instead).
+//! `/etc/certs/`. TLS contexts do not name the files: they refer to SDS secrets Pilot serves
+//! on the same ADS stream (Istio's names: `default` for the certificate and key, `ROOTCA` for
+//! the root; server files other than the client's get Istio's file-mounted names
+//! `file-cert:CHAIN~KEY` and `file-root:ROOT`). Each secret holds the file names and a
+//! `watched_directory`, the files' directory: Envoy re-reads the files whenever something is
+//! moved into it, as Citadel's `..data` swap does, so a rotated certificate is used for new
+//! handshakes at once, with no config change (Istio 1.0's agent restarted Envoy instead).
+//! (Envoy 1.40 also reloads a file-based SDS secret without `watched_directory`, watching its
+//! files' directories; setting it names the one directory whose swap reloads them all.)
 
 use envoy_types::pb::envoy::config::core::v3::{
-    DataSource, TransportSocket, data_source, transport_socket,
+    AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, TransportSocket,
+    WatchedDirectory, config_source::ConfigSourceSpecifier, data_source, transport_socket,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
     FilterChainMatch, Listener, ListenerFilter, listener_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SubjectAltNameMatcher,
-    TlsCertificate, UpstreamTlsContext, common_tls_context::ValidationContextType,
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret,
+    SubjectAltNameMatcher, TlsCertificate, UpstreamTlsContext,
+    common_tls_context::{CombinedCertificateValidationContext, ValidationContextType},
+    secret,
     subject_alt_name_matcher::SanType,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
@@ -36,13 +45,21 @@ use mesh_proto::networking::ClientTlsSettings;
 use mesh_proto::security::MtlsMode;
 
 use crate::model::{Proxy, PushContext, Service};
-use crate::xds::resource::any;
+use crate::xds::resource::{Resource, SharedResource, any};
 
 /// Where Istio mounts a proxy's certificates by default.
 pub const DEFAULT_CERTS_DIR: &str = "/etc/certs";
 /// The ALPN Istio's sidecars offer each other.
 pub const ALPN_ISTIO: &str = "istio";
 const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
+/// Istio's SDS name of the workload certificate and key.
+pub const SECRET_DEFAULT: &str = "default";
+/// Istio's SDS name of the mesh root.
+pub const SECRET_ROOT: &str = "ROOTCA";
+/// Istio's prefix of a file-mounted certificate's SDS name (`file-cert:CHAIN~KEY`).
+pub const FILE_CERT_PREFIX: &str = "file-cert:";
+/// Istio's prefix of a file-mounted root's SDS name (`file-root:ROOT`).
+pub const FILE_ROOT_PREFIX: &str = "file-root:";
 
 /// The certificate files a proxy presents and trusts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,33 +97,111 @@ impl CertFiles {
         }
     }
 
-    fn common(&self, alpn: Vec<String>, sans: &[String]) -> CommonTlsContext {
+    /// The SDS names of the certificate and the root: Istio's `default` and `ROOTCA` for the
+    /// client files (and for server files that are the same), else Istio's names for
+    /// file-mounted certificates, `file-cert:CHAIN~KEY` and `file-root:ROOT`.
+    pub fn secret_names(&self, proxy: &Proxy) -> (String, String) {
+        let client = CertFiles::client(proxy);
+        let cert = if self.cert_chain == client.cert_chain && self.key == client.key {
+            SECRET_DEFAULT.to_string()
+        } else {
+            format!("{FILE_CERT_PREFIX}{}~{}", self.cert_chain, self.key)
+        };
+        let root = if self.root_cert == client.root_cert {
+            SECRET_ROOT.to_string()
+        } else {
+            format!("{FILE_ROOT_PREFIX}{}", self.root_cert)
+        };
+        (cert, root)
+    }
+
+    /// The TLS context presenting the certificate of SDS secret `cert` and trusting the root
+    /// of SDS secret `root`, accepting only `sans` (any identity when empty).
+    fn common(
+        (cert, root): (String, String),
+        alpn: Vec<String>,
+        sans: &[String],
+    ) -> CommonTlsContext {
         CommonTlsContext {
-            tls_certificates: vec![TlsCertificate {
-                certificate_chain: Some(file(&self.cert_chain)),
-                private_key: Some(file(&self.key)),
-                ..Default::default()
-            }],
-            validation_context_type: Some(ValidationContextType::ValidationContext(
-                CertificateValidationContext {
-                    trusted_ca: Some(file(&self.root_cert)),
-                    match_typed_subject_alt_names: sans
-                        .iter()
-                        .map(|san| SubjectAltNameMatcher {
-                            san_type: SanType::Uri as i32,
-                            matcher: Some(StringMatcher {
-                                match_pattern: Some(MatchPattern::Exact(san.clone())),
+            tls_certificate_sds_secret_configs: vec![sds_config(cert)],
+            validation_context_type: Some(ValidationContextType::CombinedValidationContext(
+                CombinedCertificateValidationContext {
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_typed_subject_alt_names: sans
+                            .iter()
+                            .map(|san| SubjectAltNameMatcher {
+                                san_type: SanType::Uri as i32,
+                                matcher: Some(StringMatcher {
+                                    match_pattern: Some(MatchPattern::Exact(san.clone())),
+                                    ..Default::default()
+                                }),
                                 ..Default::default()
-                            }),
-                            ..Default::default()
-                        })
-                        .collect(),
+                            })
+                            .collect(),
+                        ..Default::default()
+                    }),
+                    validation_context_sds_secret_config: Some(sds_config(root)),
                     ..Default::default()
                 },
             )),
             alpn_protocols: alpn,
             ..Default::default()
         }
+    }
+
+    /// The certificate secret named `name`: these files, reloaded by Envoy whenever a file is
+    /// moved into their directory (Citadel's `..data` swap).
+    fn cert_secret(&self, name: String) -> Secret {
+        Secret {
+            name,
+            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                certificate_chain: Some(file(&self.cert_chain)),
+                private_key: Some(file(&self.key)),
+                watched_directory: Some(watched(&self.cert_chain)),
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// The root secret named `name`.
+    fn root_secret(&self, name: String) -> Secret {
+        Secret {
+            name,
+            r#type: Some(secret::Type::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: Some(file(&self.root_cert)),
+                    watched_directory: Some(watched(&self.root_cert)),
+                    ..Default::default()
+                },
+            )),
+        }
+    }
+}
+
+/// A reference to SDS secret `name`, fetched over the ADS stream.
+fn sds_config(name: String) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name,
+        sds_config: Some(ConfigSource {
+            config_source_specifier: Some(ConfigSourceSpecifier::Ads(
+                AggregatedConfigSource::default(),
+            )),
+            resource_api_version: ApiVersion::V3 as i32,
+            ..Default::default()
+        }),
+    }
+}
+
+/// The directory holding `path` (Envoy watches it for the files' replacement).
+fn watched(path: &str) -> WatchedDirectory {
+    let dir = match path.rsplit_once('/') {
+        Some(("", _)) => "/",
+        Some((dir, _)) => dir,
+        None => ".",
+    };
+    WatchedDirectory {
+        path: dir.to_string(),
+        ..Default::default()
     }
 }
 
@@ -115,6 +210,23 @@ fn file(path: &str) -> DataSource {
         specifier: Some(data_source::Specifier::Filename(path.to_string())),
         ..Default::default()
     }
+}
+
+/// The SDS secrets `proxy` may ask for (see [`CertFiles::secret_names`]): its client
+/// certificate and root, and its server ones when they are other files. Only these names
+/// are served: a name cannot make Pilot point a proxy at arbitrary files.
+pub fn secrets(proxy: &Proxy) -> Vec<SharedResource> {
+    let mut out: Vec<SharedResource> = Vec::new();
+    for files in [CertFiles::client(proxy), CertFiles::server(proxy)] {
+        let (cert, root) = files.secret_names(proxy);
+        if !out.iter().any(|r| r.name == cert) {
+            out.push(Resource::encode(cert.clone(), &files.cert_secret(cert)));
+        }
+        if !out.iter().any(|r| r.name == root) {
+            out.push(Resource::encode(root.clone(), &files.root_secret(root)));
+        }
+    }
+    out
 }
 
 /// A SPIFFE identity for a service account as the registry knows it: already a
@@ -162,7 +274,11 @@ pub fn istio_mutual_upstream(
         alpn.push("h2".into());
     }
     let ctx = UpstreamTlsContext {
-        common_tls_context: Some(CertFiles::client(proxy).common(alpn, sans)),
+        common_tls_context: Some(CertFiles::common(
+            CertFiles::client(proxy).secret_names(proxy),
+            alpn,
+            sans,
+        )),
         sni,
         ..Default::default()
     };
@@ -179,9 +295,11 @@ pub fn istio_sni(port: u32, subset: &str, host: &str) -> String {
 
 fn downstream(proxy: &Proxy) -> TransportSocket {
     let ctx = DownstreamTlsContext {
-        common_tls_context: Some(
-            CertFiles::server(proxy).common(vec!["h2".into(), "http/1.1".into()], &[]),
-        ),
+        common_tls_context: Some(CertFiles::common(
+            CertFiles::server(proxy).secret_names(proxy),
+            vec!["h2".into(), "http/1.1".into()],
+            &[],
+        )),
         require_client_certificate: Some(BoolValue { value: true }),
         ..Default::default()
     };
@@ -247,6 +365,35 @@ mod tests {
             CertFiles::server(&p).cert_chain,
             "/etc/certs/cert-chain.pem"
         );
+        // Client files are Istio's `default` and `ROOTCA`; server files other than those
+        // get the file-mounted names. Each secret watches its files' directory.
+        assert_eq!(
+            c.secret_names(&p),
+            ("default".to_string(), "ROOTCA".to_string())
+        );
+        assert_eq!(
+            CertFiles::server(&p).secret_names(&p),
+            (
+                "file-cert:/etc/certs/cert-chain.pem~/etc/certs/key.pem".to_string(),
+                "ROOTCA".to_string()
+            )
+        );
+        let names: Vec<String> = secrets(&p).iter().map(|r| r.name.clone()).collect();
+        assert_eq!(
+            names,
+            [
+                "default",
+                "ROOTCA",
+                "file-cert:/etc/certs/cert-chain.pem~/etc/certs/key.pem"
+            ]
+        );
+        let Some(secret::Type::TlsCertificate(cert)) = c.cert_secret("default".into()).r#type
+        else {
+            panic!("not a certificate");
+        };
+        assert_eq!(cert.watched_directory.unwrap().path, "/tmp/a");
+        assert_eq!(watched("/root.pem").path, "/");
+        assert_eq!(watched("root.pem").path, ".");
         assert_eq!(
             spiffe_id("cluster.local", "default", "reviews"),
             "spiffe://cluster.local/ns/default/sa/reviews"
