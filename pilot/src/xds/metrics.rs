@@ -126,7 +126,7 @@ impl XdsMetrics {
 
     /// Rejections counted so far, over all types.
     pub fn total_rejects(&self) -> u64 {
-        ["cds", "eds", "lds", "rds", "unknown"]
+        ["cds", "eds", "sds", "lds", "rds", "unknown"]
             .iter()
             .map(|t| {
                 self.rejects

@@ -28,7 +28,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use prost::Message;
 
-use super::resource::{CLUSTER, ENDPOINT, SharedResource, is_wildcard_type};
+use super::resource::{CLUSTER, ENDPOINT, LISTENER, SECRET, SharedResource, is_wildcard_type};
 
 /// What a request asks of the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,6 +293,15 @@ impl Types {
                 }
             }
         }
+        if type_url == CLUSTER || type_url == LISTENER {
+            // Likewise a cluster or listener whose secrets Envoy subscribes to afresh (its
+            // last user of a secret replaced in one update, the name list unchanged) waits
+            // for them: the SDS push that follows sends them again (Envoy ignores a secret
+            // it already has).
+            if let Some(sds) = self.types.get_mut(SECRET) {
+                sds.sent.clear();
+            }
+        }
         Response {
             type_url: type_url.to_string(),
             version: version.to_string(),
@@ -548,7 +557,7 @@ mod tests {
     use envoy_types::pb::google::rpc::Status as RpcStatus;
 
     use super::*;
-    use crate::xds::resource::{CLUSTER, ENDPOINT, Resource};
+    use crate::xds::resource::Resource;
 
     /// A version in the server's own format (16 hex digits) from a short test number.
     fn ver(v: &str) -> String {
@@ -617,6 +626,29 @@ mod tests {
             Action::Ack
         );
         assert_eq!(s.state(CLUSTER).unwrap().status(), SyncStatus::Synced);
+    }
+
+    #[test]
+    fn secrets_are_sent_again_after_clusters_and_listeners() {
+        let mut s = Sotw::default();
+        s.on_request(&req(CLUSTER, &[], "", None));
+        s.respond(CLUSTER, "v1", &[res("c", "1")], true).unwrap();
+        s.on_request(&req(SECRET, &["default"], "", None));
+        let s1 = s
+            .respond(SECRET, "v1", &[res("default", "1")], true)
+            .unwrap();
+        assert_eq!(
+            s.on_request(&req(SECRET, &["default"], &s1.nonce, None)),
+            Action::Ack
+        );
+        assert!(
+            s.respond(SECRET, "v2", &[res("default", "1")], false)
+                .is_none()
+        );
+        s.on_request(&req(LISTENER, &[], "", None));
+        s.respond(LISTENER, "v3", &[res("l", "1")], true).unwrap();
+        let again = s.respond(SECRET, "v3", &[res("default", "1")], false);
+        assert_eq!(again.map(|r| r.resources.len()), Some(1));
     }
 
     #[test]
