@@ -84,9 +84,21 @@ async fn a_bad_flag_is_refused_with_usage() {
 
 #[tokio::test]
 async fn a_missing_config_dir_is_a_clear_error() {
-    let mut svc = Service::start("mixer", &["--config-dir", "/nonexistent/dir"])
-        .await
-        .unwrap();
+    // Its own ports are free ones: the defaults (42422 is in the ephemeral range) may be
+    // taken by anything running alongside.
+    let mut svc = Service::start(
+        "mixer",
+        &[
+            "--config-dir",
+            "/nonexistent/dir",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--prometheus-addr",
+            "127.0.0.1:0",
+        ],
+    )
+    .await
+    .unwrap();
     let err = svc
         .wait_ready(Duration::from_secs(10))
         .await
