@@ -72,6 +72,24 @@ spec:
     .await
     .unwrap();
 
+    // Envoy has the host's three endpoints, all healthy (a hashing cluster that knew fewer
+    // would pin every user to the same one).
+    eventually(
+        "the hashing cluster has its three endpoints",
+        WAIT,
+        || async {
+            let clusters = mesh.envoy.admin_get("/clusters").await?.body;
+            let healthy = clusters
+                .lines()
+                .filter(|l| l.starts_with("outbound|9080||reviews.default.svc.cluster.local::"))
+                .filter(|l| l.ends_with("::health_flags::healthy"))
+                .count();
+            Ok(healthy == 3)
+        },
+    )
+    .await
+    .unwrap();
+
     // Each user sticks to one endpoint; different users spread over several.
     let mut chosen = BTreeSet::new();
     for user in [
