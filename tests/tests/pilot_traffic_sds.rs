@@ -5,12 +5,15 @@
 //! certificate without a config change: no request fails, and Envoy's `/certs` shows each new
 //! serial while CDS and LDS stay as they were.
 
+mod pilot_traffic_support;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mesh_tests::mesh::{Pilot, eventually, via_proxy};
 use mesh_tests::{Envoy, Service, Upstream, free_port};
+use pilot_traffic_support::cert_meta;
 use serde_json::Value;
 
 const CLIENT: &str = "sidecar~127.0.0.40~productpage-1.default~default.svc.cluster.local";
@@ -69,60 +72,15 @@ spec:
 /// Citadel in file mode with 30 s certificates, rotated when less than half the TTL is left
 /// (about every 11-15 s, as in `citadel_envoy_mtls`), and the secrets directory.
 async fn citadel(tmp: &Path) -> (Service, PathBuf) {
-    let config = tmp.join("citadel-config");
-    std::fs::create_dir_all(&config).unwrap();
-    let yaml = ["productpage", "reviews"]
-        .iter()
-        .map(|sa| {
-            format!("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {sa}\n  namespace: default\n")
-        })
-        .collect::<Vec<_>>()
-        .join("---\n");
-    std::fs::write(config.join("accounts.yaml"), yaml).unwrap();
-    let out = tmp.join("secrets");
-    let args = [
-        "--config-dir".to_string(),
-        config.display().to_string(),
-        "--secret-dir".into(),
-        out.display().to_string(),
-        "--grpc-addr".into(),
-        format!("127.0.0.1:{}", free_port()),
-        "--workload-cert-ttl".into(),
-        "30s".into(),
-        "--workload-cert-min-grace-period".into(),
-        "1s".into(),
-        "--secret-resync-period".into(),
-        "1s".into(),
+    let fast = [
+        "--workload-cert-ttl",
+        "30s",
+        "--workload-cert-min-grace-period",
+        "1s",
+        "--secret-resync-period",
+        "1s",
     ];
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut svc = Service::start("citadel", &refs).await.unwrap();
-    svc.wait_ready(Duration::from_secs(60)).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for sa in ["productpage", "reviews"] {
-        while !out.join(format!("default/istio.{sa}/key.pem")).exists() {
-            assert!(Instant::now() < deadline, "no secrets:\n{}", svc.logs());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    (svc, out)
-}
-
-/// `--meta TLS_{side}_*=...` flags pointing at the secret of service account `sa`.
-fn cert_meta(secrets: &Path, sa: &str, side: &str) -> Vec<String> {
-    let dir = secrets.join(format!("default/istio.{sa}"));
-    [
-        ("CERT_CHAIN", "cert-chain.pem"),
-        ("KEY", "key.pem"),
-        ("ROOT_CERT", "root-cert.pem"),
-    ]
-    .iter()
-    .flat_map(|(key, file)| {
-        [
-            "--meta".to_string(),
-            format!("TLS_{side}_{key}={}", dir.join(file).display()),
-        ]
-    })
-    .collect()
+    pilot_traffic_support::citadel_with(tmp, &fast).await
 }
 
 /// The serials of the certificates Envoy presents (`/certs`), lower-case hex without leading

@@ -223,6 +223,11 @@ impl Drop for RawServer {
 /// Citadel in file mode with service accounts `productpage` and `reviews`; returns it with
 /// the secret directory once both secrets exist.
 pub async fn citadel(tmp: &Path) -> (Service, PathBuf) {
+    citadel_with(tmp, &[]).await
+}
+
+/// [`citadel`] with `extra` flags (e.g. a short `--workload-cert-ttl`).
+pub async fn citadel_with(tmp: &Path, extra: &[&str]) -> (Service, PathBuf) {
     let config = tmp.join("citadel-config");
     std::fs::create_dir_all(&config).unwrap();
     let yaml = ["productpage", "reviews"]
@@ -242,7 +247,8 @@ pub async fn citadel(tmp: &Path) -> (Service, PathBuf) {
         "--grpc-addr".into(),
         format!("127.0.0.1:{}", free_port()),
     ];
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    refs.extend_from_slice(extra);
     let mut svc = Service::start("citadel", &refs).await.unwrap();
     svc.wait_ready(Duration::from_secs(60)).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
