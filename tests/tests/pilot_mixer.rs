@@ -15,7 +15,7 @@ use std::time::Duration;
 use mesh_tests::mesh::{Pilot, eventually, via_proxy};
 use mesh_tests::{Envoy, Service, Upstream, free_port, http_get};
 use mixer_support::{Mixer, start_mixer, test_policy};
-use pilot_traffic_support::{cert_meta, citadel};
+use pilot_traffic_support::{cert_meta, citadel, inbound_sidecar};
 
 const CLIENT: &str = "sidecar~127.0.0.30~productpage-1.default~default.svc.cluster.local";
 const SERVER_IP: &str = "127.0.0.31";
@@ -66,21 +66,7 @@ spec:
   - {{address: {SERVER_IP}, ports: {{http: {inbound}}}, labels: {{app: reviews, version: v1}}}}
 "#
     );
-    let sidecar = format!(
-        r#"apiVersion: networking.istio.io/v1alpha3
-kind: Sidecar
-metadata: {{name: reviews}}
-spec:
-  workloadSelector:
-    labels: {{app: reviews}}
-  ingress:
-  - port: {{number: {inbound}, protocol: HTTP, name: http}}
-    bind: {SERVER_IP}
-    captureMode: NONE
-    defaultEndpoint: 127.0.0.1:{}
-"#,
-        app.port()
-    );
+    let sidecar = inbound_sidecar(SERVER_IP, inbound, app.port());
     vec![("reviews.yaml", entry), ("sidecar.yaml", sidecar)]
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use mesh_tests::mesh::{Pilot, eventually, via_proxy};
 use mesh_tests::{Envoy, Service, Upstream, free_port};
-use pilot_traffic_support::cert_meta;
+use pilot_traffic_support::{cert_meta, inbound_sidecar};
 use serde_json::Value;
 
 const CLIENT: &str = "sidecar~127.0.0.40~productpage-1.default~default.svc.cluster.local";
@@ -43,20 +43,7 @@ spec:
         ),
         (
             "sidecar.yaml",
-            format!(
-                r#"apiVersion: networking.istio.io/v1alpha3
-kind: Sidecar
-metadata: {{name: reviews}}
-spec:
-  workloadSelector:
-    labels: {{app: reviews}}
-  ingress:
-  - port: {{number: {inbound}, protocol: HTTP, name: http}}
-    bind: {SERVER_IP}
-    captureMode: NONE
-    defaultEndpoint: 127.0.0.1:{app}
-"#
-            ),
+            inbound_sidecar(SERVER_IP, inbound, app),
         ),
         (
             "peer.yaml",

@@ -7,12 +7,11 @@
 mod pilot_traffic_support;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mesh_tests::mesh::{Pilot, eventually, via_proxy};
 use mesh_tests::{Envoy, Service, Upstream, free_port, http_get};
-use pilot_traffic_support::{WAIT, cert_meta, citadel};
+use pilot_traffic_support::{WAIT, cert_meta, citadel, inbound_sidecar};
 
 const CLIENT: &str = "sidecar~127.0.0.30~productpage-1.default~default.svc.cluster.local";
 const SERVER_IP: &str = "127.0.0.32";
@@ -33,24 +32,6 @@ spec:
   endpoints:
   - {{address: {SERVER_IP}, ports: {{http: {inbound}}}, labels: {{app: reviews}}, serviceAccount: reviews}}
 "#
-    )
-}
-
-fn sidecar(inbound: u16, app: SocketAddr) -> String {
-    format!(
-        r#"apiVersion: networking.istio.io/v1alpha3
-kind: Sidecar
-metadata: {{name: reviews}}
-spec:
-  workloadSelector:
-    labels: {{app: reviews}}
-  ingress:
-  - port: {{number: {inbound}, protocol: HTTP, name: http}}
-    bind: {SERVER_IP}
-    captureMode: NONE
-    defaultEndpoint: 127.0.0.1:{}
-"#,
-        app.port()
     )
 }
 
@@ -94,7 +75,10 @@ impl Setup {
         let inbound = free_port();
         let mut all = vec![
             ("reviews.yaml", service_entry(inbound)),
-            ("sidecar.yaml", sidecar(inbound, app.addr())),
+            (
+                "sidecar.yaml",
+                inbound_sidecar(SERVER_IP, inbound, app.addr().port()),
+            ),
         ];
         all.extend(files.iter().map(|(n, t)| (*n, t.clone())));
         let all: Vec<(&str, &str)> = all.iter().map(|(n, t)| (*n, t.as_str())).collect();

@@ -218,6 +218,25 @@ impl Drop for RawServer {
     }
 }
 
+/// A Sidecar for the `app: reviews` workload without iptables: its inbound listener binds
+/// `ip:inbound` and hands requests to the application on `127.0.0.1:app_port`.
+pub fn inbound_sidecar(ip: &str, inbound: u16, app_port: u16) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1alpha3
+kind: Sidecar
+metadata: {{name: reviews}}
+spec:
+  workloadSelector:
+    labels: {{app: reviews}}
+  ingress:
+  - port: {{number: {inbound}, protocol: HTTP, name: http}}
+    bind: {ip}
+    captureMode: NONE
+    defaultEndpoint: 127.0.0.1:{app_port}
+"#
+    )
+}
+
 // === Citadel ===
 
 /// Citadel in file mode with service accounts `productpage` and `reviews`; returns it with
