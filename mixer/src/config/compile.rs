@@ -309,15 +309,17 @@ impl Compiler {
                 .map(|(i, _)| i)
                 .collect()
         };
-        let (check_rules, report_rules, quota_rules) = (
+        let (check_rules, report_rules, quota_rules, generate_rules) = (
             with(Variety::Check),
             with(Variety::Report),
             with(Variety::Quota),
+            with(Variety::AttributeGeneration),
         );
         Resolved {
             check_rules,
             report_rules,
             quota_rules,
+            generate_rules,
             match_attributes,
             revision: snap.revision(),
             default_namespace: self.options.default_namespace.clone(),

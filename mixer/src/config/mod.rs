@@ -179,6 +179,8 @@ pub struct Resolved {
     pub check_rules: Vec<usize>,
     pub report_rules: Vec<usize>,
     pub quota_rules: Vec<usize>,
+    /// The rules with attribute-generation instances (`kubernetes`), run before the others.
+    pub generate_rules: Vec<usize>,
 }
 
 // === impl Instance ===

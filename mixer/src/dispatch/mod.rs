@@ -78,20 +78,10 @@ impl Dispatcher {
     /// config has no attribute-generation rule).
     pub fn generate<'b>(&self, cfg: &Resolved, bag: &'b dyn Bag) -> Option<Generated<'b>> {
         let pods = self.pods.get()?;
-        let is_generator = |r: &Rule| {
-            r.actions.iter().any(|a| {
-                a.instances
-                    .iter()
-                    .any(|i| cfg.instances[*i].variety == Variety::AttributeGeneration)
-            })
-        };
-        let indexes: Vec<usize> = (0..cfg.rules.len())
-            .filter(|i| is_generator(&cfg.rules[*i]))
-            .collect();
-        if indexes.is_empty() {
+        if cfg.generate_rules.is_empty() {
             return None;
         }
-        let matching = self.rules_in(cfg, bag, &indexes);
+        let matching = self.rules_in(cfg, bag, &cfg.generate_rules);
         Some(generate::generate(cfg, matching, bag, pods.as_ref()))
     }
 
