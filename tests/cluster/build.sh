@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds the local test cluster's binaries (etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler, kwok) from the Go module proxy into
+# kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kwok, CoreDNS) from
+# the Go module proxy into
 #   ${MESH_CACHE:-$HOME/.cache/mesh}/cluster/bin
 # Each binary is skipped when it is already there with a stamp that matches its
 # wrapper module (go.mod + go.sum + sources), the Go version and the flags.
 #
-# usage: build.sh [--force] [component...]   components: etcd k8s kwok (default: all)
+# usage: build.sh [--force] [component...]   components: etcd k8s kwok coredns (default: all)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -22,7 +23,8 @@ modver() { awk -v m="$2" '($1 == m || ($1 == "require" && $2 == m)) { print ($1 
 K8S_VERSION="$(modver k8s k8s.io/kubernetes)"
 ETCD_VERSION="$(modver etcd go.etcd.io/etcd/server/v3)"
 KWOK_VERSION="$(modver kwok sigs.k8s.io/kwok)"
-[[ -n $K8S_VERSION && -n $ETCD_VERSION && -n $KWOK_VERSION ]] || die "cannot read versions from the wrapper go.mod files"
+COREDNS_VERSION="$(modver coredns github.com/coredns/coredns)"
+[[ -n $K8S_VERSION && -n $ETCD_VERSION && -n $KWOK_VERSION && -n $COREDNS_VERSION ]] || die "cannot read versions from the wrapper go.mod files"
 
 stamp_of() { # component, extra text -> hash of everything that decides the binary
 	local dir="$HERE/$1"
@@ -109,39 +111,42 @@ chmod_rm() {
 	rm -rf "$1"
 }
 
+K8S_BINS="kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy"
 build_k8s() {
 	local minor ldflags b todo=0
 	minor="$(cut -d. -f2 <<<"$K8S_VERSION")"
 	ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION"
 	ldflags+=" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
 	ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
-	for b in kube-apiserver kube-controller-manager kube-scheduler; do
+	for b in $K8S_BINS; do
 		is_fresh "$b" "$(stamp_of k8s "k8s.io/kubernetes/cmd/$b $ldflags $K8S_PATCH_SED")" || todo=1
 	done
 	if ((todo)); then prepare_k8s_build_module; fi
-	for b in kube-apiserver kube-controller-manager kube-scheduler; do
+	for b in $K8S_BINS; do
 		go_build k8s "$b" "k8s.io/kubernetes/cmd/$b" "$ldflags" "$K8S_PATCH_SED" "$CACHE_ROOT/build/k8s"
 	done
 }
 build_etcd() { go_build etcd etcd meshtest/cluster/etcd "-s -w"; }
 build_kwok() { go_build kwok kwok sigs.k8s.io/kwok/cmd/kwok "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"; }
+# CoreDNS for the real node's cluster DNS (run as a pod from the image `mesh/coredns`).
+build_coredns() { go_build coredns coredns meshtest/cluster/coredns "-s -w"; }
 
 main() {
 	local comps=()
 	while (($#)); do
 		case $1 in
 		--force) FORCE=1 ;;
-		etcd | k8s | kwok) comps+=("$1") ;;
+		etcd | k8s | kwok | coredns) comps+=("$1") ;;
 		-h | --help) sed -n '2,9p' "$0"; exit 0 ;;
 		*) die "unknown argument: $1" ;;
 		esac
 		shift
 	done
-	((${#comps[@]})) || comps=(etcd k8s kwok)
+	((${#comps[@]})) || comps=(etcd k8s kwok coredns)
 	command -v go >/dev/null || die "go is not installed"
 	mkdir -p "$BIN_DIR"
 	local t0=$SECONDS c
-	log "versions: kubernetes $K8S_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION; $(go env GOVERSION); bin dir $BIN_DIR"
+	log "versions: kubernetes $K8S_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION, coredns $COREDNS_VERSION; $(go env GOVERSION); bin dir $BIN_DIR"
 	for c in "${comps[@]}"; do "build_$c"; done
 	log "all binaries ready in $((SECONDS - t0))s"
 }

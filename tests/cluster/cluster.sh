@@ -39,6 +39,19 @@ SA_ISSUER="https://kubernetes.default.svc.cluster.local"
 # Start order.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
+# shellcheck source=node.sh
+source "$HERE/node.sh"
+# Where the API server listens: the host side of the real node's link (pods and kubelet
+# reach it there) or, without the real node, loopback. Decided at the first `up`.
+if [[ -f $STATE/real-node ]] || { [[ ! -f $STATE/kubeconfig ]] && real_node_wanted; }; then
+	REAL_NODE=1
+	APISERVER_HOST="$HOST_LINK_IP"
+	COMPONENTS+=("${NODE_COMPONENTS[@]}")
+else
+	REAL_NODE=0
+	APISERVER_HOST="127.0.0.1"
+fi
+
 log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 UP_STARTED=0
 die() {
@@ -48,6 +61,8 @@ die() {
 		UP_STARTED=0
 		log "stopping what was started; logs stay in $STATE/logs ('$0 down' removes them)"
 		stop_all
+		# ...and undoing what the real node changed on the host.
+		if ((REAL_NODE)); then real_node_cleanup || true; fi
 	fi
 	exit 1
 }
@@ -67,7 +82,7 @@ alive() {
 # Prints the recorded pid of a component if that process is alive and is
 # still our binary (guards against pid reuse); fails otherwise.
 running_pid() {
-	local f pid exe bin_dir
+	local f pid exe bin_dir want
 	f="$(pidfile "$1")"
 	[[ -f $f ]] || return 1
 	pid="$(<"$f")"
@@ -75,8 +90,10 @@ running_pid() {
 	alive "$pid" || return 1
 	# The bin dir `up` used (MESH_CACHE may differ now).
 	bin_dir="$(cat "$STATE/bin-dir" 2>/dev/null || echo "$BIN_DIR")"
+	want="$bin_dir/$1"
+	[[ -f $STATE/$1.exe ]] && want="$(<"$STATE/$1.exe")"
 	exe="$(readlink "/proc/$pid/exe" 2>/dev/null || true)"
-	[[ $exe == "$bin_dir/$1" || $exe == "$bin_dir/$1 (deleted)" ]] || return 1
+	[[ $exe == "$want" || $exe == "$want (deleted)" ]] || return 1
 	echo "$pid"
 }
 
@@ -206,13 +223,14 @@ make_pki() {
 	new_ca front-proxy-ca mesh-test-front-proxy-ca
 	cert front-proxy-client "/CN=front-proxy-client" "" front-proxy-ca
 	cert apiserver "/CN=kube-apiserver" \
-		"IP:127.0.0.1,IP:$SERVICE_APISERVER_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+		"IP:127.0.0.1,IP:$HOST_LINK_IP,IP:$SERVICE_APISERVER_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 	cert admin "/O=system:masters/CN=admin"
 	cert kube-controller-manager "/CN=system:kube-controller-manager"
 	cert kube-scheduler "/CN=system:kube-scheduler"
 	# kwok plays the kubelet of every fake node; the Node authorizer would only
 	# let system:node:<name> touch its own node, so it gets cluster-admin.
 	cert kwok "/O=system:masters/CN=kwok"
+	((REAL_NODE == 0)) || node_pki
 	if [[ ! -f $pki/sa.key ]]; then
 		openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$pki/sa.key" 2>/dev/null
 		openssl pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub"
@@ -228,7 +246,7 @@ kind: Config
 clusters:
 - name: mesh-test
   cluster:
-    server: https://127.0.0.1:$APISERVER_PORT
+    server: https://$APISERVER_HOST:$APISERVER_PORT
     certificate-authority-data: $(base64 -w0 "$pki/ca.crt")
 users:
 - name: $user
@@ -255,6 +273,7 @@ node_ready() {
 	[[ "$(kc get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]
 }
 https_healthz() { curl -ksf --max-time 2 "https://127.0.0.1:$1/healthz" | grep -qx ok; }
+nodes_ready() { node_ready && { ((REAL_NODE == 0)) || real_node_ready; }; }
 http_health() { curl -sf --max-time 2 "$1" >/dev/null; }
 
 cmd_up() {
@@ -264,7 +283,9 @@ cmd_up() {
 	command -v curl >/dev/null || die "curl not found"
 
 	for c in "${COMPONENTS[@]}"; do running_pid "$c" >/dev/null || all=0; done
-	if ((all)) && apiserver_ready && node_ready; then
+	if ((all)) && apiserver_ready && nodes_ready; then
+		# Images built since the last `up` are loaded into the running node.
+		((REAL_NODE == 0)) || node_images
 		log "cluster already up; kubeconfig: $KUBECONFIG_OUT"
 		return 0
 	fi
@@ -275,7 +296,9 @@ cmd_up() {
 	mkdir -p "$STATE/logs" "$STATE/etcd"
 	chmod 700 "$STATE/etcd"
 	echo "$BIN_DIR" >"$STATE/bin-dir"
+	((REAL_NODE == 0)) || real_node_prepare
 	make_pki
+	((REAL_NODE == 0)) || write_node_config
 	write_kubeconfig "$KUBECONFIG_OUT" admin
 	for c in kube-controller-manager kube-scheduler kwok; do
 		write_kubeconfig "$STATE/$c.kubeconfig" "$c"
@@ -298,8 +321,8 @@ cmd_up() {
 
 	start kube-apiserver \
 		--etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
-		--bind-address=127.0.0.1 \
-		--advertise-address=127.0.0.1 \
+		--bind-address="$APISERVER_HOST" \
+		--advertise-address="$APISERVER_HOST" \
 		--secure-port="$APISERVER_PORT" \
 		--tls-cert-file="$pki/apiserver.crt" \
 		--tls-private-key-file="$pki/apiserver.key" \
@@ -318,6 +341,10 @@ cmd_up() {
 		--proxy-client-key-file="$pki/front-proxy-client.key" \
 		--enable-aggregator-routing=true \
 		--allow-privileged=true \
+		--enable-admission-plugins=PodNodeSelector,PodTolerationRestriction \
+		--kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" \
+		--kubelet-client-key="$pki/apiserver-kubelet-client.key" \
+		--kubelet-certificate-authority="$pki/ca.crt" \
 		--profiling=false \
 		--event-ttl=1h
 	wait_for "kube-apiserver /readyz" 120 apiserver_ready
@@ -369,8 +396,12 @@ EOF
 	wait_for "kube-scheduler /healthz" 60 https_healthz "$SCHEDULER_PORT"
 	wait_for "kwok /healthz" 60 http_health "http://127.0.0.1:$KWOK_PORT/healthz"
 
-	# The fake node. kwok manages nodes carrying the annotation below; no taints,
-	# so ordinary workloads schedule on it without tolerations.
+	# The fake node. kwok manages nodes carrying the annotation below. Without the real
+	# node it has no taints, so ordinary workloads schedule on it without tolerations;
+	# beside the real node it is tainted, so pods run for real unless they (or their
+	# namespace, see README.md) choose kwok.
+	local kwok_taints="[]"
+	((REAL_NODE == 0)) || kwok_taints='[{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]'
 	kc apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Node
@@ -384,11 +415,16 @@ metadata:
     kubernetes.io/os: linux
     kubernetes.io/arch: amd64
     type: kwok
+spec:
+  taints: $kwok_taints
 EOF
 	wait_for "node $NODE_NAME Ready" 90 node_ready
-	# The API server taints every new node not-ready; without the node-lifecycle controller
-	# (see above) nothing lifts it, so lift it here once kwok has made the node Ready.
+	# A new node registers tainted not-ready; without the node-lifecycle controller (see
+	# above) nothing lifts it, so lift it here once the node is Ready.
 	kc taint nodes "$NODE_NAME" node.kubernetes.io/not-ready:NoSchedule- >/dev/null 2>&1 || true
+	if ((REAL_NODE)); then
+		real_node_start
+	fi
 	# Pods cannot be created in a namespace before its default ServiceAccount.
 	wait_for "default ServiceAccount" 60 kc -n default get serviceaccount default
 	UP_STARTED=0
@@ -397,19 +433,26 @@ EOF
 }
 
 stop_all() {
-	# Clients of the API server first (together), then it, then etcd.
+	# The real node first (kubelet would otherwise restart what is being stopped), then the
+	# clients of the API server (together), then it, then etcd.
+	if ((REAL_NODE)); then stop_node; fi
 	stop kwok kube-scheduler kube-controller-manager
 	stop kube-apiserver
 	stop etcd
 }
 
 cmd_down() {
+	local clean=0
 	stop_all
+	if ((REAL_NODE)) || [[ -f $HOST_SNAPSHOT ]]; then
+		real_node_cleanup || clean=1
+	fi
 	if [[ -d $STATE ]]; then
 		rm -rf -- "$STATE"
 		log "removed $STATE"
 	fi
 	log "cluster down"
+	return "$clean"
 }
 
 cmd_status() {
@@ -423,16 +466,25 @@ cmd_status() {
 		fi
 	done
 	if apiserver_ready; then
-		echo "kube-apiserver /readyz  ok (https://127.0.0.1:$APISERVER_PORT)"
+		echo "kube-apiserver /readyz  ok (https://$APISERVER_HOST:$APISERVER_PORT)"
 	else
 		echo "kube-apiserver /readyz  not ready"
 		up=0
 	fi
 	if ((up)) && node_ready; then
-		echo "node $NODE_NAME         Ready"
+		echo "node $NODE_NAME         Ready (kwok: pods are statuses)"
 	else
 		echo "node $NODE_NAME         not Ready"
 		up=0
+	fi
+	if ((REAL_NODE)); then
+		if ((up)) && real_node_ready; then
+			echo "node $NODE_NAME_REAL         Ready (real: containerd, IP $REAL_NODE_IP, pods $REAL_POD_CIDR)"
+			echo "egress guard            $(guard_counters) packets dropped on $(outward_interfaces | tr '\n' ' ')"
+		else
+			echo "node $NODE_NAME_REAL         not Ready"
+			up=0
+		fi
 	fi
 	if ((up)); then
 		echo "cluster: up (kubeconfig: $KUBECONFIG_OUT)"

@@ -55,6 +55,18 @@ pub const FIELD_MANAGER: &str = "mesh-tests";
 /// How long [`Cluster::install_crds`] waits for every CRD to become Established.
 pub const CRD_ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The toleration of the kwok node's taint (`kwok.x-k8s.io/node=fake:NoSchedule`), as
+/// `PodTolerationRestriction`'s namespace annotation writes it.
+const KWOK_TOLERATIONS: &str =
+    r#"[{"key":"kwok.x-k8s.io/node","operator":"Equal","value":"fake","effect":"NoSchedule"}]"#;
+
+/// Which node a test namespace's pods go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NodeKind {
+    Kwok,
+    Real,
+}
+
 /// The running local cluster: its kubeconfig, and helpers to talk to it.
 pub struct Cluster {
     root: PathBuf,
@@ -258,15 +270,63 @@ impl Cluster {
         }
     }
 
-    /// Creates a namespace named `<prefix>-<unique suffix>` for one test.
+    /// Creates a namespace named `<prefix>-<unique suffix>` for one test, whose pods go to
+    /// the kwok node: they are statuses with loopback IPs (`127.1.x.x`), on which the test
+    /// binds the servers itself. (The namespace carries the `PodNodeSelector` and
+    /// `PodTolerationRestriction` annotations that send its pods there past the taint the
+    /// kwok node has beside the real one.)
     pub async fn namespace(&self, prefix: &str) -> anyhow::Result<TestNamespace> {
+        self.create_namespace(prefix, NodeKind::Kwok, &[]).await
+    }
+
+    /// Creates a namespace for one test whose pods run for real on the real node
+    /// (`mesh-node-0`: containerd, pod network, cluster DNS), with these extra labels (e.g.
+    /// `istio-injection=enabled`).
+    pub async fn namespace_on_real_node(
+        &self,
+        prefix: &str,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<TestNamespace> {
+        self.create_namespace(prefix, NodeKind::Real, labels).await
+    }
+
+    async fn create_namespace(
+        &self,
+        prefix: &str,
+        node: NodeKind,
+        extra_labels: &[(&str, &str)],
+    ) -> anyhow::Result<TestNamespace> {
         let name = unique_name(prefix);
         let client = self.client().await?;
         let api: Api<Namespace> = Api::all(client.clone());
+        let mut labels: std::collections::BTreeMap<String, String> =
+            [("mesh-tests".to_string(), "true".to_string())].into();
+        labels.extend(
+            extra_labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let annotations = match node {
+            NodeKind::Kwok => Some(
+                [
+                    (
+                        "scheduler.alpha.kubernetes.io/node-selector".to_string(),
+                        "type=kwok".to_string(),
+                    ),
+                    (
+                        "scheduler.alpha.kubernetes.io/defaultTolerations".to_string(),
+                        KWOK_TOLERATIONS.to_string(),
+                    ),
+                ]
+                .into(),
+            ),
+            NodeKind::Real => None,
+        };
         let ns = Namespace {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
-                labels: Some([("mesh-tests".to_string(), "true".to_string())].into()),
+                labels: Some(labels),
+                annotations,
                 ..Default::default()
             },
             ..Default::default()
@@ -585,6 +645,9 @@ fn probe_scheduling(kubeconfig: &Path) -> anyhow::Result<bool> {
         "spec": {
             "automountServiceAccountToken": false,
             "terminationGracePeriodSeconds": 0,
+            // On the kwok node: binding is what is probed, nothing is to run.
+            "nodeSelector": {"type": "kwok"},
+            "tolerations": serde_json::from_str::<serde_json::Value>(KWOK_TOLERATIONS)?,
             "containers": [{"name": "probe", "image": "mesh-tests/probe"}],
         },
     });
