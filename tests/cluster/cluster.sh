@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Local Kubernetes test cluster for the mesh's integration tests: real etcd,
-# kube-apiserver, kube-controller-manager and kube-scheduler, plus kwok playing
-# the kubelet of a fake node, all on 127.0.0.0/8 and without containers.
+# kube-apiserver, kube-controller-manager and kube-scheduler, kwok playing the
+# kubelet of a fake node (pods are statuses on 127.1.x.x), and, as root, a real node
+# (containerd, kubelet, kube-proxy, CNI, CoreDNS: node.sh) whose pods run.
 # See README.md beside this file.
 #
-# usage: cluster.sh up|down|status|kubeconfig|build
+# usage: cluster.sh up|down|status|kubeconfig|guard|images|build
 #   up          build the binaries if needed, start everything, wait until ready
 #   down        stop what `up` started (by recorded pid) and remove the state dir
 #   status      say whether the cluster is up (exit 0 if it is, 1 if not)
 #   kubeconfig  print the path of the admin kubeconfig (exit 1 if there is none)
+#   guard       print how many packets the egress guard dropped (0 unless something leaked)
+#   images      load the images in target/images/ that changed into the real node
 #   build       only build (or check) the binaries; extra args go to build.sh
 set -euo pipefail
 
@@ -504,9 +507,11 @@ up) cmd_up ;;
 down) cmd_down ;;
 status) cmd_status ;;
 kubeconfig) cmd_kubeconfig ;;
+guard) guard_counters ;;
+images) ((REAL_NODE)) || die "the cluster has no real node"; node_images ;;
 build) shift && exec "$HERE/build.sh" "$@" ;;
 *)
-	sed -n '2,13p' "$0" >&2
+	sed -n '2,15p' "$0" >&2
 	exit 2
 	;;
 esac

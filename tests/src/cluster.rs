@@ -60,6 +60,12 @@ pub const CRD_ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
 const KWOK_TOLERATIONS: &str =
     r#"[{"key":"kwok.x-k8s.io/node","operator":"Equal","value":"fake","effect":"NoSchedule"}]"#;
 
+/// The reference of one of the mesh's images (`images/`), as loaded into the real node's
+/// containerd: `docker.io/mesh/NAME:VERSION`.
+pub fn real_node_image(name: &str) -> String {
+    format!("docker.io/mesh/{name}:{}", env!("CARGO_PKG_VERSION"))
+}
+
 /// Which node a test namespace's pods go to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum NodeKind {
@@ -125,6 +131,34 @@ impl Cluster {
     /// The admin kubeconfig (`target/cluster/kubeconfig`).
     pub fn kubeconfig(&self) -> PathBuf {
         self.kubeconfig.clone()
+    }
+
+    /// Whether the cluster has the real node (`mesh-node-0`), which `cluster.sh up` starts
+    /// when it runs as root unless `MESH_CLUSTER_REAL_NODE=0`.
+    pub fn has_real_node(&self) -> bool {
+        self.root.join("target/cluster/real-node").is_file()
+    }
+
+    /// Packets the real node's egress guard (the `MESH-NODE-GUARD` chain on the machine's
+    /// outward interfaces) has dropped since the cluster started: 0 unless something of the
+    /// pod or Service networks tried to leave the machine.
+    pub fn egress_guard_drops(&self) -> anyhow::Result<u64> {
+        let out = std::process::Command::new("bash")
+            .arg(self.root.join("tests/cluster/cluster.sh"))
+            .arg("guard")
+            .output()
+            .context("running cluster.sh guard")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "cluster.sh guard failed: {}{}",
+                text,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        text.trim()
+            .parse()
+            .with_context(|| format!("cluster.sh guard printed {text:?}"))
     }
 
     /// The repository root the cluster was started from.
