@@ -45,6 +45,11 @@ use crate::controller::{Controller, ControllerOptions, Inputs, NamespaceFilter};
 use crate::metrics::Metrics;
 use crate::secrets::SecretSink;
 use crate::secrets::file::FileSink;
+
+/// In file mode without `--ca-dir`, the self-signed CA is kept in
+/// `SECRET_DIR/<storage namespace>/istio-ca-secret/`, named after the Kubernetes secret
+/// Istio keeps it in.
+pub const DEFAULT_CA_DIR_NAME: &str = "istio-ca-secret";
 pub use settings::{Cli, Settings};
 
 /// Runs Citadel until `shutdown`.
@@ -134,19 +139,33 @@ pub async fn run(cli: Cli, shutdown: Shutdown) -> anyhow::Result<()> {
             }
         }
     } else {
-        let (bundle, describe) = match &settings.ca_dir {
+        // Like Istio's istio-ca-secret, the self-signed root is kept by default: beside the
+        // secrets it signs (OUT/<storage namespace>/istio-ca-secret/), or in --ca-dir.
+        let ca_dir = settings.ca_dir.clone().or_else(|| {
+            settings.secret_dir.as_ref().map(|out| {
+                out.join(&settings.storage_namespace)
+                    .join(DEFAULT_CA_DIR_NAME)
+            })
+        });
+        let (bundle, describe) = match &ca_dir {
             Some(dir) => {
                 let s: Arc<dyn CaStore> = Arc::new(DirCaStore::new(dir));
                 let (bundle, created) =
                     ca::store::load_or_create(s.as_ref(), &self_signed, SystemTime::now()).await?;
-                tracing::info!(store = %s.describe(), created, "self-signed CA loaded");
+                tracing::info!(
+                    store = %s.describe(),
+                    created,
+                    "self-signed CA {} (key file mode 0600)",
+                    if created { "created and kept" } else { "loaded" }
+                );
                 let d = s.describe();
                 store = Some(s);
                 (bundle, d)
             }
             None => {
                 tracing::warn!(
-                    "no --ca-dir: the self-signed root lives in memory and changes on restart"
+                    "neither --ca-dir nor --secret-dir: the self-signed root lives in memory \
+                     and changes on restart"
                 );
                 let b = ca::root::self_signed(
                     self_signed.algorithm,

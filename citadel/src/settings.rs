@@ -59,8 +59,9 @@ pub struct Cli {
     #[arg(long, value_name = "OUT")]
     pub secret_dir: Option<PathBuf>,
 
-    /// File mode: where the self-signed CA is kept (ca-cert.pem, ca-key.pem) so a restart keeps
-    /// the root. Without it the self-signed root lives in memory only.
+    /// File mode: where the self-signed CA is kept (ca-cert.pem, ca-key.pem, the key mode 0600)
+    /// so a restart keeps the root [default: OUT/<storage namespace>/istio-ca-secret of
+    /// --secret-dir; in memory only when neither is given].
     #[arg(long, value_name = "DIR")]
     pub ca_dir: Option<PathBuf>,
 

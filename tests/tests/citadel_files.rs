@@ -89,7 +89,16 @@ impl Setup {
         a
     }
     async fn start(&self, extra: &[&str]) -> Service {
-        let args = self.args(extra);
+        self.start_with(self.args(extra)).await
+    }
+    /// Citadel without `--ca-dir`: the root is kept beside the secrets by default.
+    async fn start_without_ca_dir(&self) -> Service {
+        let mut args = self.args(&[]);
+        let at = args.iter().position(|a| a == "--ca-dir").unwrap();
+        args.drain(at..at + 2);
+        self.start_with(args).await
+    }
+    async fn start_with(&self, args: Vec<String>) -> Service {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut svc = Service::start("citadel", &refs).await.unwrap();
         svc.wait_ready(Duration::from_secs(60)).await.unwrap();
@@ -319,6 +328,55 @@ async fn file_mode_issues_verifiable_certificates_and_follows_accounts() {
         std::fs::read_link(reviews.join("..data")).unwrap(),
         version_before
     );
+    assert!(svc.stop().await.unwrap().success());
+}
+
+/// Without `--ca-dir` a restart keeps the root too (Istio keeps it in `istio-ca-secret`): it
+/// is kept in `OUT/istio-system/istio-ca-secret/`, the key readable by its owner only, and a
+/// certificate issued before the restart still verifies under the root after it.
+#[tokio::test]
+async fn the_root_survives_a_restart_without_ca_dir() {
+    let setup = Setup::new(&[("default", "reviews")]);
+    let svc = setup.start_without_ca_dir().await;
+    let reviews = setup.secret("default", "reviews");
+    wait_for("the first secret", &svc, Duration::from_secs(20), || {
+        reviews.join("..data/root-cert.pem").is_file()
+    })
+    .await;
+    let kept = setup.out().join("istio-system/istio-ca-secret");
+    let key = kept.join("ca-key.pem");
+    assert!(key.is_file(), "no CA key kept in {}", kept.display());
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "mode of {}", key.display());
+    assert!(svc.logs().contains("istio-ca-secret"), "{}", svc.logs());
+    let work = tempfile::tempdir().unwrap();
+    let old_chain = work.path().join("old-chain.pem");
+    std::fs::copy(reviews.join("..data/cert-chain.pem"), &old_chain).unwrap();
+    let root_before = std::fs::read_to_string(reviews.join("..data/root-cert.pem")).unwrap();
+    assert!(svc.stop().await.unwrap().success());
+
+    let svc = setup.start_without_ca_dir().await;
+    let certz: serde_json::Value =
+        http_get(&format!("http://{}/debug/certz", svc.http_addr()), &[])
+            .await
+            .unwrap()
+            .json()
+            .unwrap();
+    assert_eq!(certz["root"]["pem"].as_str().unwrap(), root_before);
+    let root_now = work.path().join("root-now.pem");
+    std::fs::copy(reviews.join("..data/root-cert.pem"), &root_now).unwrap();
+    assert_eq!(std::fs::read_to_string(&root_now).unwrap(), root_before);
+    let (leaf, rest, _) = split_chain(&old_chain, work.path());
+    let out = openssl_ok(&[
+        "verify",
+        "-CAfile",
+        &root_now.display().to_string(),
+        "-untrusted",
+        &rest.display().to_string(),
+        &leaf.display().to_string(),
+    ]);
+    assert!(out.contains(": OK"), "{out}");
     assert!(svc.stop().await.unwrap().success());
 }
 
