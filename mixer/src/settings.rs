@@ -57,7 +57,9 @@ pub struct Cli {
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Validates Mixer config files (like `istioctl validate`): exits 0 when every object is
-    /// valid, otherwise prints one line per problem and exits 1.
+    /// valid, otherwise prints one line per problem and exits 1. Unknown kinds of Istio's API
+    /// groups are problems (the nearest known kind is named); documents of other groups
+    /// (Deployments, Services, ...) are skipped.
     Validate {
         /// Files to validate.
         #[arg(short = 'f', long = "filename", value_name = "FILE", required = true, num_args = 1..)]

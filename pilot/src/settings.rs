@@ -36,7 +36,10 @@ pub enum Command {
     /// Print the Envoy bootstrap (JSON) a proxy needs to join the mesh.
     Bootstrap(BootstrapArgs),
     /// Check Istio config files like `istioctl validate`: one line per problem (file, object,
-    /// field); exits non-zero when there is any.
+    /// field); exits non-zero when there is any. A kind that is not one of the Istio API
+    /// groups' (networking, config, rbac, security, authentication), or not in a version it
+    /// is served in, is a problem (the nearest known kind is named); documents of other
+    /// groups (Deployments, Services, ...) are skipped.
     Validate(ValidateArgs),
 }
 

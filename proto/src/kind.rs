@@ -202,6 +202,89 @@ pub enum SpecError {
     },
 }
 
+/// The Istio API groups whose kinds this control plane knows completely.
+pub const KNOWN_GROUPS: &[&str] = &[
+    NETWORKING_GROUP,
+    CONFIG_GROUP,
+    RBAC_GROUP,
+    SECURITY_GROUP,
+    AUTHENTICATION_GROUP,
+];
+
+/// Istio's kinds in [`KNOWN_GROUPS`] that this control plane does not type: accepted and kept
+/// as written ([`Kind::Other`]), not acted on.
+const UNTYPED_ISTIO_KINDS: &[(&str, &str)] = &[
+    (NETWORKING_GROUP, "EnvoyFilter"),
+    (NETWORKING_GROUP, "WorkloadGroup"),
+    (NETWORKING_GROUP, "ProxyConfig"),
+    // Mixer adapters and templates of Istio 1.0-1.4 without an in-process implementation here.
+    (CONFIG_GROUP, "bypass"),
+    (CONFIG_GROUP, "circonus"),
+    (CONFIG_GROUP, "cloudwatch"),
+    (CONFIG_GROUP, "dogstatsd"),
+    (CONFIG_GROUP, "fluentd"),
+    (CONFIG_GROUP, "rbac"),
+    (CONFIG_GROUP, "servicecontrol"),
+    (CONFIG_GROUP, "servicecontrolreport"),
+    (CONFIG_GROUP, "signalfx"),
+    (CONFIG_GROUP, "solarwinds"),
+    (CONFIG_GROUP, "stackdriver"),
+    (CONFIG_GROUP, "statsd"),
+    (CONFIG_GROUP, "zipkin"),
+    (CONFIG_GROUP, "apikey"),
+    (CONFIG_GROUP, "authorization"),
+    (CONFIG_GROUP, "checknothing"),
+    (CONFIG_GROUP, "edge"),
+    (CONFIG_GROUP, "kubernetes"),
+    (CONFIG_GROUP, "listentry"),
+    (CONFIG_GROUP, "logentry"),
+    (CONFIG_GROUP, "metric"),
+    (CONFIG_GROUP, "quota"),
+    (CONFIG_GROUP, "reportnothing"),
+    (CONFIG_GROUP, "tracespan"),
+];
+
+/// The kind of `group` (else of any group) whose name is nearest to `kind`, ignoring case,
+/// when it is near enough to be a misspelling of it.
+fn nearest_kind(group: &str, kind: &str) -> Option<String> {
+    let wanted = kind.to_ascii_lowercase();
+    let score = |k: &Kind| edit_distance(&wanted, &k.name().to_ascii_lowercase());
+    let limit = (wanted.chars().count() / 3).max(2);
+    let best_in = |filter: &dyn Fn(&Kind) -> bool| {
+        ALL_KINDS
+            .iter()
+            .filter(|k| filter(k))
+            .map(|k| (score(k), k))
+            .filter(|(d, _)| *d <= limit)
+            .min_by_key(|(d, _)| *d)
+            .map(|(_, k)| k)
+    };
+    best_in(&|k| k.group() == group)
+        .map(|k| k.name().to_string())
+        .or_else(|| {
+            best_in(&|k| !k.group().is_empty())
+                .map(|k| format!("{} of {}", k.name(), k.api_version().unwrap_or_default()))
+        })
+}
+
+/// Levenshtein distance between two strings (by chars).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
 // === impl Kind ===
 
 static ALL_KINDS: LazyLock<Vec<Kind>> = LazyLock::new(|| {
@@ -278,6 +361,11 @@ impl Kind {
                 Err(unknown())
             };
         }
+        // The groups this control plane serves are closed: a kind they do not have is a
+        // mistake (a misspelling, or a kind from another release), never a kind to keep.
+        if KNOWN_GROUPS.contains(&group) && !UNTYPED_ISTIO_KINDS.contains(&(group, kind)) {
+            return Err(unknown());
+        }
         if group.ends_with(".istio.io") && !kind.is_empty() && !version.is_empty() {
             return Ok(Kind::Other {
                 group: group.to_string(),
@@ -285,6 +373,46 @@ impl Kind {
             });
         }
         Err(unknown())
+    }
+
+    /// Why a document of `apiVersion`/`kind` is refused, when it is in one of the Istio API
+    /// groups this control plane serves (a misspelled kind, or a version the kind is not
+    /// served in), e.g. `kind VirtualServis is not served in networking.istio.io/v1 (did
+    /// you mean VirtualService?)`; `None` when the pair is accepted or belongs to another
+    /// group (a Deployment, a Service: skipped by config loading, not refused).
+    pub fn refusal(api_version: &str, kind: &str) -> Option<String> {
+        if Kind::from_api_version(api_version, kind).is_ok() {
+            return None;
+        }
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        if !KNOWN_GROUPS.contains(&group) {
+            return None;
+        }
+        if let Some(known) = ALL_KINDS
+            .iter()
+            .find(|k| k.group() == group && k.name() == kind)
+        {
+            return Some(format!(
+                "{kind} is not served in version {version:?} of {group} (served: {})",
+                known.versions().join(", ")
+            ));
+        }
+        let mut message = format!("kind {kind} is not served in {api_version}");
+        if let Some(near) = nearest_kind(group, kind) {
+            message.push_str(&format!(" (did you mean {near}?)"));
+        } else {
+            message.push_str(&format!(
+                " (its kinds: {})",
+                ALL_KINDS
+                    .iter()
+                    .filter(|k| k.group() == group)
+                    .map(Kind::name)
+                    .take(12)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Some(message)
     }
 
     /// The API group of this kind (empty for the core group).
@@ -604,11 +732,14 @@ mod tests {
         // A known kind in a version that is not served.
         assert!(Kind::from_api_version("networking.istio.io/v2", "VirtualService").is_err());
         assert!(Kind::from_api_version("rbac.istio.io/v1", "ServiceRole").is_err());
-        // Kind names are case-sensitive, as in Kubernetes.
-        assert!(matches!(
-            Kind::from_api_version("config.istio.io/v1alpha2", "Rule").unwrap(),
-            Kind::Other { .. }
-        ));
+        // Kind names are case-sensitive, as in Kubernetes: `Rule` is no kind of
+        // config.istio.io (refused, with `rule` suggested).
+        assert!(Kind::from_api_version("config.istio.io/v1alpha2", "Rule").is_err());
+        assert!(
+            Kind::refusal("config.istio.io/v1alpha2", "Rule")
+                .unwrap()
+                .contains("did you mean rule?")
+        );
     }
 
     #[test]
@@ -835,5 +966,25 @@ mod tests {
         let kind = Kind::from_api_version("networking.istio.io/v1alpha3", "EnvoyFilter").unwrap();
         let spec = json!({"filters": [{"anything": null}]});
         assert_eq!(parse_spec(&kind, spec.clone()).unwrap(), Spec::Other(spec));
+    }
+
+    #[test]
+    fn misspelled_kinds_of_known_groups_are_refused_with_a_suggestion() {
+        assert!(Kind::from_api_version("networking.istio.io/v1", "VirtualServis").is_err());
+        let why = Kind::refusal("networking.istio.io/v1", "VirtualServis").unwrap();
+        assert!(why.contains("did you mean VirtualService?"), "{why}");
+        let why = Kind::refusal("networking.istio.io/v2", "VirtualService").unwrap();
+        assert!(why.contains("v1alpha3, v1beta1, v1"), "{why}");
+        let why = Kind::refusal("config.istio.io/v1alpha2", "rul").unwrap();
+        assert!(why.contains("did you mean rule?"), "{why}");
+        // Foreign groups are not ours to judge; other istio.io groups are kept as written.
+        assert_eq!(Kind::refusal("apps/v1", "Deployment"), None);
+        assert_eq!(Kind::refusal("v1", "Service"), None);
+        assert!(matches!(
+            Kind::from_api_version("telemetry.istio.io/v1", "Telemetry"),
+            Ok(Kind::Other { .. })
+        ));
+        assert_eq!(Kind::refusal("networking.istio.io/v1", "Gateway"), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 }

@@ -24,8 +24,9 @@ pub(super) enum ObjectError {
 ///
 /// Documents are split on `---` lines and parsed one by one, so a broken document is reported
 /// with its 1-based index and line, and the documents after it still load. Documents of kinds
-/// outside Istio's API groups (Deployments, Services, ...) are skipped; a `kind: List` is
-/// expanded into its items.
+/// outside Istio's API groups (Deployments, Services, ...) are skipped; a kind that is not one
+/// of a known Istio group's, or not in a version it is served in, is refused with the nearest
+/// known kind; a `kind: List` is expanded into its items.
 pub fn parse_file(path: &Path, text: &str) -> Vec<Result<ConfigObject, LoadError>> {
     let mut out = Vec::new();
     for (index, (first_line, doc)) in split_documents(text).into_iter().enumerate() {
@@ -137,6 +138,11 @@ pub(super) fn object_from_value(
         _ => return Err(ObjectError::Malformed("kind: missing".into())),
     };
     let Ok(kind) = Kind::from_api_version(&api_version, &kind_name) else {
+        // A kind of an Istio group we serve that is not one of its kinds is refused (a
+        // misspelling would otherwise be skipped silently); other groups' kinds are skipped.
+        if let Some(why) = Kind::refusal(&api_version, &kind_name) {
+            return Err(ObjectError::Malformed(why));
+        }
         return Ok(None);
     };
     let metadata = match map.remove("metadata") {
@@ -286,6 +292,21 @@ mod tests {
         assert!(e1.contains("default/b"), "{e1}");
         assert!(e1.contains("spec.ports[0].number"), "{e1}");
         assert_eq!(out[2].as_ref().unwrap().key.name, "c");
+    }
+
+    #[test]
+    fn refuses_misspelled_istio_kinds_naming_the_nearest() {
+        let text = "apiVersion: apps/v1\nkind: Deploymnt\nmetadata: {name: d}\n---\n\
+                    apiVersion: networking.istio.io/v1\nkind: VirtualServis\n\
+                    metadata: {name: reviews}\nspec: {hosts: [reviews]}\n";
+        let out = parse_file(Path::new("f.yaml"), text);
+        assert_eq!(out.len(), 1, "the foreign kind is skipped: {out:?}");
+        let err = out[0].as_ref().unwrap_err().to_string();
+        assert!(
+            err.contains("f.yaml") && err.contains("document 2") && err.contains("VirtualServis"),
+            "{err}"
+        );
+        assert!(err.contains("did you mean VirtualService?"), "{err}");
     }
 
     #[test]
