@@ -190,7 +190,11 @@ async fn pods_on_the_real_node_talk_over_the_pod_network_and_services() {
         .await;
         seen.insert(pod_name_in(&out));
     }
-    assert_eq!(seen.len(), 2, "calls to the ratings Service reached {seen:?}");
+    assert_eq!(
+        seen.len(),
+        2,
+        "calls to the ratings Service reached {seen:?}"
+    );
     let fqdn = format!("http://ratings.{name}.svc.cluster.local:9080/ratings/0");
     exec(cluster, &name, &reviews, &["mesh-app", "get", &fqdn]).await;
     let redirected = "redirected".to_string();
