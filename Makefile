@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run test lint fmt build unit deps envoy cluster cluster-down bench clean
+.PHONY: help run test lint fmt build unit deps envoy images cluster cluster-down bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -30,6 +30,21 @@ fmt: ## format the code
 
 build: ## build every crate
 	$(CARGO) build --workspace --locked
+
+# The container images (images/images.yaml, images/README.md): OCI + docker-archive tars in
+# target/images/, from release binaries, or with PROFILE=dev from the test build's
+# target/debug (built as `make unit` builds it, so nothing is rebuilt). IMAGES=NAME... builds
+# only those.
+PROFILE ?= release
+IMAGES ?=
+images: ## build the container images into target/images/ (PROFILE=dev: from target/debug)
+	@case "$(PROFILE)" in \
+	release) $(CARGO) build --release --locked -p pilot -p mixer -p citadel -p mesh-images ;; \
+	dev) $(CARGO) build --workspace --bins --locked ;; \
+	*) echo "make images: PROFILE=$(PROFILE) is neither release nor dev" >&2; exit 2 ;; \
+	esac
+	ENVOY_BIN="$$(bash tests/scripts/install-envoy.sh)" \
+		"$${CARGO_TARGET_DIR:-target}/$(if $(filter dev,$(PROFILE)),debug,release)/mesh-image" build --profile $(PROFILE) --out target/images $(IMAGES)
 
 # The cluster_* tests need the local Kubernetes: started here (built from the Go module proxy
 # on first use, several minutes; reused when already up) and left running (`make cluster-down`

@@ -11,6 +11,7 @@ missing=()
 command -v curl >/dev/null || missing+=(curl)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+command -v skopeo >/dev/null || missing+=(skopeo) # images/tests: reads the image archives
 # Servers the Mixer adapter tests run for real; their recommended extras (exporters,
 # timers, web assets) are not needed.
 servers=()
