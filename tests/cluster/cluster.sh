@@ -348,6 +348,7 @@ cmd_up() {
 		--kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" \
 		--kubelet-client-key="$pki/apiserver-kubelet-client.key" \
 		--kubelet-certificate-authority="$pki/ca.crt" \
+		--kubelet-preferred-address-types=InternalIP \
 		--profiling=false \
 		--event-ttl=1h
 	wait_for "kube-apiserver /readyz" 120 apiserver_ready

@@ -79,7 +79,7 @@ host_snapshot() {
 	for d in "${HOST_WRITTEN_PATHS[@]}" /etc/cni /opt/cni /var/lib/containerd /run/containerd; do
 		[[ -e $d ]] && echo "path $d"
 	done
-	ls -d /sys/fs/cgroup/*/"$CGROUP_NAME" 2>/dev/null | sed 's/^/cgroup /'
+	{ ls -d /sys/fs/cgroup/*/"$CGROUP_NAME" 2>/dev/null || true; } | sed 's/^/cgroup /'
 }
 
 # ---------------------------------------------------------------- packages
