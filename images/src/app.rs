@@ -832,7 +832,8 @@ mod tests {
         let started = std::time::Instant::now();
         tx.send(()).unwrap();
         server.await.unwrap().unwrap();
-        assert!(started.elapsed() < Duration::from_millis(500));
+        // Well under STOP_GRACE: the idle connection did not hold the stop up.
+        assert!(started.elapsed() < Duration::from_millis(1500));
         assert!(TcpStream::connect(addr).await.is_err());
     }
 

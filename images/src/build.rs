@@ -293,7 +293,11 @@ impl Builder<'_> {
             },
             &tmp,
         )
-        .map_err(|e| image_err(&format!("write {}", tmp.display()), e))?;
+        .map_err(|e| {
+            // No half-written archive is left behind.
+            let _ = std::fs::remove_file(&tmp);
+            image_err(&format!("write {}", tmp.display()), e)
+        })?;
         let unchanged = same_file(&tmp, &final_path)
             .map_err(|e| image_err(&format!("compare with {}", final_path.display()), e))?;
         if unchanged {
