@@ -52,10 +52,10 @@ images: ## build the container images into target/images/ (PROFILE=dev: from tar
 unit: ## unit and integration tests (real Envoy; local Kubernetes for tests/tests/cluster_*.rs)
 	$(CARGO) build --workspace --bins --locked
 	@if [[ "$${MESH_SKIP_CLUSTER:-}" == 1 ]]; then echo "MESH_SKIP_CLUSTER=1: not starting the local Kubernetes; cluster tests skip"; \
-	else bash tests/cluster/cluster.sh up; fi
+	else $(MAKE) -s images PROFILE=dev && bash tests/cluster/cluster.sh up; fi
 	ENVOY_BIN="$$(bash tests/scripts/install-envoy.sh)" $(CARGO) test --workspace --locked
 
-cluster: ## start the local Kubernetes (etcd, kube-apiserver, controller-manager, kwok)
+cluster: ## start the local Kubernetes (control plane, kwok node, and as root a real node)
 	@bash tests/cluster/cluster.sh up
 
 cluster-down: ## stop the local Kubernetes and remove its state

@@ -14,6 +14,7 @@ pub mod legacy;
 pub mod mesh;
 pub mod model;
 pub mod settings;
+pub mod testutil;
 pub mod validate;
 pub mod xds;
 

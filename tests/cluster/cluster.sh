@@ -264,7 +264,8 @@ contexts:
 current-context: mesh-test
 EOF
 	chmod 600 "$file.tmp"
-	mv -f "$file.tmp" "$file"
+	# Unchanged files stay as they are: running clients may watch them.
+	if cmp -s "$file.tmp" "$file"; then rm -f "$file.tmp"; else mv -f "$file.tmp" "$file"; fi
 }
 
 # ---------------------------------------------------------------- commands

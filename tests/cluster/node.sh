@@ -244,10 +244,19 @@ node_pki() {
 	cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
 }
 
+# write_if_changed FILE: stdin into FILE, leaving FILE alone when it already holds exactly
+# that (a restart after a crash must not touch what running daemons watch: kube-proxy exits
+# when its configuration file changes).
+write_if_changed() {
+	local tmp="$1.tmp.$$"
+	cat >"$tmp"
+	if cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv -f "$tmp" "$1"; fi
+}
+
 write_node_config() {
 	local pki="$STATE/pki"
 	mkdir -p "$NODE_STATE"/{containerd,kubelet,pod-logs,cni/net.d,cni/ipam,volume-plugins} "$NODE_RUN"
-	cat >"$NODE_STATE/containerd.toml" <<EOF
+	write_if_changed "$NODE_STATE/containerd.toml" <<EOF
 # containerd for the test cluster's real node (written by tests/cluster/node.sh).
 version = 2
 root = "$NODE_STATE/containerd"
@@ -288,7 +297,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 [plugins."io.containerd.internal.v1.opt"]
   path = "$NODE_STATE/containerd-opt"
 EOF
-	cat >"$NODE_STATE/cni/net.d/10-mesh-pods.conflist" <<EOF
+	write_if_changed "$NODE_STATE/cni/net.d/10-mesh-pods.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
   "name": "mesh-pods",
@@ -311,8 +320,8 @@ EOF
 }
 EOF
 	# Pods with dnsPolicy Default get this: no upstream resolver (nothing may leave).
-	echo "# mesh test node: no upstream DNS" >"$NODE_STATE/resolv.conf"
-	cat >"$NODE_STATE/kubelet.yaml" <<EOF
+	echo "# mesh test node: no upstream DNS" | write_if_changed "$NODE_STATE/resolv.conf"
+	write_if_changed "$NODE_STATE/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: $REAL_NODE_IP
@@ -352,7 +361,7 @@ fileCheckFrequency: 10s
 shutdownGracePeriod: 0s
 localStorageCapacityIsolation: false
 EOF
-	cat >"$NODE_STATE/kube-proxy.yaml" <<EOF
+	write_if_changed "$NODE_STATE/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection:
@@ -412,7 +421,7 @@ coredns_ready() {
 
 # ---------------------------------------------------------------- images
 
-# Builds the mesh's images (from the binaries cargo built; `make images` for release ones)
+# Builds the mesh's images (`make images PROFILE=dev`: from the binaries the tests use)
 # unless they are already there, then loads into the node's containerd every archive that
 # changed since it was last loaded.
 node_images() {
@@ -421,14 +430,14 @@ node_images() {
 	for name in pause coredns; do [[ -f $IMAGES_DIR/$name.tar ]] || need=1; done
 	if ((need)) || [[ ${MESH_CLUSTER_BUILD_IMAGES:-0} == 1 ]]; then
 		log "building the mesh's images ($profile binaries) into $IMAGES_DIR"
-		(cd "$REPO_ROOT" && MESH_CACHE="${MESH_CACHE:-$HOME/.cache/mesh}" bash tests/scripts/images.sh "$profile") >&2 ||
+		make -s -C "$REPO_ROOT" images PROFILE="$profile" >&2 ||
 			die "building the images failed (see the output above)"
 	fi
 	mkdir -p "$NODE_STATE/images"
 	for f in "$IMAGES_DIR"/*.tar; do
 		[[ -f $f ]] || continue
 		name="$(basename "$f" .tar)"
-		sum="$(stat -c '%s %Y' "$f")"
+		sum="$(sha256sum "$f" | cut -d' ' -f1)"
 		stamp="$NODE_STATE/images/$name.loaded"
 		[[ -f $stamp && "$(<"$stamp")" == "$sum" ]] && continue
 		log "loading image $name ($(du -h "$f" | cut -f1)) into the node's containerd"

@@ -533,21 +533,10 @@ pub fn host_matches(pattern: &str, host: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
 
     fn context_with(text: &str, mesh: MeshConfig) -> PushContext {
-        let objects: BTreeMap<_, _> = mesh_runtime::config::parse_file("x.yaml".as_ref(), text)
-            .into_iter()
-            .map(|r| {
-                let o = r.unwrap();
-                (o.key.clone(), Arc::new(o))
-            })
-            .collect();
-        let snap = Snapshot::new(1, true, objects, Vec::new());
-        let (registry, _) = Registry::from_config(&snap);
-        PushContext::new("1".into(), &snap, Arc::new(registry), Arc::new(mesh))
+        crate::testutil::context_from_yaml(text, mesh)
     }
 
     fn context(text: &str) -> PushContext {
@@ -555,16 +544,7 @@ mod tests {
     }
 
     fn proxy(namespace: &str, labels: &[(&str, &str)]) -> Proxy {
-        let mut p = Proxy::from_node(
-            &format!("sidecar~127.0.0.9~app-1.{namespace}~{namespace}.svc.cluster.local"),
-            BTreeMap::new(),
-        )
-        .unwrap();
-        p.labels = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        p
+        crate::testutil::mk_sidecar("app-1", namespace, "127.0.0.9", labels)
     }
 
     /// `web` in `a`, a ServiceEntry per export, and rules per export.

@@ -2,19 +2,17 @@
 //! real-Envoy tests cannot reach through an HTTP proxy port (TCP routes, DNS clusters).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster::ClusterDiscoveryType};
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter::ConfigType};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     TcpProxy, tcp_proxy::ClusterSpecifier,
 };
-use mesh_runtime::Snapshot;
 use prost::Message;
 
 use super::{cds, lds};
 use crate::mesh::MeshConfig;
-use crate::model::{Proxy, PushContext, Registry};
+use crate::model::{Proxy, PushContext};
 
 const NODE: &str = "sidecar~127.0.0.9~app-1.default~default.svc.cluster.local";
 
@@ -23,16 +21,7 @@ fn context(text: &str) -> PushContext {
 }
 
 fn context_with(text: &str, mesh: MeshConfig) -> PushContext {
-    let objects: BTreeMap<_, _> = mesh_runtime::config::parse_file("x.yaml".as_ref(), text)
-        .into_iter()
-        .map(|r| {
-            let o = r.unwrap();
-            (o.key.clone(), Arc::new(o))
-        })
-        .collect();
-    let snap = Snapshot::new(1, true, objects, Vec::new());
-    let (registry, _) = Registry::from_config(&snap);
-    PushContext::new("1".into(), &snap, Arc::new(registry), Arc::new(mesh))
+    crate::testutil::context_from_yaml(text, mesh)
 }
 
 fn proxy() -> Proxy {
