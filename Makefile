@@ -43,6 +43,8 @@ images: ## build the container images into target/images/ (PROFILE=dev: from tar
 	dev) $(CARGO) build --workspace --bins --locked ;; \
 	*) echo "make images: PROFILE=$(PROFILE) is neither release nor dev" >&2; exit 2 ;; \
 	esac
+	@# mesh/coredns carries CoreDNS built from the Go module proxy (a second when cached).
+	@if [[ -z "$(IMAGES)" || " $(IMAGES) " == *" coredns "* ]]; then bash tests/cluster/build.sh coredns; fi
 	ENVOY_BIN="$$(bash tests/scripts/install-envoy.sh)" \
 		"$${CARGO_TARGET_DIR:-target}/$(if $(filter dev,$(PROFILE)),debug,release)/mesh-image" build --profile $(PROFILE) --out target/images $(IMAGES)
 
@@ -52,7 +54,7 @@ images: ## build the container images into target/images/ (PROFILE=dev: from tar
 unit: ## unit and integration tests (real Envoy; local Kubernetes for tests/tests/cluster_*.rs)
 	$(CARGO) build --workspace --bins --locked
 	@if [[ "$${MESH_SKIP_CLUSTER:-}" == 1 ]]; then echo "MESH_SKIP_CLUSTER=1: not starting the local Kubernetes; cluster tests skip"; \
-	else $(MAKE) -s images PROFILE=dev && bash tests/cluster/cluster.sh up; fi
+	else bash tests/cluster/cluster.sh build && $(MAKE) -s images PROFILE=dev && bash tests/cluster/cluster.sh up; fi
 	ENVOY_BIN="$$(bash tests/scripts/install-envoy.sh)" $(CARGO) test --workspace --locked
 
 cluster: ## start the local Kubernetes (control plane, kwok node, and as root a real node)
