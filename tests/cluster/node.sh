@@ -46,7 +46,9 @@ HOST_CNI_CACHE="/var/lib/cni"
 HOST_KUBELET_DIR="/var/lib/kubelet"
 # `ip netns add` makes this directory (and a mount of it) when it is not there.
 HOST_NETNS_DIR="/run/netns"
-HOST_WRITTEN_PATHS=("$HOST_POD_LOG_LINKS" "$HOST_CNI_CACHE" "$HOST_KUBELET_DIR" "$HOST_NETNS_DIR")
+# containerd 1.6 puts its shims' sockets under /run/containerd/s whatever its state dir is.
+HOST_CONTAINERD_RUN="/run/containerd"
+HOST_WRITTEN_PATHS=("$HOST_POD_LOG_LINKS" "$HOST_CNI_CACHE" "$HOST_KUBELET_DIR" "$HOST_NETNS_DIR" "$HOST_CONTAINERD_RUN")
 HOST_SNAPSHOT="$REPO_ROOT/target/cluster-host-before"
 
 NODE_COMPONENTS=(containerd kubelet kube-proxy)
@@ -76,7 +78,7 @@ host_snapshot() {
 	iptables -S 2>/dev/null | sed 's/^/iptables /' | sort
 	iptables -t nat -S 2>/dev/null | sed 's/^/iptables-nat /' | sort
 	awk '{ print "mount " $5 }' /proc/self/mountinfo | sort
-	for d in "${HOST_WRITTEN_PATHS[@]}" /etc/cni /opt/cni /var/lib/containerd /run/containerd; do
+	for d in "${HOST_WRITTEN_PATHS[@]}" /etc/cni /opt/cni /var/lib/containerd; do
 		[[ -e $d ]] && echo "path $d"
 	done
 	{ ls -d /sys/fs/cgroup/*/"$CGROUP_NAME" 2>/dev/null || true; } | sed 's/^/cgroup /'
@@ -102,9 +104,28 @@ ensure_node_packages() {
 
 # ---------------------------------------------------------------- checks before changes
 
+# stale_node_cleanup: the leftovers of a real node whose processes were all killed without a
+# `down` (a machine's session ended, a crash): its netns with nothing running in it, the
+# guard chain, routes, cgroups and mounts of any checkout's target/cluster/node. Only when
+# nothing of a node is alive; it is then nobody's but a dead cluster's.
+stale_node_cleanup() {
+	local m
+	ip netns list 2>/dev/null | awk '{ print $1 }' | grep -qx "$NODE_NETNS" || return 0
+	# The daemons and containerd's shims live in the node's netns; containers in their own.
+	[[ -z $(ip netns pids "$NODE_NETNS" 2>/dev/null) ]] || return 0
+	log "found a real node left behind by a cluster that was not stopped (netns $NODE_NETNS, nothing running in it): removing it"
+	cgroups_down
+	while read -r m; do
+		umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+	done < <(awk '{ print $5 }' /proc/self/mountinfo | grep -E "(/target/cluster/node/|^$NODE_RUN(/|$))" | sort -r)
+	node_net_down
+	rm -rf "$NODE_RUN"
+}
+
 # Refuses to start when an address range or the netns is already taken by someone else.
 node_preflight() {
 	local cidr route
+	real_node_recorded || stale_node_cleanup
 	ip netns list 2>/dev/null | awk '{ print $1 }' | grep -qx "$NODE_NETNS" &&
 		! real_node_recorded && die "network namespace $NODE_NETNS already exists (not this cluster's); remove it or set MESH_CLUSTER_NODE_NETNS"
 	ip link show "$HOST_VETH" >/dev/null 2>&1 && ! real_node_recorded &&
