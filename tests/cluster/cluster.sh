@@ -166,7 +166,8 @@ wait_for() {
 	until "$@" >/dev/null 2>&1; do
 		check_started
 		((SECONDS - t0 < timeout)) ||
-			die "timed out after ${timeout}s waiting for $what"
+			die "timed out after ${timeout}s waiting for $what${WAIT_LOG:+; last lines of $STATE/logs/$WAIT_LOG.log:
+$(tail -n 20 "$STATE/logs/$WAIT_LOG.log" 2>/dev/null)}"
 		sleep 0.5
 	done
 	log "$what ok ($((SECONDS - t0))s)"

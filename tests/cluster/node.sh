@@ -584,7 +584,7 @@ real_node_prepare() {
 # After the control plane is up: containerd, the images, kubelet, kube-proxy, CoreDNS.
 real_node_start() {
 	start_node containerd "$(command -v containerd)" --config "$NODE_STATE/containerd.toml" --log-level warn
-	wait_for "containerd" 30 containerd_ready
+	WAIT_LOG=containerd wait_for "containerd" 30 containerd_ready
 	node_images
 	start_node kubelet "$BIN_DIR/kubelet" \
 		--config="$NODE_STATE/kubelet.yaml" \
@@ -596,11 +596,11 @@ real_node_start() {
 		--node-labels="type=real,mesh.local/node=real" \
 		--v=1
 	start_node kube-proxy "$BIN_DIR/kube-proxy" --config="$NODE_STATE/kube-proxy.yaml" --v=1
-	wait_for "node $NODE_NAME_REAL Ready" 120 real_node_ready
+	WAIT_LOG=kubelet wait_for "node $NODE_NAME_REAL Ready" 120 real_node_ready
 	# Registered tainted not-ready; nothing else lifts it here (see cluster.sh).
 	kc taint nodes "$NODE_NAME_REAL" node.kubernetes.io/not-ready:NoSchedule- >/dev/null 2>&1 || true
 	apply_coredns
-	wait_for "CoreDNS ready" 120 coredns_ready
+	WAIT_LOG=kubelet wait_for "CoreDNS ready" 120 coredns_ready
 }
 
 stop_node() {
