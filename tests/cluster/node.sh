@@ -634,6 +634,15 @@ real_node_cleanup() {
 	[[ -d $HOST_CNI_CACHE ]] && find "$HOST_CNI_CACHE" -name 'mesh-pods-*' -delete 2>/dev/null
 	rm -f "$HOST_KUBELET_DIR/device-plugins/kubelet.sock"
 	rm -rf "$NODE_RUN"
+	# No process of the node may be left: daemons, shims (their command line names our
+	# socket), containers (their cgroup is gone, checked below).
+	local left
+	left="$(pgrep -af "$CONTAINERD_SOCK|$NODE_STATE|$BIN_DIR/(kubelet|kube-proxy)" 2>/dev/null | grep -v "^$$ " || true)"
+	if [[ -n $left ]]; then
+		log "ERROR: processes of the real node are still running:"
+		printf '%s\n' "$left" >&2
+		return 1
+	fi
 	if [[ -f $HOST_SNAPSHOT ]]; then
 		before="$HOST_SNAPSHOT"
 		after="$(mktemp)"
