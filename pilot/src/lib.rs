@@ -4,6 +4,7 @@
 //! - [`model`]: services, endpoints, proxies and the push context, whatever their source.
 //! - [`xds`]: generation, caching, the protocol rules, the gRPC streams and the push pipeline.
 //! - [`mesh`]: MeshConfig. [`bootstrap`]: the Envoy bootstrap of a proxy.
+//! - `testutil` (tests, or the `testutil` feature): builders of proxies and push contexts.
 //!
 //! The binary is a thin `main.rs` over [`main`].
 
@@ -14,6 +15,7 @@ pub mod legacy;
 pub mod mesh;
 pub mod model;
 pub mod settings;
+#[cfg(any(test, feature = "testutil"))]
 pub mod testutil;
 pub mod validate;
 pub mod xds;

@@ -1,16 +1,15 @@
 //! The ADS server over real gRPC streams, driven by a scripted client: stale nonces, ACKs,
 //! unknown types, bad node ids and clients that vanish mid-push.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use mesh_runtime::{Shutdown, Snapshot};
-use pilot::mesh::MeshConfig;
-use pilot::xds::push::{Inputs, build, registry_from};
+use mesh_runtime::Shutdown;
+use pilot::testutil::TestConfig;
+use pilot::xds::push::{Inputs, build};
 use pilot::xds::resource::{CLUSTER, ENDPOINT};
 use pilot::xds::{PushRequest, XdsMetrics, XdsServer};
 use tokio::sync::mpsc;
@@ -19,30 +18,15 @@ use tonic::Streaming;
 
 const NODE: &str = "sidecar~127.0.0.9~app-1.default~default.svc.cluster.local";
 
-fn config(hosts: &[&str]) -> Arc<Snapshot> {
+/// A ServiceEntry on port 80 for each host, all at 127.0.0.10.
+fn inputs(hosts: &[&str]) -> Inputs {
     let mut text = String::new();
     for h in hosts {
         text.push_str(&format!(
             "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata:\n  name: {h}\nspec:\n  hosts: [{h}.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 80, name: http}}]\n  endpoints: [{{address: 127.0.0.10}}]\n---\n"
         ));
     }
-    let objects: BTreeMap<_, _> = mesh_runtime::config::parse_file("x.yaml".as_ref(), &text)
-        .into_iter()
-        .map(|r| {
-            let o = r.unwrap();
-            (o.key.clone(), Arc::new(o))
-        })
-        .collect();
-    Arc::new(Snapshot::new(1, true, objects, Vec::new()))
-}
-
-fn inputs(hosts: &[&str]) -> Inputs {
-    let config = config(hosts);
-    Inputs {
-        registry: registry_from(&config),
-        config,
-        mesh: Arc::new(MeshConfig::default()),
-    }
+    TestConfig::from_yaml(&text).inputs()
 }
 
 async fn start(hosts: &[&str]) -> (XdsServer, String, Shutdown) {

@@ -1,198 +1,191 @@
 //! Golden xDS output: for bookinfo (`golden/registry.yaml`) alone and beside each of Istio's
-//! samples in `fixtures/`, what a sidecar (and, for gateway samples and the baseline, an
-//! ingress gateway) is sent: its CDS, LDS, RDS and EDS, as JSON in the shape of Envoy's
-//! `/config_dump`, one file per sample and proxy under `golden/`. A change of the translator
-//! shows as a diff of those files; the test fails until they are regenerated with
+//! samples in `fixtures/`, what a sidecar (productpage v1) and a router (the ingress gateway)
+//! are sent: CDS, EDS, LDS and RDS as Envoy's `/config_dump` shows them, one file per sample
+//! and proxy under `golden/`. Any change to the translator shows as a diff of those files,
+//! and the test fails until they are regenerated and the diff reviewed:
 //!
 //! ```sh
 //! MESH_UPDATE_GOLDEN=1 cargo test -p pilot --test golden
 //! ```
 
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use pilot::mesh::MeshConfig;
-use pilot::model::{Proxy, PushContext};
-use pilot::testutil::{context_from_yaml, mk_router, mk_sidecar};
-use pilot::xds::dump::section;
-use pilot::xds::generate::{cds, eds, lds, rds};
-use pilot::xds::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use pilot::model::Proxy;
+use pilot::testutil::golden::{self, UPDATE_ENV};
+use pilot::testutil::{TestConfig, fixture, mk_router, mk_sidecar};
+use pilot::xds::Generation;
+use pilot::xds::dump::{resource_json, section};
+use pilot::xds::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SharedResource};
 use serde_json::{Value, json};
 
-const UPDATE_ENV: &str = "MESH_UPDATE_GOLDEN";
+/// The mesh config of every sample: Istio's defaults, spelled out.
+const MESH: &str = "connectTimeout: 10s
+rootNamespace: istio-system
+trustDomain: cluster.local
+outboundTrafficPolicy: {mode: ALLOW_ANY}
+";
 
-fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests")
+/// Stands in for the version of every section: the files must not change from run to run.
+const VERSION: &str = "golden";
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
-/// The samples: name, the fixture files beside the registry (in order), and whether an
-/// ingress gateway's config is kept too.
-fn samples() -> Vec<(String, Vec<String>, bool)> {
-    let mut out = vec![("bookinfo".to_string(), Vec::new(), true)];
-    let mut files: Vec<String> = std::fs::read_dir(dir().join("fixtures"))
+/// The samples: a name and the fixtures applied over the registry, in order. Every fixture
+/// is one; a VirtualService sample comes over the subsets of its release's
+/// destination-rule-all, as Istio's docs apply it.
+fn samples() -> Vec<(String, Vec<String>)> {
+    let mut files: Vec<String> = std::fs::read_dir(fixture(""))
         .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".yaml"))
         .collect();
     files.sort();
+    let mut out = vec![("bookinfo".to_string(), Vec::new())];
     for file in files {
         let stem = file.trim_end_matches(".yaml").to_string();
         let mut inputs = Vec::new();
-        // As Istio's docs apply them: a VirtualService sample over the subsets of
-        // destination-rule-all of its own release.
-        if stem.contains("virtual-service") || stem.contains("fault-injection") {
-            let release = stem.split("-virtual-service").next().unwrap_or_default();
-            let release = release.split("-fault-injection").next().unwrap_or_default();
-            inputs.push(format!("{release}-destination-rule-all.yaml"));
+        for kind in ["-virtual-service-", "-fault-injection-"] {
+            if let Some((release, _)) = stem.split_once(kind) {
+                inputs.push(format!("{release}-destination-rule-all.yaml"));
+            }
         }
-        inputs.push(file.clone());
-        let gateway = stem.contains("gateway");
-        out.push((stem, inputs, gateway));
+        inputs.push(file);
+        out.push((stem, inputs));
     }
     out
 }
 
-/// Every `routeConfigName` the listeners refer to.
-fn route_names(listeners: &Value, out: &mut BTreeSet<String>) {
-    match listeners {
+fn proxies() -> [(&'static str, Proxy); 2] {
+    [
+        (
+            "sidecar",
+            mk_sidecar("default", "127.3.0.1")
+                .pod("productpage-v1-0")
+                .labels(&[("app", "productpage"), ("version", "v1")])
+                .build(),
+        ),
+        (
+            "router",
+            mk_router("istio-system", "127.3.0.10")
+                .pod("istio-ingressgateway-0")
+                .labels(&[("istio", "ingressgateway")])
+                .build(),
+        ),
+    ]
+}
+
+/// Every string under a `key` anywhere in `v`.
+fn strings_under(v: &Value, key: &str, out: &mut BTreeSet<String>) {
+    match v {
         Value::Object(map) => {
             for (k, v) in map {
-                if k == "routeConfigName"
-                    && let Some(name) = v.as_str()
-                {
-                    out.insert(name.to_string());
-                } else {
-                    route_names(v, out);
+                match v.as_str() {
+                    Some(s) if k == key => {
+                        out.insert(s.to_string());
+                    }
+                    _ => strings_under(v, key, out),
                 }
             }
         }
-        Value::Array(items) => items.iter().for_each(|v| route_names(v, out)),
+        Value::Array(items) => items.iter().for_each(|v| strings_under(v, key, out)),
         _ => {}
     }
 }
 
-/// Every EDS cluster name the clusters refer to.
-fn eds_names(clusters: &[pilot::xds::resource::SharedResource]) -> BTreeSet<String> {
+/// The names Envoy asks EDS for: those of its EDS clusters (or their `serviceName`).
+fn eds_names(clusters: &[SharedResource]) -> BTreeSet<String> {
     clusters
         .iter()
-        .filter(|c| {
-            let json = pilot::xds::dump::resource_json(c);
-            json["type"] == "EDS"
+        .map(resource_json)
+        .filter(|c| c["type"] == "EDS")
+        .map(|c| match c["edsClusterConfig"]["serviceName"].as_str() {
+            Some(service) => service.to_string(),
+            None => c["name"].as_str().unwrap_or_default().to_string(),
         })
-        .map(|c| c.name.clone())
         .collect()
 }
 
-/// The four sections a proxy gets, as one JSON document.
-fn dump(ctx: &PushContext, proxy: &Proxy) -> Value {
-    let clusters = cds::clusters(ctx, proxy);
-    let listeners = lds::listeners(ctx, proxy);
-    let listener_json = section(LISTENER, "golden", &listeners);
-    let mut names = BTreeSet::new();
-    route_names(&listener_json, &mut names);
-    let routes = rds::routes(ctx, proxy, &names);
-    let endpoints: Vec<_> = eds_names(&clusters)
-        .iter()
-        .filter_map(|name| eds::load_assignment(ctx, name))
-        .collect();
+/// What `proxy` is sent of each type, resources sorted by name, as one JSON document.
+fn dump(generation: &Generation, proxy: &Proxy, inputs: &[String]) -> Value {
+    let get = |type_url: &str, names: &BTreeSet<String>| {
+        let mut resources = generation.resources(proxy, type_url, names).unwrap();
+        resources.sort_by(|a, b| a.name.cmp(&b.name));
+        resources
+    };
+    let clusters = get(CLUSTER, &BTreeSet::new());
+    let endpoints = get(ENDPOINT, &eds_names(&clusters));
+    let listeners = section(LISTENER, VERSION, &get(LISTENER, &BTreeSet::new()));
+    let mut route_names = BTreeSet::new();
+    strings_under(&listeners, "routeConfigName", &mut route_names);
+    let routes = get(ROUTE, &route_names);
+    let mut sources = vec!["golden/registry.yaml".to_string()];
+    sources.extend(inputs.iter().map(|f| format!("fixtures/{f}")));
     json!({
         "node": proxy.to_string(),
+        "inputs": sources,
         "configs": [
-            section(CLUSTER, "golden", &clusters),
-            section(ENDPOINT, "golden", &endpoints),
-            listener_json,
-            section(ROUTE, "golden", &routes),
-        ]
+            section(CLUSTER, VERSION, &clusters),
+            section(ENDPOINT, VERSION, &endpoints),
+            listeners,
+            section(ROUTE, VERSION, &routes),
+        ],
     })
-}
-
-/// The first lines where `want` and `got` differ, with line numbers.
-fn first_differences(want: &str, got: &str) -> String {
-    let (w, g): (Vec<&str>, Vec<&str>) = (want.lines().collect(), got.lines().collect());
-    let mut out = String::new();
-    let mut shown = 0;
-    for i in 0..w.len().max(g.len()) {
-        let (a, b) = (w.get(i).copied(), g.get(i).copied());
-        if a != b {
-            let _ = writeln!(out, "  line {}:", i + 1);
-            let _ = writeln!(out, "  - {}", a.unwrap_or("<end of file>"));
-            let _ = writeln!(out, "  + {}", b.unwrap_or("<end of file>"));
-            shown += 1;
-            if shown == 8 {
-                let _ = writeln!(out, "  ...");
-                break;
-            }
-        }
-    }
-    out
 }
 
 #[test]
 fn xds_output_matches_the_golden_files() {
-    let update = std::env::var_os(UPDATE_ENV).is_some_and(|v| v == "1");
-    let registry = std::fs::read_to_string(dir().join("golden/registry.yaml")).unwrap();
-    let sidecar = mk_sidecar(
-        "productpage-v1-0",
-        "default",
-        "127.3.0.1",
-        &[("app", "productpage"), ("version", "v1")],
-    );
-    let router = mk_router(
-        "istio-ingressgateway-0",
-        "istio-system",
-        "127.3.0.10",
-        &[("istio", "ingressgateway")],
-    );
     let mut failures = Vec::new();
-    let mut written = BTreeSet::new();
-    for (name, inputs, gateway) in samples() {
-        let mut text = registry.clone();
+    let mut expected = BTreeSet::new();
+    for (name, inputs) in samples() {
+        let mut config = TestConfig::new()
+            .mesh_yaml(MESH)
+            .file(golden_dir().join("registry.yaml"));
         for input in &inputs {
-            text.push_str("\n---\n");
-            text.push_str(&std::fs::read_to_string(dir().join("fixtures").join(input)).unwrap());
+            config = config.fixture(input);
         }
-        let ctx = context_from_yaml(&text, MeshConfig::default());
-        let mut proxies = vec![("sidecar", &sidecar)];
-        if gateway {
-            proxies.push(("router", &router));
-        }
-        for (kind, proxy) in proxies {
+        let generation = config.generation();
+        for (kind, proxy) in proxies() {
             let file = format!("{name}.{kind}.json");
-            let got = serde_json::to_string_pretty(&dump(&ctx, proxy)).unwrap() + "\n";
-            let path = dir().join("golden").join(&file);
-            written.insert(file.clone());
-            if update {
-                std::fs::write(&path, &got).unwrap();
-                continue;
+            let got = serde_json::to_string_pretty(&dump(&generation, &proxy, &inputs)).unwrap();
+            if let Err(e) = golden::check(&golden_dir().join(&file), &(got + "\n")) {
+                failures.push(e);
             }
-            match std::fs::read_to_string(&path) {
-                Ok(want) if want == got => {}
-                Ok(want) => failures.push(format!(
-                    "{file} differs from what Pilot generates now:\n{}",
-                    first_differences(&want, &got)
-                )),
-                Err(_) => failures.push(format!("{file} is missing")),
-            }
+            expected.insert(file);
         }
     }
     // No golden file without a sample behind it.
-    for entry in std::fs::read_dir(dir().join("golden")).unwrap().flatten() {
-        let file = entry.file_name().to_string_lossy().into_owned();
-        if file.ends_with(".json") && !written.contains(&file) {
-            if update {
-                std::fs::remove_file(entry.path()).unwrap();
+    for entry in std::fs::read_dir(golden_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        if file.ends_with(".json") && !expected.contains(&file) {
+            if golden::update_requested() {
+                std::fs::remove_file(&path).unwrap();
             } else {
                 failures.push(format!("{file} belongs to no sample any more"));
             }
         }
     }
+    // The first few in full, then only which files.
+    let shown: Vec<&str> = failures
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            if i < 5 {
+                f
+            } else {
+                f.lines().next().unwrap_or_default()
+            }
+        })
+        .collect();
     assert!(
         failures.is_empty(),
-        "{} golden file(s) out of date:\n{}\nIf the change is intended, regenerate them with \
-         `{UPDATE_ENV}=1 cargo test -p pilot --test golden` and review the diff.",
+        "{} golden file(s) out of date:\n\n{}\n\nIf the change is intended, regenerate them with \
+         `{UPDATE_ENV}=1 cargo test -p pilot --test golden` and review the diff (git diff \
+         pilot/tests/golden).",
         failures.len(),
-        failures.join("\n")
+        shown.join("\n")
     );
 }

@@ -511,15 +511,8 @@ mod tests {
         assert_eq!(subset_name(&labels), "app-reviews-track-a-b");
     }
 
-    fn snapshot(text: &str) -> Snapshot {
-        let objects = mesh_runtime::config::parse_file("x.yaml".as_ref(), text)
-            .into_iter()
-            .map(|r| {
-                let o = r.unwrap();
-                (o.key.clone(), std::sync::Arc::new(o))
-            })
-            .collect();
-        Snapshot::new(1, true, objects, Vec::new())
+    fn snapshot(text: &str) -> std::sync::Arc<Snapshot> {
+        crate::testutil::TestConfig::from_yaml(text).snapshot()
     }
 
     #[test]

@@ -535,16 +535,14 @@ pub fn host_matches(pattern: &str, host: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn context_with(text: &str, mesh: MeshConfig) -> PushContext {
-        crate::testutil::context_from_yaml(text, mesh)
-    }
+    use crate::testutil::{TestConfig, mk_sidecar, push_context as context};
 
-    fn context(text: &str) -> PushContext {
-        context_with(text, MeshConfig::default())
+    fn context_with(text: &str, mesh: MeshConfig) -> PushContext {
+        TestConfig::from_yaml(text).mesh(mesh).push_context()
     }
 
     fn proxy(namespace: &str, labels: &[(&str, &str)]) -> Proxy {
-        crate::testutil::mk_sidecar("app-1", namespace, "127.0.0.9", labels)
+        mk_sidecar(namespace, "127.0.0.9").labels(labels).build()
     }
 
     /// `web` in `a`, a ServiceEntry per export, and rules per export.

@@ -312,17 +312,11 @@ impl Scope {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-    use mesh_runtime::Snapshot;
     use prost::Message;
 
     use super::*;
-    use crate::mesh::MeshConfig;
-    use crate::model::Registry;
-
-    const NODE: &str = "sidecar~127.0.0.9~productpage-1.default~default.svc.cluster.local";
+    use crate::testutil::{ProxyBuilder, TestConfig, mk_sidecar};
     const REVIEWS: &str = "outbound|9080||reviews.default.svc.cluster.local";
     const RATINGS: &str = "outbound|9080||ratings.default.svc.cluster.local";
 
@@ -387,33 +381,20 @@ spec:
 ";
 
     fn context(text: &str) -> Arc<PushContext> {
-        let objects: BTreeMap<_, _> = mesh_runtime::config::parse_file("x.yaml".as_ref(), text)
-            .into_iter()
-            .map(|r| {
-                let o = r.unwrap();
-                (o.key.clone(), Arc::new(o))
-            })
-            .collect();
-        let snap = Snapshot::new(1, true, objects, Vec::new());
-        let (registry, warnings) = Registry::from_config(&snap);
-        assert!(warnings.is_empty(), "{warnings:?}");
-        Arc::new(PushContext::new(
-            "1".into(),
-            &snap,
-            Arc::new(registry),
-            Arc::new(MeshConfig::default()),
-        ))
+        Arc::new(TestConfig::from_yaml(text).push_context())
+    }
+
+    /// The `productpage` instance at 127.0.0.9.
+    fn sidecar() -> ProxyBuilder {
+        mk_sidecar("default", "127.0.0.9")
+            .pod("productpage-1")
+            .labels(&[("app", "productpage")])
     }
 
     fn proxy(meta: &[(&str, serde_json::Value)]) -> Proxy {
-        let mut metadata: BTreeMap<String, serde_json::Value> = meta
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect();
-        metadata
-            .entry("LABELS".into())
-            .or_insert_with(|| serde_json::json!({"app": "productpage"}));
-        Proxy::from_node(NODE, metadata).unwrap()
+        meta.iter()
+            .fold(sidecar(), |p, (k, v)| p.meta(k, v.clone()))
+            .build()
     }
 
     fn at(locality: &str) -> Proxy {
@@ -535,10 +516,7 @@ spec:
         let g = Generation::new(context(&config(TWO_ZONES)));
         let east = at("us/east/a");
         // Same locality through the label: other labels, so another CDS scope, same EDS.
-        let east_label = proxy(&[(
-            "LABELS",
-            serde_json::json!({"app": "productpage", "istio-locality": "us.east.a"}),
-        )]);
+        let east_label = sidecar().labels(&[("istio-locality", "us.east.a")]).build();
         let west = at("us/west/a");
         let nowhere = proxy(&[]);
 

@@ -579,56 +579,41 @@ mod tests {
     /// sidecar and for the gateway decodes completely.
     #[test]
     fn everything_pilot_generates_for_bookinfo_decodes() {
-        use std::collections::{BTreeMap, BTreeSet};
-        use std::path::Path;
-        use std::sync::Arc;
+        use std::collections::BTreeSet;
 
         use crate::mesh::MeshConfig;
-        use crate::model::Proxy;
-        use crate::xds::push::{Inputs, build, registry_from};
+        use crate::testutil::{TestConfig, mk_router, mk_sidecar};
         use crate::xds::resource::PUSH_ORDER;
 
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-        let mut text = include_str!("../../benches/bookinfo.yaml").to_string();
+        let mut config = TestConfig::new().file(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/benches/bookinfo.yaml"
+        ));
         for f in [
             "istio-current-destination-rule-all-mtls.yaml",
             "istio-current-fault-injection-details-v1.yaml",
             "istio-current-virtual-service-ratings-test-abort.yaml",
             "istio-current-bookinfo-gateway.yaml",
         ] {
-            text.push_str("\n---\n");
-            text.push_str(&std::fs::read_to_string(fixtures.join(f)).unwrap());
+            config = config.fixture(f);
         }
-        let objects: BTreeMap<_, _> = mesh_runtime::config::parse_file(Path::new("b.yaml"), &text)
-            .into_iter()
-            .filter_map(Result::ok)
-            .map(|o| (o.key.clone(), Arc::new(o)))
-            .collect();
-        let config = Arc::new(mesh_runtime::Snapshot::new(1, true, objects, Vec::new()));
-        let inputs = Inputs {
-            registry: registry_from(&config),
-            config,
-            mesh: Arc::new(MeshConfig {
+        let generation = config
+            .mesh(MeshConfig {
                 proxy_http_port: 15080,
                 mixer_check_server: "istio-policy.istio-system.svc.cluster.local:9091".into(),
                 mixer_report_server: "istio-telemetry.istio-system.svc.cluster.local:9091".into(),
                 access_log_file: "/dev/stdout".into(),
                 ..Default::default()
-            }),
-        };
-        let generation = build(&inputs, None);
-        let labels = |l: serde_json::Value| BTreeMap::from([("LABELS".to_string(), l)]);
+            })
+            .generation();
         let proxies = [
-            Proxy::from_node(
-                "sidecar~127.2.0.1~productpage-0.default~default.svc.cluster.local",
-                labels(json!({"app": "productpage", "version": "v1"})),
-            )
-            .unwrap(),
-            Proxy::from_node(
-                "router~127.2.0.9~istio-ingressgateway-0.istio-system~istio-system.svc.cluster.local",
-                labels(json!({"istio": "ingressgateway"})),
-            )
-            .unwrap(),
+            mk_sidecar("default", "127.2.0.1")
+                .pod("productpage-0")
+                .labels(&[("app", "productpage"), ("version", "v1")])
+                .build(),
+            mk_router("istio-system", "127.2.0.9")
+                .labels(&[("istio", "ingressgateway")])
+                .build(),
         ];
         let mut seen = 0;
         for proxy in &proxies {

@@ -345,19 +345,12 @@ pub fn secure_inbound(ctx: &PushContext, proxy: &Proxy, listener: &mut Listener,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     #[test]
     fn cert_files_come_from_metadata_or_etc_certs() {
-        let meta = BTreeMap::from([(
-            "TLS_CLIENT_CERT_CHAIN".to_string(),
-            serde_json::json!("/tmp/a/cert-chain.pem"),
-        )]);
-        let p = Proxy::from_node(
-            "sidecar~127.0.0.1~a.default~default.svc.cluster.local",
-            meta,
-        )
-        .unwrap();
+        let p = crate::testutil::mk_sidecar("default", "127.0.0.1")
+            .meta("TLS_CLIENT_CERT_CHAIN", "/tmp/a/cert-chain.pem")
+            .build();
         let c = CertFiles::client(&p);
         assert_eq!(c.cert_chain, "/tmp/a/cert-chain.pem");
         assert_eq!(c.key, "/etc/certs/key.pem");

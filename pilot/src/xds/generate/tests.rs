@@ -1,8 +1,6 @@
 //! Generator tests on config written as YAML: what Envoy gets for traffic features that the
 //! real-Envoy tests cannot reach through an HTTP proxy port (TCP routes, DNS clusters).
 
-use std::collections::BTreeMap;
-
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster::ClusterDiscoveryType};
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter::ConfigType};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
@@ -13,19 +11,14 @@ use prost::Message;
 use super::{cds, lds};
 use crate::mesh::MeshConfig;
 use crate::model::{Proxy, PushContext};
-
-const NODE: &str = "sidecar~127.0.0.9~app-1.default~default.svc.cluster.local";
-
-fn context(text: &str) -> PushContext {
-    context_with(text, MeshConfig::default())
-}
+use crate::testutil::{TestConfig, mk_router, mk_sidecar, push_context as context};
 
 fn context_with(text: &str, mesh: MeshConfig) -> PushContext {
-    crate::testutil::context_from_yaml(text, mesh)
+    TestConfig::from_yaml(text).mesh(mesh).push_context()
 }
 
 fn proxy() -> Proxy {
-    Proxy::from_node(NODE, BTreeMap::new()).unwrap()
+    mk_sidecar("default", "127.0.0.9").build()
 }
 
 const DB: &str = "apiVersion: networking.istio.io/v1alpha3
@@ -322,12 +315,10 @@ spec:
     assert_eq!(m.server_names, vec!["api.example.com".to_string()]);
 }
 
-const ROUTER: &str =
-    "router~127.0.0.40~istio-ingressgateway-1.istio-system~istio-system.svc.cluster.local";
-
 fn router() -> Proxy {
-    let labels = serde_json::json!({"istio": "ingressgateway"});
-    Proxy::from_node(ROUTER, BTreeMap::from([("LABELS".to_string(), labels)])).unwrap()
+    mk_router("istio-system", "127.0.0.40")
+        .labels(&[("istio", "ingressgateway")])
+        .build()
 }
 
 const POLICIES: &str = "apiVersion: networking.istio.io/v1alpha3
