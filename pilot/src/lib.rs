@@ -9,6 +9,7 @@
 //! The binary is a thin `main.rs` over [`main`].
 
 pub mod bootstrap;
+pub mod check;
 mod debug;
 pub mod kube;
 pub mod legacy;
@@ -37,6 +38,7 @@ pub async fn main(cli: Cli, shutdown: Shutdown) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&json)?);
             Ok(())
         }
+        Some(Command::Check(args)) => Ok(check::run(args).await?),
         Some(Command::Validate(args)) => {
             let problems = validate::validate_files(&args.files);
             for p in &problems {

@@ -41,6 +41,11 @@ pub enum Command {
     /// is served in, is a problem (the nearest known kind is named); documents of other
     /// groups (Deployments, Services, ...) are skipped.
     Validate(ValidateArgs),
+    /// Check the cluster like `linkerd check`: with --pre, that it is ready for
+    /// manifests/install.yaml (version, permissions); without, that the installed control
+    /// plane works (CRDs, Deployments, the webhook's caBundle, Citadel's root, Pilot's and
+    /// Mixer's readiness, proxies' sync status). Exits non-zero when a check fails.
+    Check(crate::check::CheckArgs),
 }
 
 /// Flags of `pilot validate`.
