@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run test lint fmt build unit deps envoy images cluster cluster-down bench clean
+.PHONY: help run test lint fmt build unit deps envoy images manifests cluster cluster-down bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -30,6 +30,10 @@ fmt: ## format the code
 
 build: ## build every crate
 	$(CARGO) build --workspace --locked
+
+manifests: ## regenerate manifests/crds.yaml and manifests/install.yaml (tests fail when they are stale)
+	$(CARGO) run -q --locked -p mesh-proto --bin gen-crds -- --out manifests/crds.yaml
+	$(CARGO) run -q --locked -p pilot -- manifest --out manifests/install.yaml
 
 # The container images (images/images.yaml, images/README.md): OCI + docker-archive tars in
 # target/images/, from release binaries, or with PROFILE=dev from the test build's

@@ -31,6 +31,10 @@ pub const WORKLOAD_SECRET_TYPE: &str = "istio.io/key-and-cert";
 pub const SERVICE_ACCOUNT_ANNOTATION: &str = "istio.io/service-account.name";
 /// Name of the secret holding the self-signed CA.
 pub const CA_SECRET: &str = "istio-ca-secret";
+/// The label on every secret Citadel writes (and on everything install.yaml creates), so
+/// `kubectl delete secret -A -l app.kubernetes.io/part-of=istio` removes what outlives an
+/// uninstall.
+pub const MANAGED_LABEL: (&str, &str) = ("app.kubernetes.io/part-of", "istio");
 /// Type of the CA secret.
 pub const CA_SECRET_TYPE: &str = "istio.io/ca-root";
 /// Name of the secret holding a plugged-in CA.
@@ -116,6 +120,10 @@ impl KubeCaStore {
             metadata: ObjectMeta {
                 name: Some(CA_SECRET.into()),
                 namespace: Some(self.namespace.clone()),
+                labels: Some(BTreeMap::from([(
+                    MANAGED_LABEL.0.to_string(),
+                    MANAGED_LABEL.1.to_string(),
+                )])),
                 ..Default::default()
             },
             type_: Some(CA_SECRET_TYPE.into()),
@@ -344,6 +352,10 @@ impl SecretSink for KubeSecretSink {
                     annotations: Some(BTreeMap::from([(
                         SERVICE_ACCOUNT_ANNOTATION.to_string(),
                         key.service_account.clone(),
+                    )])),
+                    labels: Some(BTreeMap::from([(
+                        MANAGED_LABEL.0.to_string(),
+                        MANAGED_LABEL.1.to_string(),
                     )])),
                     ..Default::default()
                 },

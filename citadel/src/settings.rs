@@ -618,6 +618,22 @@ mod tests {
     }
 
     #[test]
+    fn the_install_settings_file_is_one_citadel_reads() {
+        let file = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../manifests/install/citadel.yaml"
+        );
+        let s = parse(&["--config", file]).unwrap();
+        assert_eq!(s.grpc_addr.port(), 8060);
+        assert_eq!(s.http_addr.port(), 15014);
+        assert_eq!(s.storage_namespace, "istio-system");
+        assert!(
+            s.grpc_host_identities
+                .contains(&"istio-citadel.istio-system.svc".to_string())
+        );
+    }
+
+    #[test]
     fn go_durations() {
         assert_eq!(
             parse_go_duration("24h").unwrap(),

@@ -151,3 +151,23 @@ pub fn watched_kinds() -> Vec<(Kind, String)> {
         .map(|kind| (kind, "v1alpha2".to_string()))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_install_settings_file_is_one_mixer_reads() {
+        let file = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../manifests/install/mixer.yaml"
+        );
+        let cli: Cli =
+            mesh_runtime::cli::try_parse_from("MIXER_TEST", ["mixer", "--config", file]).unwrap();
+        let s = Settings::resolve(cli).unwrap();
+        assert_eq!(s.grpc_addr.port(), 9091);
+        assert_eq!(s.http_addr.port(), 15014);
+        assert_eq!(s.prometheus_addr.port(), 42422);
+        assert_eq!(s.config_default_namespace, "istio-system");
+    }
+}

@@ -17,6 +17,10 @@ pub struct BootstrapOptions {
     pub delta: bool,
     /// Node metadata.
     pub metadata: BTreeMap<String, Value>,
+    /// A port on every address for the kubelet and Prometheus (Istio's 15021):
+    /// `/healthz/ready` answers 200 once Envoy is initialized (its admin `/ready`), and
+    /// `/stats/prometheus` serves Envoy's stats. None: no such listener.
+    pub status_port: Option<u16>,
 }
 
 /// Errors building a bootstrap.
@@ -58,7 +62,7 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, BootstrapError> {
         let l = crate::xds::generate::eds::parse_locality(&l);
         node["locality"] = json!({"region": l.region, "zone": l.zone, "sub_zone": l.sub_zone});
     }
-    Ok(json!({
+    let mut bootstrap = json!({
         "node": node,
         "admin": {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": opts.admin_port}},
@@ -94,7 +98,59 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, BootstrapError> {
                 },
             }],
         },
-    }))
+    });
+    if let Some(port) = opts.status_port {
+        add_status_listener(&mut bootstrap, port, opts.admin_port);
+    }
+    Ok(bootstrap)
+}
+
+/// The status listener: two paths of the admin interface, published on `port` (the admin
+/// interface itself stays on loopback, since it can also change Envoy's state).
+fn add_status_listener(bootstrap: &mut Value, port: u16, admin_port: u16) {
+    let route = |path: &str, rewrite: &str| {
+        json!({
+            "match": {"path": path},
+            "route": {"cluster": "envoy-admin", "prefix_rewrite": rewrite, "timeout": "5s"},
+        })
+    };
+    let resources = &mut bootstrap["static_resources"];
+    if let Some(clusters) = resources["clusters"].as_array_mut() {
+        clusters.push(json!({
+            "name": "envoy-admin",
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {
+                "cluster_name": "envoy-admin",
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                    "socket_address": {"address": "127.0.0.1", "port_value": admin_port},
+                }}}]}],
+            },
+        }));
+    }
+    resources["listeners"] = json!([{
+        "name": "status",
+        "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "status",
+                "route_config": {"virtual_hosts": [{
+                    "name": "status",
+                    "domains": ["*"],
+                    "routes": [
+                        route("/healthz/ready", "/ready"),
+                        route("/stats/prometheus", "/stats/prometheus"),
+                    ],
+                }]},
+                "http_filters": [{
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                }],
+            },
+        }]}],
+    }]);
 }
 
 #[cfg(test)]
@@ -109,6 +165,7 @@ mod tests {
             admin_port: 15000,
             delta: true,
             metadata: BTreeMap::from([("LABELS".into(), json!({"app": "productpage"}))]),
+            status_port: None,
         })
         .unwrap();
         assert_eq!(b["node"]["cluster"], "productpage.default");
@@ -123,6 +180,7 @@ mod tests {
             admin_port: 15000,
             delta: false,
             metadata: BTreeMap::from([("ISTIO_LOCALITY".into(), json!("us/east/a"))]),
+            status_port: None,
         })
         .unwrap();
         assert_eq!(b["node"]["locality"]["zone"], "east");
@@ -133,6 +191,7 @@ mod tests {
                 admin_port: 1,
                 delta: false,
                 metadata: BTreeMap::new(),
+                status_port: None,
             })
             .is_err()
         );

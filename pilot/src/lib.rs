@@ -4,6 +4,8 @@
 //! - [`model`]: services, endpoints, proxies and the push context, whatever their source.
 //! - [`xds`]: generation, caching, the protocol rules, the gRPC streams and the push pipeline.
 //! - [`mesh`]: MeshConfig. [`bootstrap`]: the Envoy bootstrap of a proxy.
+//! - [`validate`]: Istio's semantic checks, the admission webhook and its caBundle keeper.
+//! - [`install`]: `manifests/install.yaml` (`pilot manifest`).
 //! - `testutil` (tests, or the `testutil` feature): builders of proxies and push contexts.
 //!
 //! The binary is a thin `main.rs` over [`main`].
@@ -11,6 +13,7 @@
 pub mod bootstrap;
 pub mod check;
 mod debug;
+pub mod install;
 pub mod kube;
 pub mod legacy;
 pub mod mesh;
@@ -35,7 +38,21 @@ pub async fn main(cli: Cli, shutdown: Shutdown) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Bootstrap(args)) => {
             let json = bootstrap::bootstrap(&args.options())?;
-            println!("{}", serde_json::to_string_pretty(&json)?);
+            let text = serde_json::to_string_pretty(&json)? + "\n";
+            match &args.out {
+                Some(path) => std::fs::write(path, text)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => print!("{text}"),
+            }
+            Ok(())
+        }
+        Some(Command::Manifest(args)) => {
+            let yaml = install::install_yaml(&args.options());
+            match &args.out {
+                Some(path) => std::fs::write(path, yaml)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => print!("{yaml}"),
+            }
             Ok(())
         }
         Some(Command::Check(args)) => Ok(check::run(args).await?),
@@ -160,6 +177,19 @@ pub async fn serve(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()>
 
     if let Some(webhook) = webhook {
         tokio::spawn(webhook.serve(shutdown.clone()));
+    }
+    // On Kubernetes, the webhook's configuration gets the roots of what it serves.
+    if let (ConfigSource::Kubernetes(kubeconfig), Some(keeper)) = (
+        &source,
+        settings.webhook.as_ref().and_then(|w| w.keeper.clone()),
+    ) {
+        let client = mesh_runtime::kube_client::connect(kubeconfig.as_deref()).await?;
+        let keeper = validate::cabundle::Keeper {
+            api: ::kube::Api::all(client),
+            name: keeper.config,
+            roots: keeper.ca_bundle,
+        };
+        tokio::spawn(keeper.run(shutdown.clone()));
     }
 
     let routes = debug::routes(server.clone());

@@ -10,7 +10,7 @@ use mesh_proto::types::Duration as IstioDuration;
 use mesh_runtime::cli::{BinaryCli, CommonArgs};
 use serde::Deserialize;
 
-use crate::validate::webhook::WebhookSettings;
+use crate::validate::webhook::{CaBundleKeeper, WebhookSettings};
 
 /// Pilot: serves Envoy configuration (xDS v3) for an Istio service mesh.
 ///
@@ -35,6 +35,10 @@ pub struct Cli {
 pub enum Command {
     /// Print the Envoy bootstrap (JSON) a proxy needs to join the mesh.
     Bootstrap(BootstrapArgs),
+    /// Print the Kubernetes install (manifests/install.yaml): the control plane in
+    /// istio-system. Apply it after manifests/crds.yaml; `pilot check` then says whether it
+    /// works.
+    Manifest(ManifestArgs),
     /// Check Istio config files like `istioctl validate`: one line per problem (file, object,
     /// field); exits non-zero when there is any. A kind that is not one of the Istio API
     /// groups' (networking, config, rbac, security, authentication), or not in a version it
@@ -46,6 +50,42 @@ pub enum Command {
     /// plane works (CRDs, Deployments, the webhook's caBundle, Citadel's root, Pilot's and
     /// Mixer's readiness, proxies' sync status). Exits non-zero when a check fails.
     Check(crate::check::CheckArgs),
+}
+
+/// Flags of `pilot manifest`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ManifestArgs {
+    /// Registry and repository of the images (Istio's `hub`).
+    #[arg(long, value_name = "HUB", default_value = "docker.io/mesh")]
+    pub hub: String,
+
+    /// Tag of the images [default: this build's version].
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+
+    /// imagePullPolicy of every container.
+    #[arg(long, value_name = "POLICY", default_value = "IfNotPresent",
+          value_parser = ["Always", "IfNotPresent", "Never"])]
+    pub image_pull_policy: String,
+
+    /// Write to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+impl ManifestArgs {
+    /// The generator's options.
+    pub fn options(&self) -> crate::install::InstallOptions {
+        let mut opts = crate::install::InstallOptions {
+            hub: self.hub.clone(),
+            pull_policy: self.image_pull_policy.clone(),
+            ..Default::default()
+        };
+        if let Some(tag) = &self.tag {
+            opts.tag = tag.clone();
+        }
+        opts
+    }
 }
 
 /// Flags of `pilot validate`.
@@ -105,6 +145,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE", requires = "webhook_cert")]
     pub webhook_key: Option<PathBuf>,
 
+    /// On Kubernetes, the ValidatingWebhookConfiguration whose caBundle Pilot keeps equal to
+    /// --webhook-ca-bundle (restored within seconds when someone changes or wipes it).
+    #[arg(long, value_name = "NAME", requires = "webhook_ca_bundle")]
+    pub webhook_config: Option<String>,
+
+    /// PEM root(s) of --webhook-cert, for --webhook-config's caBundle (e.g. Citadel's
+    /// root-cert.pem beside the certificate). Re-read when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub webhook_ca_bundle: Option<PathBuf>,
+
     /// On Kubernetes, write why an Istio object is refused into its status
     /// (`validationMessages` and a `Reconciled` condition), only when that changes
     /// [default: true]. Istio leaves this off because its webhook refuses such objects first;
@@ -144,6 +194,16 @@ pub struct BootstrapArgs {
     /// Node metadata (repeatable), e.g. INTERCEPTION_MODE=NONE or PROXY_HTTP_PORT=15080.
     #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = key_value)]
     pub meta: Vec<(String, String)>,
+
+    /// Also listen on this port (all addresses) for `/healthz/ready` (200 once Envoy is
+    /// initialized) and `/stats/prometheus`, as Istio's proxies do on 15021.
+    #[arg(long, value_name = "PORT")]
+    pub status_port: Option<u16>,
+
+    /// Write the bootstrap to FILE instead of stdout (e.g. an init container filling a
+    /// volume Envoy reads).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -168,6 +228,8 @@ struct FileSettings {
     webhook_addr: Option<SocketAddr>,
     webhook_cert: Option<PathBuf>,
     webhook_key: Option<PathBuf>,
+    webhook_config: Option<String>,
+    webhook_ca_bundle: Option<PathBuf>,
     enable_status: Option<bool>,
 }
 
@@ -194,7 +256,9 @@ pub struct Settings {
 pub enum SettingsError {
     #[error(transparent)]
     Load(#[from] mesh_runtime::settings::SettingsError),
-    #[error("webhookCert and webhookKey go together: {0} is missing")]
+    #[error(
+        "webhookCert and webhookKey go together, and webhookConfig needs webhookCaBundle: {0} is missing"
+    )]
     WebhookHalf(&'static str),
 }
 
@@ -221,6 +285,16 @@ impl Settings {
                     .unwrap_or_else(|| ([0, 0, 0, 0], 15017).into()),
                 cert,
                 key,
+                keeper: match (
+                    cli.webhook_config.or(file.webhook_config),
+                    cli.webhook_ca_bundle.or(file.webhook_ca_bundle),
+                ) {
+                    (Some(config), Some(ca_bundle)) => Some(CaBundleKeeper { config, ca_bundle }),
+                    (None, _) => None,
+                    (Some(_), None) => {
+                        return Err(SettingsError::WebhookHalf("webhookCaBundle"));
+                    }
+                },
             }),
             (None, None) => None,
             (Some(_), None) => return Err(SettingsError::WebhookHalf("webhookKey")),
@@ -283,6 +357,7 @@ impl BootstrapArgs {
             admin_port: self.admin_port,
             delta: self.delta,
             metadata,
+            status_port: self.status_port,
         }
     }
 }

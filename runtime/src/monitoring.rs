@@ -102,9 +102,12 @@ pub fn register_build_info(registry: &mut Registry, component: &str) {
     );
 }
 
-/// The router with `/ready` and `/metrics`; merge the service's `/debug/*` routes into it.
+/// The router with `/ready`, `/healthz` and `/metrics`; merge the service's `/debug/*`
+/// routes into it. `/healthz` answers while the process serves at all (a liveness probe:
+/// not being ready yet, e.g. waiting for the API server, is no reason to be restarted).
 pub fn router(readiness: Readiness, registry: Arc<Registry>) -> Router {
     Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/ready",
             get(move || {

@@ -6,6 +6,7 @@
 //! problems is refused, its last good version keeps serving); `pilot validate -f FILE...`
 //! runs the same checks offline. Every problem names its field, from `spec`.
 
+pub mod cabundle;
 mod regex;
 pub mod webhook;
 

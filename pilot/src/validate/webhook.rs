@@ -8,8 +8,10 @@
 //! Served over HTTPS only (the API server requires it) with the certificate and key of
 //! `--webhook-cert` and `--webhook-key`; without them the webhook is off. A
 //! `ValidatingWebhookConfiguration` points the API server here (the README says what it
-//! holds; `tests/tests/cluster_webhook.rs` registers one). The certificate is read at start;
-//! restart Pilot to replace it.
+//! holds; `tests/tests/cluster_webhook.rs` registers one). The certificate files are looked at
+//! every few seconds and a new pair is served from the next handshake on (Citadel rotates
+//! the certificate in the secret Pilot mounts); with `--webhook-config`, [`super::cabundle`]
+//! keeps that configuration's caBundle equal to the certificate's roots.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,6 +31,8 @@ use mesh_runtime::config::ConfigKey;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -70,12 +74,37 @@ pub struct WebhookSettings {
     pub cert: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// On Kubernetes: keep a webhook configuration's caBundle (see [`super::cabundle`]).
+    pub keeper: Option<CaBundleKeeper>,
 }
+
+/// Which webhook configuration's caBundle to keep, and from which file.
+#[derive(Debug, Clone)]
+pub struct CaBundleKeeper {
+    /// The ValidatingWebhookConfiguration.
+    pub config: String,
+    /// PEM roots of the serving certificate.
+    pub ca_bundle: PathBuf,
+}
+
+/// How often the certificate files are looked at for a new version (the kubelet replaces a
+/// mounted secret's files within about a minute of the secret changing).
+const RELOAD_EVERY: Duration = Duration::from_secs(5);
 
 /// The webhook, bound and ready to serve.
 pub struct Webhook {
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    certs: Arc<ReloadingCert>,
+}
+
+/// The serving certificate, replaced when its files change: Citadel rotates the certificate
+/// in the secret the pod mounts, and a handshake after that gets the new one.
+#[derive(Debug)]
+struct ReloadingCert {
+    cert: PathBuf,
+    key: PathBuf,
+    current: std::sync::RwLock<(Vec<u8>, Arc<CertifiedKey>)>,
 }
 
 // === impl Webhook ===
@@ -92,7 +121,13 @@ impl Webhook {
     /// Reads the certificate and key and binds the address: a bad certificate or a taken
     /// port fails here, before Pilot serves anything.
     pub async fn bind(settings: &WebhookSettings) -> Result<Webhook, WebhookError> {
-        let config = tls_config(&settings.cert, &settings.key)?;
+        let (files, key) = load_certified_key(&settings.cert, &settings.key)?;
+        let certs = Arc::new(ReloadingCert {
+            cert: settings.cert.clone(),
+            key: settings.key.clone(),
+            current: std::sync::RwLock::new((files, key)),
+        });
+        let config = tls_config(certs.clone())?;
         let listener =
             TcpListener::bind(settings.addr)
                 .await
@@ -103,6 +138,7 @@ impl Webhook {
         Ok(Webhook {
             listener,
             acceptor: TlsAcceptor::from(Arc::new(config)),
+            certs,
         })
     }
 
@@ -113,6 +149,7 @@ impl Webhook {
 
     /// Serves HTTPS until `shutdown`: each connection in a task of its own.
     pub async fn serve(self, shutdown: Shutdown) {
+        tokio::spawn(self.certs.clone().reload_until(shutdown.clone()));
         let service = TowerToHyperService::new(routes());
         loop {
             let (tcp, peer) = tokio::select! {
@@ -157,8 +194,60 @@ impl Webhook {
     }
 }
 
-/// The TLS server configuration from PEM files, offering HTTP/2 and HTTP/1.1.
-fn tls_config(cert: &Path, key: &Path) -> Result<ServerConfig, WebhookError> {
+// === impl ReloadingCert ===
+
+impl ReloadingCert {
+    /// Looks at the files every [`RELOAD_EVERY`] until `shutdown`; a new, valid pair replaces
+    /// the served one, a broken one is logged and the last good one keeps serving.
+    async fn reload_until(self: Arc<Self>, shutdown: Shutdown) {
+        let mut tick = tokio::time::interval(RELOAD_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            self.reload();
+        }
+    }
+
+    /// Serves the files' certificate if they changed and make a valid pair; true if it did.
+    fn reload(&self) -> bool {
+        let (Ok(cert), Ok(key)) = (std::fs::read(&self.cert), std::fs::read(&self.key)) else {
+            return false;
+        };
+        if self.read().0 == [cert, key].concat() {
+            return false;
+        }
+        match load_certified_key(&self.cert, &self.key) {
+            Ok(loaded) => {
+                tracing::info!(cert = %self.cert.display(), "webhook: serving a new certificate");
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = loaded;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook: new certificate files refused; the last good one keeps serving");
+                false
+            }
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, (Vec<u8>, Arc<CertifiedKey>)> {
+        self.current.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.read().1.clone())
+    }
+}
+
+/// The certificate chain and key from PEM files, with the files' bytes (to notice a change).
+fn load_certified_key(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<u8>, Arc<CertifiedKey>), WebhookError> {
     let read = |path: &Path| {
         std::fs::read(path).map_err(|source| WebhookError::Read {
             path: path.to_path_buf(),
@@ -178,15 +267,23 @@ fn tls_config(cert: &Path, key: &Path) -> Result<ServerConfig, WebhookError> {
             message: "the file holds no CERTIFICATE block".into(),
         });
     }
-    let key_der = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|e| WebhookError::Key {
+    let key_pem = read(key)?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| WebhookError::Key {
         path: key.to_path_buf(),
         message: e.to_string(),
     })?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let certified = CertifiedKey::from_der(chain, key_der, &provider)?;
+    Ok(([cert_pem, key_pem].concat(), Arc::new(certified)))
+}
+
+/// The TLS server configuration, offering HTTP/2 and HTTP/1.1.
+fn tls_config(certs: Arc<ReloadingCert>) -> Result<ServerConfig, WebhookError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(chain, key_der)?;
+        .with_cert_resolver(certs);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -403,14 +500,53 @@ mod tests {
         let cert = dir.path().join("cert.pem");
         let key = dir.path().join("key.pem");
         assert!(matches!(
-            tls_config(&cert, &key),
+            load_certified_key(&cert, &key),
             Err(WebhookError::Read { .. })
         ));
         std::fs::write(&cert, "not pem").unwrap();
         std::fs::write(&key, "not pem").unwrap();
         assert!(matches!(
-            tls_config(&cert, &key),
+            load_certified_key(&cert, &key),
             Err(WebhookError::Certificate { .. })
         ));
+    }
+
+    fn write_pair(dir: &Path, name: &str) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        cert.der().to_vec()
+    }
+
+    #[test]
+    fn a_rotated_certificate_is_served_and_a_broken_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = write_pair(dir.path(), "one.example");
+        let (files, key) =
+            load_certified_key(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap();
+        let certs = ReloadingCert {
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+            current: std::sync::RwLock::new((files, key)),
+        };
+        let served = |c: &ReloadingCert| c.read().1.cert[0].to_vec();
+        assert!(!certs.reload(), "unchanged files are not reloaded");
+        assert_eq!(served(&certs), first);
+        let second = write_pair(dir.path(), "two.example");
+        assert!(certs.reload());
+        assert_eq!(served(&certs), second);
+        // A half-written pair (the key of another certificate) keeps the last good one.
+        let _ = write_pair(dir.path(), "three.example");
+        std::fs::write(
+            dir.path().join("key.pem"),
+            rcgen::KeyPair::generate().unwrap().serialize_pem(),
+        )
+        .unwrap();
+        assert!(!certs.reload());
+        assert_eq!(served(&certs), second);
     }
 }

@@ -1,0 +1,15 @@
+//! The Kubernetes install: `manifests/install.yaml`, what `kubectl apply` takes to run the
+//! control plane in namespace `istio-system` (`pilot manifest` prints it; `make manifests`
+//! regenerates the checked-in copy, and a test fails when the two differ).
+//!
+//! One source of truth: the objects are built here, from [`names`] (which `pilot check` and
+//! the webhook's caBundle keeper read too), the settings files of `manifests/install/` (put
+//! in ConfigMaps as they are) and the kinds each binary watches (for its RBAC rules).
+//!
+//! - [`names`]: the names, ports and labels of what is installed.
+//! - [`manifest`]: the objects, and the YAML file.
+
+pub mod manifest;
+pub mod names;
+
+pub use manifest::{InstallOptions, install_yaml, objects};
