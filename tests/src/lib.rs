@@ -36,6 +36,8 @@ pub mod mesh;
 mod service;
 mod upstream;
 
+use std::collections::BTreeSet;
+
 pub use cluster::{Cluster, TestNamespace};
 pub use envoy::{Envoy, READY_TIMEOUT, envoy_binary};
 pub use http::{HttpResponse, http_get, http_request};
@@ -46,10 +48,19 @@ pub use upstream::Upstream;
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, read, closed).
 ///
-/// Racy by nature, but good enough for tests on one machine.
+/// Racy against other processes by nature, but never the same port twice in one test
+/// process: the kernel hands a just-closed ephemeral port out again, and two services of
+/// one test given the same port fail with "Address already in use".
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    static GIVEN: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind 127.0.0.1:0")
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
