@@ -1,4 +1,4 @@
-//! Pilot's debug pages: `/debug/syncz`, `/debug/adsz`, `/debug/registryz` and
+//! Pilot's debug pages: `/debug/syncz`, `/debug/adsz`, `/debug/registryz`, `/debug/meshz` and
 //! `/debug/config_dump?proxyID=...` (what a proxy is sent, as JSON in the shape of Envoy's
 //! admin `/config_dump`: see [`crate::xds::dump`]).
 
@@ -14,6 +14,22 @@ use serde_json::{Value, json};
 use crate::model::Proxy;
 use crate::xds::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, short_type};
 use crate::xds::{XdsServer, dump};
+
+/// `/debug/meshz`: the MeshConfig file, and why the file as it is now was refused (`null`
+/// when the file serves). A refused file leaves the last good config serving.
+pub fn mesh_routes(
+    path: Option<std::path::PathBuf>,
+    refused: tokio::sync::watch::Receiver<Option<String>>,
+) -> Router {
+    Router::new().route(
+        "/debug/meshz",
+        get(move || {
+            let refused = refused.borrow().clone();
+            let path = path.as_ref().map(|p| p.display().to_string());
+            async move { Json(json!({"file": path, "refused": refused})) }
+        }),
+    )
+}
 
 /// The debug routes.
 pub fn routes(server: XdsServer) -> Router {

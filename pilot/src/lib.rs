@@ -10,6 +10,7 @@
 //!
 //! The binary is a thin `main.rs` over [`main`].
 
+pub mod agent;
 pub mod bootstrap;
 pub mod check;
 mod debug;
@@ -92,7 +93,8 @@ pub async fn serve(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()>
         None => None,
     };
 
-    let mesh_rx = mesh::watch_mesh(settings.mesh.clone(), shutdown.clone())?;
+    let (mesh_rx, mesh_refused) =
+        mesh::watch_mesh_with_status(settings.mesh.clone(), shutdown.clone())?;
     let source = ConfigSource::from_flags(settings.config_dir.clone(), settings.kubeconfig.clone());
     let mut base = Base::start(
         "pilot",
@@ -192,7 +194,10 @@ pub async fn serve(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()>
         tokio::spawn(keeper.run(shutdown.clone()));
     }
 
-    let routes = debug::routes(server.clone());
+    let routes = debug::routes(server.clone()).merge(debug::mesh_routes(
+        settings.mesh.clone(),
+        mesh_refused,
+    ));
     let store = Arc::clone(&base.store);
     base.serve_monitoring(http, routes, shutdown.clone())
         .await?;

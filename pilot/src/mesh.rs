@@ -170,14 +170,31 @@ pub fn watch_mesh(
     path: Option<PathBuf>,
     shutdown: Shutdown,
 ) -> Result<watch::Receiver<Arc<MeshConfig>>, MeshError> {
+    watch_mesh_with_status(path, shutdown).map(|(rx, _)| rx)
+}
+
+/// [`watch_mesh`], and the refusal of the file as it is now: `Some(why)` while the file on
+/// disk is invalid and an older config serves (`/debug/meshz`, which `pilot check` reads).
+#[allow(clippy::type_complexity)]
+pub fn watch_mesh_with_status(
+    path: Option<PathBuf>,
+    shutdown: Shutdown,
+) -> Result<
+    (
+        watch::Receiver<Arc<MeshConfig>>,
+        watch::Receiver<Option<String>>,
+    ),
+    MeshError,
+> {
+    let (refused_tx, refused_rx) = watch::channel(None);
     let Some(path) = path else {
-        // Defaults that never change; the sender lives as long as the process serves.
+        // Defaults that never change; the senders live as long as the process serves.
         let (tx, rx) = watch::channel(Arc::new(MeshConfig::default()));
         tokio::spawn(async move {
             shutdown.cancelled().await;
-            drop(tx);
+            drop((tx, refused_tx));
         });
-        return Ok(rx);
+        return Ok((rx, refused_rx));
     };
     let initial = MeshConfig::load(&path)?;
     let (tx, rx) = watch::channel(Arc::new(initial));
@@ -199,14 +216,16 @@ pub fn watch_mesh(
                 Ok(mesh) => {
                     tracing::info!(path = %path.display(), "mesh config reloaded");
                     tx.send_replace(Arc::new(mesh));
+                    refused_tx.send_replace(None);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "mesh config refused; keeping the last good one")
+                    tracing::warn!(error = %e, "mesh config refused; keeping the last good one");
+                    refused_tx.send_replace(Some(e.to_string()));
                 }
             }
         }
     });
-    Ok(rx)
+    Ok((rx, refused_rx))
 }
 
 #[cfg(test)]

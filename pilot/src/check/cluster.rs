@@ -796,7 +796,32 @@ pub async fn pilot(ctx: &Ctx) -> Vec<CheckResult> {
             ),
         ),
     };
-    vec![ready, syncz]
+    let mesh_name = "Pilot's MeshConfig (ConfigMap istio, key mesh) is in force";
+    let mesh = match ctx
+        .service_get(names::PILOT, names::MONITORING_PORT, "/debug/meshz")
+        .await
+        .and_then(|text| mesh_refusal(&text))
+    {
+        Ok(None) => CheckResult::ok(mesh_name),
+        Ok(Some(why)) => CheckResult::fail(
+            mesh_name,
+            format!("refused, the last good one serves: {why}"),
+            ctx.kubectl(&format!("edit configmap {}", names::MESH_CONFIGMAP)),
+        ),
+        Err(e) => CheckResult::warn(mesh_name, format!("/debug/meshz: {e}")),
+    };
+    vec![ready, syncz, mesh]
+}
+
+/// Why Pilot refused the MeshConfig file as it is now (`/debug/meshz`), if it did.
+pub fn mesh_refusal(text: &str) -> Result<Option<String>, CheckError> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| CheckError::Missing(format!("not JSON: {e}")))?;
+    match value.get("refused") {
+        Some(serde_json::Value::String(why)) => Ok(Some(why.clone())),
+        Some(serde_json::Value::Null) => Ok(None),
+        _ => Err(CheckError::Missing("no \"refused\" field".into())),
+    }
 }
 
 /// `service` answers `/ready` on its monitoring port, through the API server.
@@ -1161,6 +1186,16 @@ mod tests {
             crd_problems(&want, &[crd("k0.x", None)]).as_deref(),
             Some("6 missing: k1.x, k2.x, k3.x, k4.x, k5.x and 1 more; 1 not established: k0.x")
         );
+    }
+
+    #[test]
+    fn mesh_refusals() {
+        assert_eq!(mesh_refusal(r#"{"file":"/m","refused":null}"#).unwrap(), None);
+        assert_eq!(
+            mesh_refusal(r#"{"refused":"connectTimeout: bad"}"#).unwrap().as_deref(),
+            Some("connectTimeout: bad")
+        );
+        assert!(mesh_refusal("[]").is_err());
     }
 
     #[test]

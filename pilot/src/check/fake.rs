@@ -245,6 +245,13 @@ fn healthy() -> Fake {
                 "connection": 1, "delta": false,
                 "types": {"cds": {"status": "SYNCED"}, "lds": {"status": "SYNCED"}}}]),
     );
+    f.put(
+        format!(
+            "/api/v1/namespaces/{NS}/services/http:{}:15014/proxy/debug/meshz",
+            names::PILOT
+        ),
+        json!({"file": "/etc/istio/config/mesh", "refused": null}),
+    );
     f
 }
 
@@ -262,7 +269,7 @@ async fn a_healthy_install_passes() {
     let groups = run(healthy(), GroupKind::POST).await;
     let out = text(&groups);
     assert!(
-        out.ends_with("Status check results are ✔ (18 passed)\n"),
+        out.ends_with("Status check results are ✔ (19 passed)\n"),
         "{out}"
     );
     for line in [
