@@ -504,6 +504,23 @@ pub fn deployment_problem(d: &Deployment) -> Option<String> {
         )),
         None => problems.push("no Available condition yet".into()),
     }
+    // A rollout whose new pods do not become ready leaves the old ones serving (maxUnavailable
+    // 0): every replica ready, yet the settings or image just applied are not in force.
+    let generation = d.metadata.generation;
+    let observed = status.and_then(|s| s.observed_generation);
+    if let (Some(g), Some(o)) = (generation, observed)
+        && o < g
+    {
+        problems.push(format!(
+            "rollout not yet seen by the controller (generation {g}, observed {o})"
+        ));
+    } else if let Some(updated) = status.and_then(|s| s.updated_replicas)
+        && updated < desired
+    {
+        problems.push(format!(
+            "rollout incomplete: {updated}/{desired} replicas run the current pod template"
+        ));
+    }
     if let Some(c) = condition("Progressing").filter(|c| c.status == "False") {
         problems.push(format!(
             "rollout stuck: {}",
@@ -1037,6 +1054,22 @@ mod tests {
         assert_eq!(
             deployment_problem(&deployment(Some(0), None, None)).as_deref(),
             Some("scaled to 0 replicas")
+        );
+        // Old pods ready, the new one crash-looping: the rollout is what is wrong.
+        let mut stuck = deployment(Some(2), Some(2), Some("True"));
+        stuck.metadata.generation = Some(3);
+        if let Some(s) = stuck.status.as_mut() {
+            s.observed_generation = Some(3);
+            s.updated_replicas = Some(1);
+        }
+        assert_eq!(
+            deployment_problem(&stuck).as_deref(),
+            Some("rollout incomplete: 1/2 replicas run the current pod template")
+        );
+        stuck.metadata.generation = Some(4);
+        assert_eq!(
+            deployment_problem(&stuck).as_deref(),
+            Some("rollout not yet seen by the controller (generation 4, observed 3)")
         );
         // No status at all is a problem, not a panic.
         assert!(deployment_problem(&Deployment::default()).is_some());
