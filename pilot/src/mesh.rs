@@ -38,6 +38,12 @@ pub struct MeshConfig {
     /// When set, sidecars get an HTTP proxy listener on 127.0.0.1:PORT that routes every
     /// outbound HTTP service by Host (for workloads without iptables capture).
     pub proxy_http_port: u32,
+    /// Port of the sidecars' `virtualOutbound` listener, where iptables redirects captured
+    /// outbound traffic (Istio's default 15001; `pilot-agent iptables -p`).
+    pub proxy_listen_port: u32,
+    /// Port of the sidecars' `virtualInbound` listener, where iptables redirects captured
+    /// inbound traffic (Istio's default 15006; `pilot-agent iptables -z`).
+    pub proxy_inbound_listen_port: u32,
     /// Connect timeout of upstream connections (Istio's default 10s).
     pub connect_timeout: IstioDuration,
     pub outbound_traffic_policy: OutboundTrafficPolicy,
@@ -62,6 +68,8 @@ impl Default for MeshConfig {
     fn default() -> Self {
         Self {
             proxy_http_port: 0,
+            proxy_listen_port: 15001,
+            proxy_inbound_listen_port: 15006,
             connect_timeout: Duration::from_secs(10).into(),
             outbound_traffic_policy: OutboundTrafficPolicy::default(),
             root_namespace: "istio-system".into(),
@@ -119,6 +127,29 @@ impl MeshConfig {
                     message: format!("{value:?}: expected HOST:PORT"),
                 });
             }
+        }
+        for (field, port) in [
+            ("proxyListenPort", mesh.proxy_listen_port),
+            ("proxyInboundListenPort", mesh.proxy_inbound_listen_port),
+        ] {
+            if !(1..=65535).contains(&port) {
+                return Err(MeshError::Invalid {
+                    path: path.to_path_buf(),
+                    field: field.into(),
+                    message: format!("{port}: expected a port number (1-65535)"),
+                });
+            }
+        }
+        if mesh.proxy_listen_port == mesh.proxy_inbound_listen_port {
+            return Err(MeshError::Invalid {
+                path: path.to_path_buf(),
+                field: "proxyInboundListenPort".into(),
+                message: format!(
+                    "{}: the same port as proxyListenPort (inbound and outbound capture need \
+                     their own)",
+                    mesh.proxy_inbound_listen_port
+                ),
+            });
         }
         if !mesh.other.is_empty() {
             let keys: Vec<_> = mesh.other.keys().cloned().collect();
@@ -245,6 +276,27 @@ mod tests {
         assert!(m.other.contains_key("enableTracing"));
         let e = MeshConfig::parse(Path::new("mesh"), "proxyHttpPort: lots\n").unwrap_err();
         assert!(e.to_string().contains("proxyHttpPort"), "{e}");
+        assert_eq!(
+            (m.proxy_listen_port, m.proxy_inbound_listen_port),
+            (15001, 15006)
+        );
+        let m = MeshConfig::parse(
+            Path::new("mesh"),
+            "proxyListenPort: 16001\nproxyInboundListenPort: 16006\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (m.proxy_listen_port, m.proxy_inbound_listen_port),
+            (16001, 16006)
+        );
+        for bad in [
+            "proxyInboundListenPort: 0\n",
+            "proxyListenPort: 70000\n",
+            "proxyInboundListenPort: 15001\n",
+        ] {
+            let e = MeshConfig::parse(Path::new("mesh"), bad).unwrap_err();
+            assert!(e.to_string().contains("ListenPort"), "{bad}: {e}");
+        }
     }
 
     #[test]

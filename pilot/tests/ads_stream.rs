@@ -120,13 +120,18 @@ async fn acks_are_not_answered_and_stale_nonces_are_ignored() {
     c.send(CLUSTER, &[], "", Some(NODE)).await;
     let r1 = c.recv().await;
     assert_eq!(r1.type_url, CLUSTER);
-    assert_eq!(r1.resources.len(), 3, "a, BlackHole, Passthrough");
+    // The node sends no metadata: a captured sidecar, with the inbound passthrough too.
+    assert_eq!(
+        r1.resources.len(),
+        4,
+        "a, BlackHole, Passthrough, InboundPassthrough"
+    );
     c.send(CLUSTER, &[], &r1.nonce, None).await;
     c.quiet().await;
 
     push(&server, &["a", "b"]);
     let r2 = c.recv().await;
-    assert_eq!(r2.resources.len(), 4);
+    assert_eq!(r2.resources.len(), 5);
     // An ACK of the older response is stale: ignored, even with a changed subscription.
     c.send(CLUSTER, &["whatever"], &r1.nonce, None).await;
     c.quiet().await;
@@ -205,7 +210,7 @@ async fn clients_vanishing_mid_push_do_not_disturb_the_others() {
     let survivors: Vec<Client> = clients.into_iter().skip(20).collect();
     for mut c in survivors {
         let r = c.recv().await;
-        assert_eq!(r.resources.len(), 4);
+        assert_eq!(r.resources.len(), 5);
         c.send(CLUSTER, &[], &r.nonce, None).await;
         drop(c);
     }

@@ -7,7 +7,7 @@ pub mod push_context;
 pub mod registry;
 pub mod service;
 
-pub use proxy::{NodeType, Proxy, ProxyError};
+pub use proxy::{InterceptionMode, NodeType, Proxy, ProxyError};
 pub use push_context::PushContext;
 pub use registry::{Registry, Workload};
 pub use service::{Endpoint, Port, Protocol, Resolution, Service};

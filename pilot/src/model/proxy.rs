@@ -14,6 +14,17 @@ pub enum NodeType {
     Router,
 }
 
+/// How traffic reaches a proxy (Istio's `INTERCEPTION_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InterceptionMode {
+    /// iptables `REDIRECT` to the proxy's ports (Istio's default).
+    Redirect,
+    /// iptables `TPROXY`: the proxy's inbound listener is transparent.
+    Tproxy,
+    /// No capture: the application talks to the proxy's bound ports itself.
+    None,
+}
+
 /// Why a node id was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
@@ -126,15 +137,28 @@ impl Proxy {
         self.ips.first().map(String::as_str).unwrap_or("")
     }
 
-    /// Whether traffic reaches the proxy through iptables capture (`INTERCEPTION_MODE`
-    /// metadata; `NONE` means no capture, so no virtual listener).
+    /// How the proxy's traffic reaches it, Istio's `INTERCEPTION_MODE` node metadata (set by
+    /// the agent from `ISTIO_META_INTERCEPTION_MODE`, which injection fills from the pod's
+    /// `sidecar.istio.io/interceptionMode`): `REDIRECT` or `TPROXY` (iptables capture), or
+    /// `NONE`. Without it, interception is the default, as in Istio, except for a proxy that
+    /// asks for an HTTP proxy port (`PROXY_HTTP_PORT` metadata): that is the no-iptables mode
+    /// of `make run` and the tests, where 15001 and 15006 would clash between proxies on one
+    /// host. A value Istio does not know is taken as `REDIRECT`, Istio's default.
+    pub fn interception_mode(&self) -> InterceptionMode {
+        match self.meta_str("INTERCEPTION_MODE") {
+            Some("NONE") => InterceptionMode::None,
+            Some("TPROXY") => InterceptionMode::Tproxy,
+            Some(_) => InterceptionMode::Redirect,
+            None if self.metadata.contains_key("PROXY_HTTP_PORT") => InterceptionMode::None,
+            None => InterceptionMode::Redirect,
+        }
+    }
+
+    /// Whether traffic reaches the proxy through iptables capture (see
+    /// [`Proxy::interception_mode`]): then it gets the virtual listeners, `virtualOutbound`
+    /// and (sidecars) `virtualInbound`.
     pub fn captures_traffic(&self) -> bool {
-        !matches!(
-            self.metadata
-                .get("INTERCEPTION_MODE")
-                .and_then(Value::as_str),
-            Some("NONE")
-        )
+        self.interception_mode() != InterceptionMode::None
     }
 
     /// The proxy's locality, `region/zone/subzone`: Istio's `istio-locality` label
@@ -200,6 +224,48 @@ mod tests {
         assert_eq!(g.namespace, "istio-system");
         assert_eq!(g.labels["app"], "gw");
         assert!(!g.captures_traffic());
+    }
+
+    #[test]
+    fn interception_is_the_default_unless_an_http_proxy_port_is_asked_for() {
+        let node = "sidecar~10.0.0.1~a.default~default.svc.cluster.local";
+        let mode = |meta: &[(&str, &str)]| {
+            let meta = meta
+                .iter()
+                .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+                .collect();
+            Proxy::from_node(node, meta).unwrap().interception_mode()
+        };
+        assert_eq!(mode(&[]), InterceptionMode::Redirect);
+        assert_eq!(
+            mode(&[("INTERCEPTION_MODE", "REDIRECT")]),
+            InterceptionMode::Redirect
+        );
+        assert_eq!(
+            mode(&[("INTERCEPTION_MODE", "TPROXY")]),
+            InterceptionMode::Tproxy
+        );
+        assert_eq!(
+            mode(&[("INTERCEPTION_MODE", "NONE")]),
+            InterceptionMode::None
+        );
+        assert_eq!(
+            mode(&[("INTERCEPTION_MODE", "bogus")]),
+            InterceptionMode::Redirect
+        );
+        // The no-iptables mode: an HTTP proxy port and no INTERCEPTION_MODE.
+        assert_eq!(
+            mode(&[("PROXY_HTTP_PORT", "15080")]),
+            InterceptionMode::None
+        );
+        // An explicit mode wins over the HTTP proxy port.
+        assert_eq!(
+            mode(&[
+                ("PROXY_HTTP_PORT", "15080"),
+                ("INTERCEPTION_MODE", "REDIRECT")
+            ]),
+            InterceptionMode::Redirect
+        );
     }
 
     #[test]

@@ -122,10 +122,10 @@ impl Generation {
         let ctx = &self.ctx;
         let locality = proxy.locality().map(|l| self.intern(&l));
         let mut s = format!(
-            "{:?}|{}|{}|{}|",
+            "{:?}|{}|{:?}|{}|",
             proxy.node_type,
             proxy.namespace,
-            proxy.captures_traffic(),
+            proxy.interception_mode(),
             lds::http_proxy_port(ctx, proxy)
         );
         // Free-form values are written with their length, so no two scopes share a key.

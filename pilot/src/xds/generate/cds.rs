@@ -1,5 +1,9 @@
 //! CDS: outbound clusters for every visible service port and subset, inbound clusters for the
 //! proxy's own service instances, and Istio's `BlackHoleCluster` and `PassthroughCluster`.
+//! A sidecar whose traffic is captured also gets `InboundPassthroughClusterIpv4` (ORIGINAL_DST,
+//! for `virtualInbound`'s passthrough), and its inbound clusters connect from 127.0.0.6 as
+//! that one does: iptables would capture the proxy's connection to its own pod's address
+//! again, except from that source.
 //!
 //! Outbound clusters carry the DestinationRule's traffic policy, merged as Istio does: the
 //! rule's policy, overridden by its `portLevelSettings` for the port, overridden by the
@@ -16,9 +20,9 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     },
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    DataSource, Http1ProtocolOptions, Http2ProtocolOptions,
-    HttpProtocolOptions as CoreHttpProtocolOptions, TcpKeepalive, TransportSocket, data_source,
-    transport_socket,
+    BindConfig, DataSource, Http1ProtocolOptions, Http2ProtocolOptions,
+    HttpProtocolOptions as CoreHttpProtocolOptions, SocketAddress, TcpKeepalive, TransportSocket,
+    data_source, socket_address::PortSpecifier, transport_socket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
@@ -45,13 +49,21 @@ use mesh_proto::networking::{
 
 use super::util::{ads, duration, socket_address};
 use crate::model::service::{inbound_cluster_name, outbound_cluster_name};
-use crate::model::{Port, Protocol, Proxy, PushContext, Resolution, Service};
+use crate::model::{NodeType, Port, Protocol, Proxy, PushContext, Resolution, Service};
 use crate::xds::resource::{Resource, SharedResource, any};
 
 /// Istio's cluster that drops traffic.
 pub const BLACK_HOLE: &str = "BlackHoleCluster";
 /// Istio's cluster that forwards traffic to its original destination.
 pub const PASSTHROUGH: &str = "PassthroughCluster";
+/// Istio's cluster for captured inbound connections to a port no service declares: to their
+/// original destination, the workload's own address, from [`INBOUND_PASSTHROUGH_SOURCE`].
+pub const INBOUND_PASSTHROUGH: &str = "InboundPassthroughClusterIpv4";
+/// The source address of the proxy's connections to its own workload (Istio's): iptables
+/// (`pilot-agent iptables`) lets connections from it over `lo` through uncaptured.
+pub const INBOUND_PASSTHROUGH_SOURCE: &str = "127.0.0.6";
+/// The IPv6 one (`::6`, as `pilot-agent iptables` excludes for ip6tables).
+const INBOUND_PASSTHROUGH_SOURCE_V6: &str = "::6";
 
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
@@ -78,6 +90,7 @@ pub fn clusters(ctx: &PushContext, proxy: &Proxy) -> Vec<SharedResource> {
             }
         }
     }
+    let captured = proxy.node_type == NodeType::Sidecar && proxy.captures_traffic();
     let mut seen = std::collections::BTreeSet::new();
     for (svc, port, ep) in proxy
         .ips
@@ -86,8 +99,18 @@ pub fn clusters(ctx: &PushContext, proxy: &Proxy) -> Vec<SharedResource> {
     {
         let name = inbound_cluster_name(port.number, &svc.hostname);
         if seen.insert(name.clone()) {
-            out.push(inbound(ctx, &name, &ep.address, ep.port, port));
+            let mut c = inbound(ctx, &name, &ep.address, ep.port, port);
+            if captured {
+                // Envoy's connection to the workload's own address would be captured again
+                // (iptables sends the proxy's connections to its pod's address to the
+                // inbound port); from the passthrough source it is left alone.
+                c.upstream_bind_config = passthrough_bind(&ep.address);
+            }
+            out.push(c);
         }
+    }
+    if captured {
+        out.push(inbound_passthrough(ctx));
     }
     for ing in sidecar_ingress(ctx, proxy) {
         let port = Port {
@@ -270,6 +293,32 @@ fn passthrough(ctx: &PushContext) -> Cluster {
         DiscoveryType::OriginalDst as i32,
     ));
     c.lb_policy = LbPolicy::ClusterProvided as i32;
+    c
+}
+
+/// The bind config of a connection to the proxy's own workload at `address`: from the
+/// passthrough source of its IP family (none for an address that is not an IP).
+fn passthrough_bind(address: &str) -> Option<BindConfig> {
+    let source = match address.parse::<std::net::IpAddr>().ok()? {
+        std::net::IpAddr::V4(_) => INBOUND_PASSTHROUGH_SOURCE,
+        std::net::IpAddr::V6(_) => INBOUND_PASSTHROUGH_SOURCE_V6,
+    };
+    Some(BindConfig {
+        source_address: Some(SocketAddress {
+            address: source.to_string(),
+            port_specifier: Some(PortSpecifier::PortValue(0)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// Istio's `InboundPassthroughClusterIpv4`: captured inbound connections to ports no service
+/// declares go to where the client meant, the workload's own address and port.
+fn inbound_passthrough(ctx: &PushContext) -> Cluster {
+    let mut c = passthrough(ctx);
+    c.name = INBOUND_PASSTHROUGH.to_string();
+    c.upstream_bind_config = passthrough_bind(INBOUND_PASSTHROUGH_SOURCE);
     c
 }
 

@@ -1,13 +1,36 @@
 //! LDS: the listeners of a sidecar.
 //!
-//! - `virtualOutbound` on 0.0.0.0:15001 (when the proxy's traffic is captured by iptables):
-//!   connections are handed to the listener of their original destination, or to the
-//!   passthrough/blackhole cluster per `outboundTrafficPolicy` (the Sidecar's, else the mesh's).
+//! Whether the proxy's traffic is captured by iptables ([`Proxy::interception_mode`], Istio's
+//! `INTERCEPTION_MODE` node metadata) decides the shape. Interception is the default: a
+//! sidecar that sends `INTERCEPTION_MODE` `REDIRECT` (what `pilot-agent` sends for an injected
+//! pod) or `TPROXY`, or sends neither it nor `PROXY_HTTP_PORT`, is captured. `NONE`, or a
+//! `PROXY_HTTP_PORT` without `INTERCEPTION_MODE`, is the no-iptables mode of `make run` and
+//! the tests: no virtual listener binds 15001 or 15006 (several such proxies share one host),
+//! and the application reaches the mesh through the bound HTTP proxy listener.
+//!
+//! - `virtualOutbound` on 0.0.0.0:15001 (the mesh's `proxyListenPort`; captured only), where
+//!   `pilot-agent iptables -p` redirects outbound TCP: `use_original_dst` hands each
+//!   connection to the listener of its destination before the REDIRECT (`VIP_PORT`, else
+//!   `0.0.0.0_PORT`); one no listener takes goes to `PassthroughCluster` (ORIGINAL_DST) or
+//!   `BlackHoleCluster` per `outboundTrafficPolicy` (the Sidecar's, else the mesh's,
+//!   ALLOW_ANY / REGISTRY_ONLY). A connection to 15001 itself is dropped (it would loop).
+//! - `virtualInbound` on 0.0.0.0:15006 (the mesh's `proxyInboundListenPort`, Istio's knob;
+//!   captured sidecars only), where `pilot-agent iptables -z` redirects inbound TCP: the
+//!   `original_dst` listener filter recovers the destination (`SO_ORIGINAL_DST`) and filter
+//!   chains match its port, one set per inbound port, the very chains of that port's `IP_PORT`
+//!   listener below (so Mixer and PeerAuthentication STRICT / PERMISSIVE behave the same on
+//!   both paths); every other port passes through to `InboundPassthroughClusterIpv4` (the
+//!   workload's own address, from 127.0.0.6 so iptables lets it through, as Istio does), so an
+//!   application port no Service declares still works when captured. `transparent` in
+//!   `TPROXY` mode.
 //! - `0.0.0.0_PORT` per outbound HTTP port (routes from RDS `PORT`), `VIP_PORT` or
 //!   `0.0.0.0_PORT` per outbound TCP port; not bound, reached through the virtual listener.
-//! - `IP_PORT` per service instance of the proxy itself (inbound), not bound.
-//! - `127.0.0.1_PORT` when the mesh sets `proxyHttpPort`: a bound HTTP proxy listener that
-//!   routes every outbound HTTP service by Host (RDS `http_proxy`).
+//! - `IP_PORT` per service instance of the proxy itself (inbound), not bound: reached through
+//!   `virtualOutbound`'s handoff when inbound traffic is redirected to 15001 (Istio 1.0's
+//!   capture); 15006 capture goes through `virtualInbound`'s copy of its chains.
+//! - `127.0.0.1_PORT` when the proxy's `PROXY_HTTP_PORT` metadata or the mesh's
+//!   `proxyHttpPort` sets a port: a bound HTTP proxy listener that routes every outbound HTTP
+//!   service by Host (RDS `http_proxy`).
 //!
 //! HTTP chains run Istio's filters: CORS, fault injection (both configured per route by RDS)
 //! and the router. TCP listeners follow the `tcp` routes of the service's VirtualService
@@ -17,7 +40,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use envoy_types::pb::envoy::config::core::v3::Http1ProtocolOptions;
+use envoy_types::pb::envoy::config::core::v3::{Http1ProtocolOptions, TrafficDirection};
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter::ConfigType,
     listener_filter,
@@ -29,6 +52,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager::CodecType,
@@ -41,19 +65,22 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
         weighted_cluster::ClusterWeight as TcpClusterWeight,
     },
 };
-use envoy_types::pb::google::protobuf::BoolValue;
+use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 
-use super::cds::{BLACK_HOLE, PASSTHROUGH};
+use super::cds::{BLACK_HOLE, INBOUND_PASSTHROUGH, PASSTHROUGH};
 use super::mixer::{self, Side};
 use super::route::{CORS_FILTER, FAULT_FILTER};
 use super::util::{UniqueChains, ads, duration, socket_address};
 use crate::mesh::OutboundMode;
 use crate::model::service::{inbound_cluster_name, outbound_cluster_name};
-use crate::model::{NodeType, Proxy, PushContext};
+use crate::model::{InterceptionMode, NodeType, Proxy, PushContext};
 use crate::xds::resource::{Resource, SharedResource, any};
 
-/// Port of the virtual outbound listener.
-pub const VIRTUAL_OUTBOUND_PORT: u32 = 15001;
+/// Istio's name of the listener captured outbound traffic is redirected to.
+pub const VIRTUAL_OUTBOUND: &str = "virtualOutbound";
+/// Istio's name of the listener captured inbound traffic is redirected to.
+pub const VIRTUAL_INBOUND: &str = "virtualInbound";
+const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
 /// RDS name of the HTTP proxy listener's routes.
 pub const HTTP_PROXY_ROUTE: &str = "http_proxy";
 
@@ -143,68 +170,19 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<SharedResource> {
         out.push(listener);
     }
 
-    // Inbound through the Sidecar resource's ingress listeners: bound when the proxy's
-    // traffic is not captured (captureMode NONE), forwarding to the defaultEndpoint.
-    for ing in super::cds::sidecar_ingress(ctx, proxy) {
-        let protocol = crate::model::Protocol::parse(ing.port.protocol.as_deref().unwrap_or("TCP"));
-        let name = format!("{}_{}", ing.bind, ing.port.number);
-        // The service this port serves: the proxy's instance listening on it (Istio
-        // matches the ingress port against the endpoint port).
-        let service = proxy
-            .ips
+    // Inbound. Each port's listener `IP_PORT` (unbound, reached through virtualOutbound's
+    // handoff when inbound traffic is redirected to 15001 as in Istio 1.0), and, when the
+    // proxy's traffic is captured, the same chains in virtualInbound.
+    let inbound = inbound_listeners(ctx, proxy);
+    if proxy.captures_traffic() {
+        let captured: Vec<(u32, &Listener)> = inbound
             .iter()
-            .flat_map(|ip| ctx.registry.instances_at(ip))
-            .find(|(_, _, ep)| ep.port == ing.port.number)
-            .map(|(svc, _, _)| svc.as_ref());
-        let chain = if protocol.is_http() {
-            inbound_http_chain(ctx, proxy, &name, &ing.cluster, service)
-        } else {
-            let mut chain = tcp_chain(&ing.cluster, &ing.cluster);
-            mixer::apply_tcp(ctx, proxy, &mut chain, Side::Inbound, service);
-            chain
-        };
-        let capture_none = !proxy.captures_traffic()
-            || ctx
-                .sidecar_for(proxy)
-                .and_then(|sc| {
-                    sc.spec
-                        .ingress
-                        .iter()
-                        .find(|i| i.port.number == ing.port.number)
-                })
-                .and_then(|i| i.capture_mode)
-                == Some(mesh_proto::networking::CaptureMode::None);
-        let mut listener = unbound(name, &ing.bind, ing.port.number, chain);
-        if capture_none {
-            listener.bind_to_port = None;
-        }
-        super::mtls::secure_inbound(ctx, proxy, &mut listener, ing.port.number);
-        out.push(listener);
+            .filter(|i| i.captured)
+            .map(|i| (i.port, &i.listener))
+            .collect();
+        out.push(virtual_inbound(ctx, proxy, &captured));
     }
-
-    // Inbound: the proxy's own service instances.
-    let mut seen = BTreeSet::new();
-    for (svc, port, ep) in proxy
-        .ips
-        .iter()
-        .flat_map(|ip| ctx.registry.instances_at(ip))
-    {
-        let name = format!("{}_{}", ep.address, ep.port);
-        if !seen.insert(name.clone()) {
-            continue;
-        }
-        let cluster = inbound_cluster_name(port.number, &svc.hostname);
-        let chain = if port.protocol.is_http() {
-            inbound_http_chain(ctx, proxy, &name, &cluster, Some(svc))
-        } else {
-            let mut chain = tcp_chain(&cluster, &cluster);
-            mixer::apply_tcp(ctx, proxy, &mut chain, Side::Inbound, Some(svc));
-            chain
-        };
-        let mut listener = unbound(name, &ep.address, ep.port, chain);
-        super::mtls::secure_inbound(ctx, proxy, &mut listener, ep.port);
-        out.push(listener);
-    }
+    out.extend(inbound.into_iter().map(|i| i.listener));
 
     let proxy_port = http_proxy_port(ctx, proxy);
     if proxy_port > 0 {
@@ -301,16 +279,201 @@ fn egress_listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<Listener> {
     out
 }
 
+/// An inbound listener and the workload port it serves.
+struct InboundListener {
+    listener: Listener,
+    port: u32,
+    /// Whether its traffic is captured (its chains go into virtualInbound).
+    captured: bool,
+}
+
+/// The inbound listeners of `proxy`: those of its Sidecar resource's ingress listeners (bound
+/// when the proxy's traffic is not captured or the ingress says `captureMode: NONE`, else
+/// unbound, forwarding to the `defaultEndpoint`), then one per service instance of the proxy
+/// itself (`IP_PORT`, unbound), HTTP or TCP by the service port's protocol, with Mixer and
+/// the PeerAuthentication's mTLS.
+fn inbound_listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<InboundListener> {
+    let mut out = Vec::new();
+    for ing in super::cds::sidecar_ingress(ctx, proxy) {
+        let protocol = crate::model::Protocol::parse(ing.port.protocol.as_deref().unwrap_or("TCP"));
+        let name = format!("{}_{}", ing.bind, ing.port.number);
+        // The service this port serves: the proxy's instance listening on it (Istio
+        // matches the ingress port against the endpoint port).
+        let service = proxy
+            .ips
+            .iter()
+            .flat_map(|ip| ctx.registry.instances_at(ip))
+            .find(|(_, _, ep)| ep.port == ing.port.number)
+            .map(|(svc, _, _)| svc.as_ref());
+        let chain = if protocol.is_http() {
+            inbound_http_chain(ctx, proxy, &name, &ing.cluster, service)
+        } else {
+            let mut chain = tcp_chain(&ing.cluster, &ing.cluster);
+            mixer::apply_tcp(ctx, proxy, &mut chain, Side::Inbound, service);
+            chain
+        };
+        let capture_none = !proxy.captures_traffic()
+            || ctx
+                .sidecar_for(proxy)
+                .and_then(|sc| {
+                    sc.spec
+                        .ingress
+                        .iter()
+                        .find(|i| i.port.number == ing.port.number)
+                })
+                .and_then(|i| i.capture_mode)
+                == Some(mesh_proto::networking::CaptureMode::None);
+        let mut listener = unbound(name, &ing.bind, ing.port.number, chain);
+        if capture_none {
+            listener.bind_to_port = None;
+        }
+        super::mtls::secure_inbound(ctx, proxy, &mut listener, ing.port.number);
+        out.push(InboundListener {
+            listener,
+            port: ing.port.number,
+            captured: !capture_none,
+        });
+    }
+
+    // The proxy's own service instances.
+    let mut seen = BTreeSet::new();
+    for (svc, port, ep) in proxy
+        .ips
+        .iter()
+        .flat_map(|ip| ctx.registry.instances_at(ip))
+    {
+        let name = format!("{}_{}", ep.address, ep.port);
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let cluster = inbound_cluster_name(port.number, &svc.hostname);
+        let chain = if port.protocol.is_http() {
+            inbound_http_chain(ctx, proxy, &name, &cluster, Some(svc))
+        } else {
+            let mut chain = tcp_chain(&cluster, &cluster);
+            mixer::apply_tcp(ctx, proxy, &mut chain, Side::Inbound, Some(svc));
+            chain
+        };
+        let mut listener = unbound(name, &ep.address, ep.port, chain);
+        super::mtls::secure_inbound(ctx, proxy, &mut listener, ep.port);
+        out.push(InboundListener {
+            listener,
+            port: ep.port,
+            captured: true,
+        });
+    }
+    out
+}
+
+/// The port of `virtualOutbound`: the mesh's `proxyListenPort` (15001).
+pub fn virtual_outbound_port(ctx: &PushContext) -> u32 {
+    ctx.mesh.proxy_listen_port
+}
+
+/// The port of `virtualInbound`: the mesh's `proxyInboundListenPort` (15006).
+pub fn virtual_inbound_port(ctx: &PushContext) -> u32 {
+    ctx.mesh.proxy_inbound_listen_port
+}
+
+/// Istio's `virtualInbound` on 0.0.0.0:15006, where iptables redirects captured inbound
+/// connections. The `original_dst` listener filter gives each its destination before the
+/// REDIRECT (`SO_ORIGINAL_DST`), and the chains match its port: for each of `inbound`
+/// (workload port, listener), that listener's chains (the first listener of a port wins);
+/// a blackhole for the listener's own port (a connection made to 15006 itself would
+/// otherwise pass through to 15006 again); and passthrough chains for every other port, to
+/// `InboundPassthroughClusterIpv4` with the workload's PeerAuthentication. The TLS inspector
+/// runs when a chain matches on TLS (PERMISSIVE mode). No chain matches on an application
+/// protocol, so there is no HTTP inspector. `transparent` in `TPROXY` mode.
+fn virtual_inbound(ctx: &PushContext, proxy: &Proxy, inbound: &[(u32, &Listener)]) -> Listener {
+    let own_port = virtual_inbound_port(ctx);
+    let mut chains = Vec::new();
+    let mut ports = BTreeSet::from([own_port]);
+    let mut inspect_tls = false;
+    for (port, listener) in inbound {
+        if !ports.insert(*port) {
+            tracing::debug!(
+                port,
+                listener = %listener.name,
+                "virtualInbound: port already served by an earlier inbound listener"
+            );
+            continue;
+        }
+        inspect_tls |= has_tls_inspector(listener);
+        for chain in &listener.filter_chains {
+            let mut chain = chain.clone();
+            chain
+                .filter_chain_match
+                .get_or_insert_with(Default::default)
+                .destination_port = Some(UInt32Value { value: *port });
+            chains.push(chain);
+        }
+    }
+    let mut black_hole = tcp_chain(BLACK_HOLE, BLACK_HOLE);
+    black_hole.filter_chain_match = Some(FilterChainMatch {
+        destination_port: Some(UInt32Value { value: own_port }),
+        ..Default::default()
+    });
+    chains.push(black_hole);
+    // Passthrough: the workload-wide mode (no port-level setting applies to port 0).
+    let mut passthrough = Listener {
+        filter_chains: vec![tcp_chain(INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH)],
+        ..Default::default()
+    };
+    super::mtls::secure_inbound(ctx, proxy, &mut passthrough, 0);
+    inspect_tls |= has_tls_inspector(&passthrough);
+    chains.extend(passthrough.filter_chains);
+
+    let mut listener_filters = vec![original_dst()];
+    if inspect_tls {
+        listener_filters.push(tls_inspector());
+    }
+    Listener {
+        name: VIRTUAL_INBOUND.into(),
+        address: Some(socket_address("0.0.0.0", own_port)),
+        listener_filters,
+        filter_chains: chains,
+        traffic_direction: TrafficDirection::Inbound as i32,
+        transparent: (proxy.interception_mode() == InterceptionMode::Tproxy)
+            .then_some(BoolValue { value: true }),
+        ..Default::default()
+    }
+}
+
+fn has_tls_inspector(listener: &Listener) -> bool {
+    listener
+        .listener_filters
+        .iter()
+        .any(|f| f.name == TLS_INSPECTOR)
+}
+
+fn original_dst() -> ListenerFilter {
+    ListenerFilter {
+        name: "envoy.filters.listener.original_dst".into(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(any(
+            &OriginalDst::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
 fn virtual_outbound(ctx: &PushContext, proxy: &Proxy) -> Listener {
     let cluster = match ctx.outbound_mode(proxy) {
         OutboundMode::AllowAny => PASSTHROUGH,
         OutboundMode::RegistryOnly => BLACK_HOLE,
     };
+    let port = virtual_outbound_port(ctx);
+    // A connection made to the listener's own port has no other destination: passed
+    // through, it would come back here.
+    let mut black_hole = tcp_chain(BLACK_HOLE, BLACK_HOLE);
+    black_hole.filter_chain_match = Some(FilterChainMatch {
+        destination_port: Some(UInt32Value { value: port }),
+        ..Default::default()
+    });
     Listener {
-        name: "virtualOutbound".into(),
-        address: Some(socket_address("0.0.0.0", VIRTUAL_OUTBOUND_PORT)),
+        name: VIRTUAL_OUTBOUND.into(),
+        address: Some(socket_address("0.0.0.0", port)),
         use_original_dst: Some(BoolValue { value: true }),
-        filter_chains: vec![tcp_chain(cluster, cluster)],
+        filter_chains: vec![black_hole, tcp_chain(cluster, cluster)],
         ..Default::default()
     }
 }
@@ -546,7 +709,7 @@ fn add_chains(into: &mut Vec<FilterChain>, chains: Vec<FilterChain>, origin: &st
 
 fn tls_inspector() -> ListenerFilter {
     ListenerFilter {
-        name: "envoy.filters.listener.tls_inspector".into(),
+        name: TLS_INSPECTOR.into(),
         config_type: Some(listener_filter::ConfigType::TypedConfig(any(
             &TlsInspector::default(),
         ))),

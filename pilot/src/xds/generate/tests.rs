@@ -6,6 +6,7 @@ use envoy_types::pb::envoy::config::listener::v3::{Listener, filter::ConfigType}
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     TcpProxy, tcp_proxy::ClusterSpecifier,
 };
+use envoy_types::pb::google::protobuf::BoolValue;
 use prost::Message;
 
 use super::{cds, lds};
@@ -599,4 +600,357 @@ spec:
     let mut names: Vec<String> = chain_matches(l).into_iter().map(|(_, n)| n).collect();
     names.sort();
     assert_eq!(names, ["api.example.com", "www.example.com"]);
+}
+
+// === interception: virtualInbound, virtualOutbound ===
+
+/// The proxy (127.0.0.9) serves `app` on HTTP 9080 and TCP 3306; `other` is elsewhere.
+const SELF: &str = "apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: app}
+spec:
+  hosts: [app.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+  - {number: 80, name: http, protocol: HTTP, targetPort: 9080}
+  - {number: 3306, name: tcp, protocol: TCP}
+  endpoints: [{address: 127.0.0.9, ports: {http: 9080, tcp: 3306}}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: other}
+spec:
+  hosts: [other.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  endpoints: [{address: 10.0.0.1}]
+";
+
+fn listeners_of(ctx: &PushContext, proxy: &Proxy) -> Vec<Listener> {
+    lds::listeners(ctx, proxy)
+        .iter()
+        .map(|r| Listener::decode(&r.any.value[..]).unwrap())
+        .collect()
+}
+
+fn clusters_of(ctx: &PushContext, proxy: &Proxy) -> Vec<Cluster> {
+    cds::clusters(ctx, proxy)
+        .iter()
+        .map(|r| Cluster::decode(&r.any.value[..]).unwrap())
+        .collect()
+}
+
+fn named<'a>(listeners: &'a [Listener], name: &str) -> Option<&'a Listener> {
+    listeners.iter().find(|l| l.name == name)
+}
+
+fn port_of(l: &Listener) -> u32 {
+    use envoy_types::pb::envoy::config::core::v3::{address, socket_address::PortSpecifier};
+    match l.address.as_ref().and_then(|a| a.address.as_ref()) {
+        Some(address::Address::SocketAddress(sa)) => match sa.port_specifier {
+            Some(PortSpecifier::PortValue(p)) => p,
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+/// The TCP proxy cluster of a chain, or "" for an HTTP chain.
+fn tcp_cluster(chain: &envoy_types::pb::envoy::config::listener::v3::FilterChain) -> String {
+    chain
+        .filters
+        .iter()
+        .filter(|f| f.name == "envoy.filters.network.tcp_proxy")
+        .filter_map(|f| match &f.config_type {
+            Some(ConfigType::TypedConfig(any)) => TcpProxy::decode(&any.value[..]).ok(),
+            _ => None,
+        })
+        .find_map(|t| match t.cluster_specifier {
+            Some(ClusterSpecifier::Cluster(c)) => Some(c),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// (destination port, transport protocol, has a TLS socket, TCP cluster) of each chain.
+fn virtual_chains(l: &Listener) -> Vec<(u32, String, bool, String)> {
+    l.filter_chains
+        .iter()
+        .map(|c| {
+            let m = c.filter_chain_match.clone().unwrap_or_default();
+            (
+                m.destination_port.map(|p| p.value).unwrap_or(0),
+                m.transport_protocol,
+                c.transport_socket.is_some(),
+                tcp_cluster(c),
+            )
+        })
+        .collect()
+}
+
+fn listener_filters(l: &Listener) -> Vec<&str> {
+    l.listener_filters.iter().map(|f| f.name.as_str()).collect()
+}
+
+fn bind_source(c: &Cluster) -> Option<String> {
+    c.upstream_bind_config
+        .as_ref()
+        .and_then(|b| b.source_address.as_ref())
+        .map(|a| a.address.clone())
+}
+
+#[test]
+fn a_captured_sidecar_gets_virtual_inbound_with_its_ports_and_a_passthrough() {
+    let ctx = context(SELF);
+    let proxy = proxy();
+    assert!(proxy.captures_traffic(), "no metadata: intercepted");
+    let listeners = listeners_of(&ctx, &proxy);
+    let vin = named(&listeners, "virtualInbound").expect("virtualInbound");
+    assert_eq!(port_of(vin), 15006);
+    assert_eq!(vin.bind_to_port, None, "bound");
+    assert_eq!(vin.transparent, None);
+    assert_eq!(
+        listener_filters(vin),
+        ["envoy.filters.listener.original_dst"]
+    );
+    let s = |x: &str| x.to_string();
+    assert_eq!(
+        virtual_chains(vin),
+        vec![
+            (9080, s(""), false, s("")),
+            (
+                3306,
+                s(""),
+                false,
+                s("inbound|3306||app.default.svc.cluster.local")
+            ),
+            (15006, s(""), false, s("BlackHoleCluster")),
+            (0, s(""), false, s("InboundPassthroughClusterIpv4")),
+        ]
+    );
+    // The chains are those of the inbound listeners, which stay (unbound) for 15001 capture.
+    for name in ["127.0.0.9_9080", "127.0.0.9_3306"] {
+        let l = named(&listeners, name).expect(name);
+        assert_eq!(l.bind_to_port, Some(BoolValue { value: false }));
+        let mut chain = l.filter_chains[0].clone();
+        chain.filter_chain_match = vin
+            .filter_chains
+            .iter()
+            .find(|c| {
+                c.filter_chain_match
+                    .as_ref()
+                    .and_then(|m| m.destination_port)
+                    .is_some_and(|p| p.value == port_of(l))
+            })
+            .unwrap()
+            .filter_chain_match
+            .clone();
+        assert!(vin.filter_chains.contains(&chain), "{name}");
+    }
+    let vout = named(&listeners, "virtualOutbound").expect("virtualOutbound");
+    assert_eq!(port_of(vout), 15001);
+    assert_eq!(vout.use_original_dst, Some(BoolValue { value: true }));
+    assert_eq!(
+        virtual_chains(vout),
+        vec![
+            (15001, s(""), false, s("BlackHoleCluster")),
+            (0, s(""), false, s("PassthroughCluster")),
+        ]
+    );
+
+    let clusters = clusters_of(&ctx, &proxy);
+    let passthrough = clusters
+        .iter()
+        .find(|c| c.name == "InboundPassthroughClusterIpv4")
+        .expect("inbound passthrough cluster");
+    assert_eq!(
+        passthrough.cluster_discovery_type,
+        Some(ClusterDiscoveryType::Type(
+            envoy_types::pb::envoy::config::cluster::v3::cluster::DiscoveryType::OriginalDst as i32
+        ))
+    );
+    assert_eq!(bind_source(passthrough).as_deref(), Some("127.0.0.6"));
+    for c in clusters.iter().filter(|c| c.name.starts_with("inbound|")) {
+        assert_eq!(bind_source(c).as_deref(), Some("127.0.0.6"), "{}", c.name);
+    }
+    for c in clusters.iter().filter(|c| c.name.starts_with("outbound|")) {
+        assert_eq!(bind_source(c), None, "{}", c.name);
+    }
+}
+
+#[test]
+fn no_virtual_listeners_without_capture() {
+    let ctx = context(SELF);
+    for proxy in [
+        mk_sidecar("default", "127.0.0.9")
+            .meta("INTERCEPTION_MODE", "NONE")
+            .build(),
+        // The no-iptables mode of the tests: an HTTP proxy port.
+        mk_sidecar("default", "127.0.0.9")
+            .meta("PROXY_HTTP_PORT", "15080")
+            .build(),
+    ] {
+        let listeners = listeners_of(&ctx, &proxy);
+        let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+        assert!(!names.contains(&"virtualInbound"), "{names:?}");
+        assert!(!names.contains(&"virtualOutbound"), "{names:?}");
+        assert!(names.contains(&"127.0.0.9_9080"), "{names:?}");
+        let clusters = clusters_of(&ctx, &proxy);
+        assert!(
+            !clusters
+                .iter()
+                .any(|c| c.name == "InboundPassthroughClusterIpv4")
+        );
+        assert!(clusters.iter().all(|c| bind_source(c).is_none()));
+    }
+    let http = mk_sidecar("default", "127.0.0.9")
+        .meta("PROXY_HTTP_PORT", "15080")
+        .build();
+    assert!(named(&listeners_of(&ctx, &http), "127.0.0.1_15080").is_some());
+    // Asked for explicitly, interception wins over the HTTP proxy port.
+    let both = mk_sidecar("default", "127.0.0.9")
+        .meta("PROXY_HTTP_PORT", "15080")
+        .meta("INTERCEPTION_MODE", "REDIRECT")
+        .build();
+    let listeners = listeners_of(&ctx, &both);
+    assert!(named(&listeners, "virtualInbound").is_some());
+    assert!(named(&listeners, "127.0.0.1_15080").is_some());
+    // Gateways have no virtualInbound.
+    assert!(named(&listeners_of(&ctx, &router()), "virtualInbound").is_none());
+}
+
+#[test]
+fn virtual_inbound_follows_peer_authentication() {
+    let s = |x: &str| x.to_string();
+    let strict = format!(
+        "{SELF}---
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: default}}
+spec:
+  mtls: {{mode: STRICT}}
+"
+    );
+    let ctx = context(&strict);
+    let listeners = listeners_of(&ctx, &proxy());
+    let vin = named(&listeners, "virtualInbound").unwrap();
+    assert_eq!(
+        virtual_chains(vin),
+        vec![
+            (9080, s(""), true, s("")),
+            (
+                3306,
+                s(""),
+                true,
+                s("inbound|3306||app.default.svc.cluster.local")
+            ),
+            (15006, s(""), false, s("BlackHoleCluster")),
+            (0, s(""), true, s("InboundPassthroughClusterIpv4")),
+        ]
+    );
+    assert_eq!(
+        listener_filters(vin),
+        ["envoy.filters.listener.original_dst"]
+    );
+
+    // PERMISSIVE for the workload, STRICT on 3306 only: TLS and plain text chains, told
+    // apart by the TLS inspector.
+    let permissive = format!(
+        "{SELF}---
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: default}}
+spec:
+  mtls: {{mode: PERMISSIVE}}
+---
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {{name: app, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: app}}}}
+  mtls: {{mode: PERMISSIVE}}
+  portLevelMtls: {{3306: {{mode: STRICT}}}}
+"
+    );
+    let ctx = context(&permissive);
+    let proxy = mk_sidecar("default", "127.0.0.9")
+        .labels(&[("app", "app")])
+        .build();
+    let listeners = listeners_of(&ctx, &proxy);
+    let vin = named(&listeners, "virtualInbound").unwrap();
+    let tcp = s("inbound|3306||app.default.svc.cluster.local");
+    let pt = s("InboundPassthroughClusterIpv4");
+    assert_eq!(
+        virtual_chains(vin),
+        vec![
+            (9080, s("tls"), true, s("")),
+            (9080, s(""), false, s("")),
+            (3306, s(""), true, tcp),
+            (15006, s(""), false, s("BlackHoleCluster")),
+            (0, s("tls"), true, pt.clone()),
+            (0, s(""), false, pt),
+        ]
+    );
+    assert_eq!(
+        listener_filters(vin),
+        [
+            "envoy.filters.listener.original_dst",
+            "envoy.filters.listener.tls_inspector"
+        ]
+    );
+}
+
+#[test]
+fn virtual_inbound_chains_carry_mixer_like_the_inbound_listener() {
+    let ctx = context_with(SELF, mixer_mesh());
+    let listeners = listeners_of(&ctx, &proxy());
+    let vin = named(&listeners, "virtualInbound").unwrap();
+    let inbound = named(&listeners, "127.0.0.9_9080").unwrap();
+    let mut want = inbound.filter_chains[0].clone();
+    let Some(ConfigType::TypedConfig(hcm)) = &want.filters[0].config_type else {
+        panic!("no HTTP connection manager");
+    };
+    let filter = super::mixer::EXT_AUTHZ_FILTER.as_bytes();
+    assert!(
+        hcm.value.windows(filter.len()).any(|w| w == filter),
+        "the inbound chain calls Mixer"
+    );
+    want.filter_chain_match = vin.filter_chains[0].filter_chain_match.clone();
+    assert_eq!(vin.filter_chains[0], want);
+}
+
+#[test]
+fn virtual_listener_ports_and_modes_come_from_the_mesh_and_metadata() {
+    let mesh = MeshConfig::parse(
+        std::path::Path::new("mesh"),
+        "proxyListenPort: 16001\nproxyInboundListenPort: 16006\noutboundTrafficPolicy: {mode: REGISTRY_ONLY}\n",
+    )
+    .unwrap();
+    let ctx = context_with(SELF, mesh);
+    let proxy = mk_sidecar("default", "127.0.0.9")
+        .meta("INTERCEPTION_MODE", "TPROXY")
+        .build();
+    let listeners = listeners_of(&ctx, &proxy);
+    let vin = named(&listeners, "virtualInbound").unwrap();
+    assert_eq!(port_of(vin), 16006);
+    assert_eq!(vin.transparent, Some(BoolValue { value: true }));
+    assert!(virtual_chains(vin).contains(&(
+        16006,
+        String::new(),
+        false,
+        "BlackHoleCluster".to_string()
+    )));
+    let vout = named(&listeners, "virtualOutbound").unwrap();
+    assert_eq!(port_of(vout), 16001);
+    let s = |x: &str| x.to_string();
+    assert_eq!(
+        virtual_chains(vout),
+        vec![
+            (16001, s(""), false, s("BlackHoleCluster")),
+            (0, s(""), false, s("BlackHoleCluster")),
+        ],
+        "REGISTRY_ONLY"
+    );
 }
