@@ -18,7 +18,8 @@
 //!
 //! The application's plain `curl http://VIP:9080/` is captured to 15001 and routed by the
 //! VirtualService (header match to v2, else v1); a host it does not know passes through under
-//! ALLOW_ANY and is dropped under REGISTRY_ONLY; connections from the host to the pod's ports
+//! ALLOW_ANY and is dropped under REGISTRY_ONLY (TCP, and HTTP on a service's port through
+//! the `allow_any` / `block_all` routes); connections from the host to the pod's ports
 //! are captured to 15006 and reach the application through the inbound cluster (9080) or the
 //! inbound passthrough (7070). Envoy's stats show each path.
 
@@ -147,9 +148,9 @@ impl Pod {
     }
 
     /// A GET by the application (uid 1000, plain curl, no proxy settings): `Ok(body)` on a
-    /// response, `Err(curl's error)` when there is none.
+    /// 2xx response, `Err(curl's error)` otherwise (none, or an error status).
     async fn app_get(&self, url: &str, headers: &[&str]) -> Result<String, String> {
-        let mut args = vec!["curl", "-sS", "-m", "5", "--noproxy", "*"];
+        let mut args = vec!["curl", "-fsS", "-m", "5", "--noproxy", "*"];
         for h in headers {
             args.extend(["-H", h]);
         }
@@ -350,6 +351,10 @@ async fn captured_traffic_goes_through_virtual_outbound_and_virtual_inbound() {
         .await
         .unwrap();
     let external = Upstream::start("external", (host, 0).into()).await.unwrap();
+    // On the port of an HTTP service: reached through that port's HTTP listener.
+    let external_http = Upstream::start("external-http", (host, 9080).into())
+        .await
+        .unwrap();
     let dir = tempfile::Builder::new()
         .prefix("pilot-intercept-")
         .tempdir()
@@ -526,6 +531,16 @@ async fn captured_traffic_goes_through_virtual_outbound_and_virtual_inbound() {
     );
     // That one stayed on virtualOutbound itself.
     assert!(pod.stat("listener.0.0.0.0_15001.downstream_cx_total").await >= 1);
+
+    // HTTP to an unknown host on a service's port: the port's routes end in `allow_any`.
+    let ext_http = format!("http://{}/", external_http.addr());
+    assert_eq!(pod.app_get(&ext_http, &[]).await.unwrap(), "external-http");
+    assert_eq!(external_http.requests(), 1);
+    assert!(
+        pod.stat("cluster.PassthroughCluster.upstream_rq_total")
+            .await
+            >= 1
+    );
 
     // Inbound: a connection from outside the pod to a declared port goes through
     // virtualInbound and the inbound cluster, to the application.

@@ -954,3 +954,49 @@ fn virtual_listener_ports_and_modes_come_from_the_mesh_and_metadata() {
         "REGISTRY_ONLY"
     );
 }
+
+#[test]
+fn sidecar_ingress_ports_come_first_in_virtual_inbound_unless_not_captured() {
+    let text = format!(
+        "{SELF}---
+apiVersion: networking.istio.io/v1alpha3
+kind: Sidecar
+metadata: {{name: default, namespace: default}}
+spec:
+  ingress:
+  - port: {{number: 9080, name: http, protocol: HTTP}}
+    defaultEndpoint: 127.0.0.1:8080
+  - port: {{number: 9090, name: tcp, protocol: TCP}}
+    defaultEndpoint: 127.0.0.1:8090
+    captureMode: NONE
+"
+    );
+    let ctx = context(&text);
+    let listeners = listeners_of(&ctx, &proxy());
+    let vin = named(&listeners, "virtualInbound").unwrap();
+    let s = |x: &str| x.to_string();
+    // 9080 is the ingress listener's (to inbound|9080||, the defaultEndpoint), not the
+    // service instance's; 9090 is bound by its own listener (captureMode NONE).
+    assert_eq!(
+        virtual_chains(vin),
+        vec![
+            (9080, s(""), false, s("")),
+            (
+                3306,
+                s(""),
+                false,
+                s("inbound|3306||app.default.svc.cluster.local")
+            ),
+            (15006, s(""), false, s("BlackHoleCluster")),
+            (0, s(""), false, s("InboundPassthroughClusterIpv4")),
+        ]
+    );
+    let ingress = named(&listeners, "0.0.0.0_9080").unwrap();
+    let mut want = ingress.filter_chains[0].clone();
+    want.filter_chain_match = vin.filter_chains[0].filter_chain_match.clone();
+    assert_eq!(vin.filter_chains[0], want);
+    assert_eq!(
+        named(&listeners, "0.0.0.0_9090").unwrap().bind_to_port,
+        None
+    );
+}
