@@ -3,7 +3,7 @@
 //! by Pilot's `virtualOutbound` (15001) and `virtualInbound` (15006) listeners.
 //!
 //! Layout (needs root; skipped with the reason otherwise, or when `ip`, `iptables-restore`,
-//! `setpriv` or `curl` is missing):
+//! `setpriv`, `curl` or `openssl` is missing):
 //!
 //! - network namespace `mesh-intercept-test-<pid>` (the pod), joined to the host by a veth pair:
 //!   host `10.213.X.1`, pod `10.213.X.2`, the pod's default route through the host. Deleted by
@@ -21,7 +21,10 @@
 //! ALLOW_ANY and is dropped under REGISTRY_ONLY (TCP, and HTTP on a service's port through
 //! the `allow_any` / `block_all` routes); connections from the host to the pod's ports
 //! are captured to 15006 and reach the application through the inbound cluster (9080) or the
-//! inbound passthrough (7070). Envoy's stats show each path.
+//! inbound passthrough (7070). A PeerAuthentication applies to both: STRICT refuses plain
+//! text and takes mutual TLS (the workload's certificate from files named by Istio's
+//! `TLS_SERVER_*` / `TLS_CLIENT_*` metadata, made here with openssl), PERMISSIVE takes plain
+//! text again. Envoy's stats show each path.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -48,7 +51,14 @@ fn unsupported() -> Option<String> {
             uid.unwrap_or_else(|| "unknown".into())
         ));
     }
-    for tool in ["ip", "iptables", "iptables-restore", "setpriv", "curl"] {
+    for tool in [
+        "ip",
+        "iptables",
+        "iptables-restore",
+        "setpriv",
+        "curl",
+        "openssl",
+    ] {
         let found = std::process::Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -270,6 +280,111 @@ where
     }
 }
 
+/// The mesh's certificates in `dir` (openssl, valid for a day): `root-cert.pem`, the
+/// workload's `cert-chain.pem` and `key.pem`, and a client's `client.pem` and
+/// `client-key.pem`; the workload's world-readable (Envoy runs as uid 1337).
+fn make_certs(dir: &Path) {
+    let d = |f: &str| dir.join(f).display().to_string();
+    let ext = d("san.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=URI:spiffe://cluster.local/ns/default/sa/productpage\n",
+    )
+    .unwrap();
+    run(&[
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/O=cluster.local/CN=root",
+        "-keyout",
+        &d("root-key.pem"),
+        "-out",
+        &d("root-cert.pem"),
+    ]);
+    for (cert, key) in [
+        ("cert-chain.pem", "key.pem"),
+        ("client.pem", "client-key.pem"),
+    ] {
+        let csr = d(&format!("{cert}.csr"));
+        run(&[
+            "openssl",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/O=cluster.local",
+            "-keyout",
+            &d(key),
+            "-out",
+            &csr,
+        ]);
+        run(&[
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &d("root-cert.pem"),
+            "-CAkey",
+            &d("root-key.pem"),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+            "-out",
+            &d(cert),
+        ]);
+    }
+    for f in ["root-cert.pem", "cert-chain.pem", "key.pem"] {
+        run(&["chmod", "0644", &d(f)]);
+    }
+}
+
+/// A GET from the host over mutual TLS with the client certificate of [`make_certs`]
+/// (the server's name is not checked: its certificate names a SPIFFE identity only). HTTP/1.1:
+/// the passthrough forwards the decrypted bytes as they are, and the application speaks only
+/// HTTP/1.1.
+async fn mtls_get(certs: &Path, url: &str) -> Result<String, String> {
+    let d = |f: &str| certs.join(f).display().to_string();
+    let out = Command::new("curl")
+        .args(["-fsS", "-m", "5", "-k", "--http1.1", "--noproxy", "*", "--cacert"])
+        .arg(d("root-cert.pem"))
+        .arg("--cert")
+        .arg(d("client.pem"))
+        .arg("--key")
+        .arg(d("client-key.pem"))
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+fn peer_authentication(mode: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: default}}
+spec:
+  mtls: {{mode: {mode}}}
+"
+    )
+}
+
 fn config(host_ip: &str, pod_ip: &str, vip: &str, v1: SocketAddr, v2: SocketAddr) -> String {
     format!(
         "apiVersion: networking.istio.io/v1alpha3
@@ -415,13 +530,14 @@ async fn captured_traffic_goes_through_virtual_outbound_and_virtual_inbound() {
     if std::fs::hard_link(&envoy_bin, &envoy_link).is_err() {
         std::fs::copy(&envoy_bin, &envoy_link).unwrap();
     }
+    make_certs(envoy_dir.path());
+    let cert = |f: &str| envoy_dir.path().join(f).display().to_string();
     let node = format!(
         "sidecar~{}~productpage-1.default~default.svc.cluster.local",
         pod.ip
     );
     let bootstrap = envoy_dir.path().join("bootstrap.json");
-    run(&[
-        &pilot_bin.display().to_string(),
+    let mut bootstrap_args: Vec<String> = [
         "bootstrap",
         "--node",
         &node,
@@ -435,7 +551,25 @@ async fn captured_traffic_goes_through_virtual_outbound_and_virtual_inbound() {
         "INTERCEPTION_MODE=REDIRECT",
         "--out",
         &bootstrap.display().to_string(),
-    ]);
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // Istio's metadata naming the certificate files, for PeerAuthentication's TLS.
+    for side in ["CLIENT", "SERVER"] {
+        for (key, file) in [
+            ("CERT_CHAIN", "cert-chain.pem"),
+            ("KEY", "key.pem"),
+            ("ROOT_CERT", "root-cert.pem"),
+        ] {
+            bootstrap_args.push("--meta".into());
+            bootstrap_args.push(format!("TLS_{side}_{key}={}", cert(file)));
+        }
+    }
+    let pilot_path = pilot_bin.display().to_string();
+    let mut argv = vec![pilot_path.as_str()];
+    argv.extend(bootstrap_args.iter().map(String::as_str));
+    run(&argv);
     run(&["chmod", "0644", &bootstrap.display().to_string()]);
 
     let app = PodProcess::spawn(
@@ -592,6 +726,35 @@ async fn captured_traffic_goes_through_virtual_outbound_and_virtual_inbound() {
     );
     // Services still work.
     assert_eq!(pod.app_get(&reviews, &[]).await.unwrap(), "reviews-v1");
+
+    // PeerAuthentication through virtualInbound. STRICT: plain text is refused on the
+    // service's port and on the passthrough alike; mutual TLS gets through.
+    let peer = dir.path().join("config/peer.yaml");
+    std::fs::write(&peer, peer_authentication("STRICT")).unwrap();
+    let productpage = format!("http://{}:9080/", pod.ip);
+    wait_until("STRICT to take effect", context, || async {
+        Ok(http_get(&productpage, &[]).await.is_err())
+    })
+    .await;
+    assert!(
+        http_get(&format!("http://{}:7070/", pod.ip), &[])
+            .await
+            .is_err()
+    );
+    let body = mtls_get(envoy_dir.path(), &format!("https://{}:9080/", pod.ip)).await;
+    assert_eq!(body.as_deref(), Ok("productpage"), "{}", context());
+    let body = mtls_get(envoy_dir.path(), &format!("https://{}:7070/", pod.ip)).await;
+    assert_eq!(body.as_deref(), Ok("undeclared"), "{}", context());
+    assert!(pod.stat("listener.0.0.0.0_15006.ssl.handshake").await >= 2);
+    // PERMISSIVE: plain text again (the TLS inspector tells them apart).
+    std::fs::write(&peer, peer_authentication("PERMISSIVE")).unwrap();
+    wait_until("PERMISSIVE to take effect", context, || async {
+        let r = http_get(&productpage, &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(r.body.trim() == "productpage")
+    })
+    .await;
 
     for stat in [
         "cluster_manager.cds.update_rejected",
