@@ -356,7 +356,16 @@ fn make_certs(dir: &Path) {
 async fn mtls_get(certs: &Path, url: &str) -> Result<String, String> {
     let d = |f: &str| certs.join(f).display().to_string();
     let out = Command::new("curl")
-        .args(["-fsS", "-m", "5", "-k", "--http1.1", "--noproxy", "*", "--cacert"])
+        .args([
+            "-fsS",
+            "-m",
+            "5",
+            "-k",
+            "--http1.1",
+            "--noproxy",
+            "*",
+            "--cacert",
+        ])
         .arg(d("root-cert.pem"))
         .arg("--cert")
         .arg(d("client.pem"))
