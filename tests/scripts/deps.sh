@@ -12,6 +12,7 @@ command -v curl >/dev/null || missing+=(curl)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 command -v skopeo >/dev/null || missing+=(skopeo) # images/tests: reads the image archives
+command -v iptables-restore >/dev/null || missing+=(iptables) # pilot_intercept: real capture rules in a netns
 # Servers the Mixer adapter tests run for real; their recommended extras (exporters,
 # timers, web assets) are not needed.
 servers=()
