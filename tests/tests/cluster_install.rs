@@ -86,8 +86,14 @@ async fn get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
 }
 
 async fn pilot_check(cluster: &Cluster) -> anyhow::Result<(bool, String)> {
+    pilot_check_args(cluster, &[]).await
+}
+
+async fn pilot_check_args(cluster: &Cluster, args: &[&str]) -> anyhow::Result<(bool, String)> {
     let out = tokio::process::Command::new(workspace_binary("pilot")?)
-        .args(["check", "--kubeconfig"])
+        .arg("check")
+        .args(args)
+        .arg("--kubeconfig")
         .arg(cluster.kubeconfig())
         .output()
         .await?;
@@ -160,6 +166,10 @@ async fn install_check_and_remove_the_control_plane() -> anyhow::Result<()> {
         done: false,
     };
 
+    // Before the install, `pilot check --pre` finds the cluster ready for it.
+    let (ok, report) = pilot_check_args(cluster, &["--pre"]).await?;
+    assert!(ok, "pilot check --pre before the install: {report}");
+
     // One apply, the first time.
     cluster
         .kubectl_ok(["apply", "-f", &path(&crds), "-f", &path(&install)])
@@ -190,6 +200,13 @@ async fn install_check_and_remove_the_control_plane() -> anyhow::Result<()> {
             String::from_utf8_lossy(&events.stdout)
         );
     }
+    // Installed, the namespace is taken: --pre says so.
+    let (ok, report) = pilot_check_args(cluster, &["--pre"]).await?;
+    assert!(
+        !ok,
+        "pilot check --pre passed with the mesh installed: {report}"
+    );
+    assert!(report.contains(NS), "{report}");
     for d in DEPLOYMENTS {
         let account = cluster
             .kubectl_ok([
@@ -412,6 +429,104 @@ async fn install_check_and_remove_the_control_plane() -> anyhow::Result<()> {
     eventually(
         Duration::from_secs(120),
         "pilot check after recovery",
+        || async {
+            let (ok, report) = pilot_check(cluster).await?;
+            anyhow::ensure!(ok, "{report}");
+            Ok(())
+        },
+    )
+    .await?;
+
+    // Bad input keeps the last good config serving, and `pilot check` names it. The
+    // MeshConfig: Pilot refuses a change it cannot parse and keeps the one in force.
+    cluster
+        .kubectl_ok([
+            "-n",
+            NS,
+            "patch",
+            "configmap",
+            "istio",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"mesh":"connectTimeout: banana\n"}}"#,
+        ])
+        .await?;
+    // The kubelet refreshes a ConfigMap volume within its sync period plus cache TTL.
+    let report = eventually(
+        Duration::from_secs(180),
+        "pilot check to name the refused MeshConfig",
+        || async {
+            let (ok, report) = pilot_check(cluster).await?;
+            anyhow::ensure!(!ok && report.contains("connectTimeout"), "{report}");
+            Ok(report)
+        },
+    )
+    .await?;
+    assert!(report.contains("MeshConfig"), "{report}");
+    assert!(
+        report.contains("istio-pilot is ready"),
+        "Pilot must stay ready on its last good MeshConfig: {report}"
+    );
+    // A settings file a new Pilot pod cannot start with: the rollout stops at that pod
+    // (maxUnavailable 0), the old pods keep serving, and check names the field.
+    cluster
+        .kubectl_ok([
+            "-n",
+            NS,
+            "patch",
+            "configmap",
+            "istio-pilot",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"settings.yaml":"pushConcurrency: lots\n"}}"#,
+        ])
+        .await?;
+    cluster
+        .kubectl_ok(["-n", NS, "rollout", "restart", "deployment", "istio-pilot"])
+        .await?;
+    let report = eventually(
+        Duration::from_secs(180),
+        "pilot check to name the bad settings field",
+        || async {
+            let (ok, report) = pilot_check(cluster).await?;
+            anyhow::ensure!(!ok && report.contains("pushConcurrency"), "{report}");
+            Ok(report)
+        },
+    )
+    .await?;
+    assert!(report.contains("istio-pilot"), "{report}");
+    let ready = cluster
+        .kubectl_ok([
+            "-n",
+            NS,
+            "get",
+            "deployment",
+            "istio-pilot",
+            "-o",
+            "jsonpath={.status.readyReplicas}",
+        ])
+        .await?;
+    assert_eq!(ready.trim(), "2", "the old Pilot pods must keep serving");
+    // Re-applying install.yaml restores both ConfigMaps; a restart picks the settings up.
+    cluster.kubectl_ok(["apply", "-f", &path(&install)]).await?;
+    cluster
+        .kubectl_ok(["-n", NS, "rollout", "restart", "deployment", "istio-pilot"])
+        .await?;
+    cluster
+        .kubectl_ok([
+            "-n",
+            NS,
+            "rollout",
+            "status",
+            "deployment",
+            "istio-pilot",
+            "--timeout=240s",
+        ])
+        .await
+        .context("Pilot's rollout after restoring its settings")?;
+    eventually(
+        Duration::from_secs(180),
+        "pilot check after restoring the config",
         || async {
             let (ok, report) = pilot_check(cluster).await?;
             anyhow::ensure!(ok, "{report}");
