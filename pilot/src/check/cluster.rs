@@ -1223,9 +1223,14 @@ mod tests {
 
     #[test]
     fn mesh_refusals() {
-        assert_eq!(mesh_refusal(r#"{"file":"/m","refused":null}"#).unwrap(), None);
         assert_eq!(
-            mesh_refusal(r#"{"refused":"connectTimeout: bad"}"#).unwrap().as_deref(),
+            mesh_refusal(r#"{"file":"/m","refused":null}"#).unwrap(),
+            None
+        );
+        assert_eq!(
+            mesh_refusal(r#"{"refused":"connectTimeout: bad"}"#)
+                .unwrap()
+                .as_deref(),
             Some("connectTimeout: bad")
         );
         assert!(mesh_refusal("[]").is_err());
