@@ -1,6 +1,12 @@
 //! `pilot bootstrap`: the Envoy bootstrap a proxy needs to join the mesh.
+//!
+//! With the agent's SDS (`pilot-agent`'s certificate from Citadel, served on a Unix socket,
+//! see `crate::agent::sds`), [`add_sds_cluster`] adds the static cluster `sds-grpc` on that
+//! socket and the node metadata `SDS: "true"` that makes Pilot's TLS contexts use it (see
+//! `crate::xds::generate::mtls`).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde_json::{Value, json};
 
@@ -105,6 +111,43 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, BootstrapError> {
     Ok(bootstrap)
 }
 
+/// Makes `bootstrap` (from [`bootstrap`]) fetch its certificates from the agent's SDS server
+/// on the Unix socket `socket`: the static cluster `sds-grpc` (a pipe address, HTTP/2), and
+/// node metadata `SDS: "true"` (Istio's), so Pilot's TLS contexts name that cluster and Pilot
+/// serves the proxy no file-based secrets.
+pub fn add_sds_cluster(bootstrap: &mut Value, socket: &Path) {
+    use crate::xds::generate::mtls::{META_SDS, SDS_CLUSTER};
+    if let Some(meta) = bootstrap["node"]["metadata"].as_object_mut() {
+        meta.insert(META_SDS.into(), json!("true"));
+    } else {
+        bootstrap["node"]["metadata"] = json!({ META_SDS: "true" });
+    }
+    let cluster = json!({
+        "name": SDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": SDS_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "pipe": {"path": socket.display().to_string()},
+            }}}]}],
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            },
+        },
+    });
+    match bootstrap["static_resources"]["clusters"].as_array_mut() {
+        Some(clusters) => {
+            clusters.retain(|c| c["name"] != SDS_CLUSTER);
+            clusters.push(cluster);
+        }
+        None => bootstrap["static_resources"]["clusters"] = json!([cluster]),
+    }
+}
+
 /// The status listener: two paths of the admin interface, published on `port` (the admin
 /// interface itself stays on loopback, since it can also change Envoy's state).
 fn add_status_listener(bootstrap: &mut Value, port: u16, admin_port: u16) {
@@ -194,6 +237,31 @@ mod tests {
                 status_port: None,
             })
             .is_err()
+        );
+    }
+
+    #[test]
+    fn sds_cluster_on_the_agents_socket() {
+        let mut b = bootstrap(&BootstrapOptions {
+            node_id: "sidecar~127.0.0.5~pp.default~default.svc.cluster.local".into(),
+            xds_address: "127.0.0.1:15010".into(),
+            admin_port: 15000,
+            delta: false,
+            metadata: BTreeMap::new(),
+            status_port: None,
+        })
+        .unwrap();
+        add_sds_cluster(&mut b, Path::new("/etc/istio/proxy/SDS"));
+        add_sds_cluster(&mut b, Path::new("/etc/istio/proxy/SDS"));
+        assert_eq!(b["node"]["metadata"]["SDS"], "true");
+        let clusters = b["static_resources"]["clusters"].as_array().unwrap();
+        assert_eq!(clusters.len(), 2, "once: {clusters:?}");
+        let sds = &clusters[1];
+        assert_eq!(sds["name"], "sds-grpc");
+        assert_eq!(
+            sds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["pipe"]
+                ["path"],
+            "/etc/istio/proxy/SDS"
         );
     }
 }

@@ -2,11 +2,15 @@
 //!
 //! - [`iptables`]: `pilot-agent iptables`, the init container's job: installs the nat rules
 //!   that send the pod's TCP traffic through the sidecar (Istio's `istio-iptables`).
+//! - [`ca_client`] and [`sds`]: the workload certificate from Citadel's CSR API (key in
+//!   memory, renewed at half its life), served to Envoy over SDS on a Unix socket.
 //! - `proxy` (to come): the sidecar's supervisor of Envoy (bootstrap, restarts, drain).
 //!
 //! The binary is a thin `src/bin/pilot-agent.rs` over [`main`].
 
+pub mod ca_client;
 pub mod iptables;
+pub mod sds;
 
 use mesh_runtime::Shutdown;
 use mesh_runtime::cli::{BinaryCli, CommonArgs};

@@ -130,6 +130,8 @@ impl Generation {
         );
         // Free-form values are written with their length, so no two scopes share a key.
         field(&mut s, locality.as_deref().unwrap_or(""));
+        // The agent's SDS changes every TLS context (and the secrets Pilot serves).
+        field(&mut s, if mtls::agent_sds(proxy) { "sds" } else { "" });
         for files in [CertFiles::client(proxy), CertFiles::server(proxy)] {
             field(&mut s, &files.cert_chain);
             field(&mut s, &files.key);

@@ -23,10 +23,19 @@
 //! handshakes at once, with no config change (Istio 1.0's agent restarted Envoy instead).
 //! (Envoy 1.40 also reloads a file-based SDS secret without `watched_directory`, watching its
 //! files' directories; setting it names the one directory whose swap reloads them all.)
+//!
+//! **The agent's SDS** (Istio 1.1's node agent): a proxy whose node metadata has
+//! [`META_SDS`] `SDS: "true"` gets its certificate from `pilot-agent` beside it (a key made
+//! in memory, a CSR to Citadel, see `crate::agent::ca_client`), served over SDS on a Unix
+//! socket (`crate::agent::sds`). Its TLS contexts then name `default` and `ROOTCA` on both
+//! sides, fetched from the bootstrap's static cluster [`SDS_CLUSTER`] `sds-grpc` (an
+//! `api_config_source` over gRPC; `crate::bootstrap::add_sds_cluster` defines it), and
+//! Pilot serves that proxy no file-based secrets at all ([`secrets`] is empty for it).
 
 use envoy_types::pb::envoy::config::core::v3::{
-    AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, TransportSocket,
-    WatchedDirectory, config_source::ConfigSourceSpecifier, data_source, transport_socket,
+    AggregatedConfigSource, ApiConfigSource, ApiVersion, ConfigSource, DataSource, GrpcService,
+    TransportSocket, WatchedDirectory, api_config_source::ApiType,
+    config_source::ConfigSourceSpecifier, data_source, grpc_service, transport_socket,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
     FilterChainMatch, Listener, ListenerFilter, listener_filter,
@@ -60,6 +69,38 @@ pub const SECRET_ROOT: &str = "ROOTCA";
 pub const FILE_CERT_PREFIX: &str = "file-cert:";
 /// Istio's prefix of a file-mounted root's SDS name (`file-root:ROOT`).
 pub const FILE_ROOT_PREFIX: &str = "file-root:";
+/// Istio's node metadata saying the agent serves SDS on its socket (value `"true"`).
+pub const META_SDS: &str = "SDS";
+/// The bootstrap's static cluster reaching the agent's SDS socket (Istio's name).
+pub const SDS_CLUSTER: &str = "sds-grpc";
+
+/// Whether `proxy`'s agent serves its certificate over SDS (metadata `SDS: "true"`).
+pub fn agent_sds(proxy: &Proxy) -> bool {
+    proxy
+        .meta_str(META_SDS)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+/// Where a proxy's TLS contexts fetch their secrets from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SecretSource {
+    /// Pilot, on the ADS stream (file-based secrets).
+    Ads,
+    /// The agent, through the static cluster `sds-grpc`.
+    Agent,
+}
+
+// === impl SecretSource ===
+
+impl SecretSource {
+    fn of(proxy: &Proxy) -> SecretSource {
+        if agent_sds(proxy) {
+            SecretSource::Agent
+        } else {
+            SecretSource::Ads
+        }
+    }
+}
 
 /// The certificate files a proxy presents and trusts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,12 +159,19 @@ impl CertFiles {
     /// The TLS context presenting the certificate of SDS secret `cert` and trusting the root
     /// of SDS secret `root`, accepting only `sans` (any identity when empty).
     fn common(
-        (cert, root): (String, String),
+        proxy: &Proxy,
+        files: &CertFiles,
         alpn: Vec<String>,
         sans: &[String],
     ) -> CommonTlsContext {
+        let source = SecretSource::of(proxy);
+        let (cert, root) = match source {
+            SecretSource::Ads => files.secret_names(proxy),
+            // The agent serves one certificate, for both sides.
+            SecretSource::Agent => (SECRET_DEFAULT.to_string(), SECRET_ROOT.to_string()),
+        };
         CommonTlsContext {
-            tls_certificate_sds_secret_configs: vec![sds_config(cert)],
+            tls_certificate_sds_secret_configs: vec![sds_config(cert, source)],
             validation_context_type: Some(ValidationContextType::CombinedValidationContext(
                 CombinedCertificateValidationContext {
                     default_validation_context: Some(CertificateValidationContext {
@@ -140,7 +188,7 @@ impl CertFiles {
                             .collect(),
                         ..Default::default()
                     }),
-                    validation_context_sds_secret_config: Some(sds_config(root)),
+                    validation_context_sds_secret_config: Some(sds_config(root, source)),
                     ..Default::default()
                 },
             )),
@@ -178,14 +226,30 @@ impl CertFiles {
     }
 }
 
-/// A reference to SDS secret `name`, fetched over the ADS stream.
-fn sds_config(name: String) -> SdsSecretConfig {
+/// A reference to SDS secret `name`, fetched over the ADS stream or from the agent.
+fn sds_config(name: String, source: SecretSource) -> SdsSecretConfig {
+    let specifier = match source {
+        SecretSource::Ads => ConfigSourceSpecifier::Ads(AggregatedConfigSource::default()),
+        SecretSource::Agent => ConfigSourceSpecifier::ApiConfigSource(ApiConfigSource {
+            api_type: ApiType::Grpc as i32,
+            transport_api_version: ApiVersion::V3 as i32,
+            grpc_services: vec![GrpcService {
+                target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+                    grpc_service::EnvoyGrpc {
+                        cluster_name: SDS_CLUSTER.into(),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            }],
+            set_node_on_first_message_only: true,
+            ..Default::default()
+        }),
+    };
     SdsSecretConfig {
         name,
         sds_config: Some(ConfigSource {
-            config_source_specifier: Some(ConfigSourceSpecifier::Ads(
-                AggregatedConfigSource::default(),
-            )),
+            config_source_specifier: Some(specifier),
             resource_api_version: ApiVersion::V3 as i32,
             ..Default::default()
         }),
@@ -214,9 +278,13 @@ fn file(path: &str) -> DataSource {
 
 /// The SDS secrets `proxy` may ask for (see [`CertFiles::secret_names`]): its client
 /// certificate and root, and its server ones when they are other files. Only these names
-/// are served: a name cannot make Pilot point a proxy at arbitrary files.
+/// are served: a name cannot make Pilot point a proxy at arbitrary files. None for a proxy
+/// whose agent serves SDS ([`agent_sds`]).
 pub fn secrets(proxy: &Proxy) -> Vec<SharedResource> {
     let mut out: Vec<SharedResource> = Vec::new();
+    if agent_sds(proxy) {
+        return out;
+    }
     for files in [CertFiles::client(proxy), CertFiles::server(proxy)] {
         let (cert, root) = files.secret_names(proxy);
         if !out.iter().any(|r| r.name == cert) {
@@ -275,7 +343,8 @@ pub fn istio_mutual_upstream(
     }
     let ctx = UpstreamTlsContext {
         common_tls_context: Some(CertFiles::common(
-            CertFiles::client(proxy).secret_names(proxy),
+            proxy,
+            &CertFiles::client(proxy),
             alpn,
             sans,
         )),
@@ -296,7 +365,8 @@ pub fn istio_sni(port: u32, subset: &str, host: &str) -> String {
 fn downstream(proxy: &Proxy) -> TransportSocket {
     let ctx = DownstreamTlsContext {
         common_tls_context: Some(CertFiles::common(
-            CertFiles::server(proxy).secret_names(proxy),
+            proxy,
+            &CertFiles::server(proxy),
             vec!["h2".into(), "http/1.1".into()],
             &[],
         )),
@@ -395,5 +465,82 @@ mod tests {
             spiffe_id("x", "y", "spiffe://td/ns/a/sa/b"),
             "spiffe://td/ns/a/sa/b"
         );
+    }
+
+    #[test]
+    fn agent_sds_proxies_fetch_default_and_rootca_from_sds_grpc() {
+        let file = crate::testutil::mk_sidecar("default", "127.0.0.1").build();
+        let agent = crate::testutil::mk_sidecar("default", "127.0.0.1")
+            .meta("SDS", "true")
+            .meta("TLS_SERVER_CERT_CHAIN", "/other/cert-chain.pem")
+            .build();
+        assert!(!agent_sds(&file));
+        assert!(agent_sds(&agent));
+        assert!(secrets(&agent).is_empty(), "Pilot serves no files to it");
+        assert_eq!(secrets(&file).len(), 2);
+
+        let ctx = |p: &Proxy, upstream: bool| -> CommonTlsContext {
+            let socket = if upstream {
+                istio_mutual_upstream(p, "sni".into(), &[], false)
+            } else {
+                downstream(p)
+            };
+            let Some(transport_socket::ConfigType::TypedConfig(a)) = socket.config_type else {
+                panic!("no config");
+            };
+            use prost::Message;
+            if upstream {
+                UpstreamTlsContext::decode(a.value.as_slice())
+                    .unwrap()
+                    .common_tls_context
+                    .unwrap()
+            } else {
+                DownstreamTlsContext::decode(a.value.as_slice())
+                    .unwrap()
+                    .common_tls_context
+                    .unwrap()
+            }
+        };
+        for upstream in [true, false] {
+            let c = ctx(&agent, upstream);
+            let cert = &c.tls_certificate_sds_secret_configs[0];
+            assert_eq!(cert.name, "default");
+            let Some(ConfigSourceSpecifier::ApiConfigSource(api)) = cert
+                .sds_config
+                .as_ref()
+                .unwrap()
+                .config_source_specifier
+                .clone()
+            else {
+                panic!("not an api_config_source: {cert:?}");
+            };
+            assert_eq!(api.api_type, ApiType::Grpc as i32);
+            let Some(grpc_service::TargetSpecifier::EnvoyGrpc(g)) =
+                api.grpc_services[0].target_specifier.clone()
+            else {
+                panic!("not envoy_grpc");
+            };
+            assert_eq!(g.cluster_name, "sds-grpc");
+            let Some(ValidationContextType::CombinedValidationContext(v)) =
+                c.validation_context_type
+            else {
+                panic!("no validation context");
+            };
+            assert_eq!(
+                v.validation_context_sds_secret_config.unwrap().name,
+                "ROOTCA"
+            );
+
+            // Without the metadata: unchanged, over ADS.
+            let c = ctx(&file, upstream);
+            assert!(matches!(
+                c.tls_certificate_sds_secret_configs[0]
+                    .sds_config
+                    .as_ref()
+                    .unwrap()
+                    .config_source_specifier,
+                Some(ConfigSourceSpecifier::Ads(_))
+            ));
+        }
     }
 }
