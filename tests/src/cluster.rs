@@ -377,6 +377,77 @@ impl Cluster {
     }
 }
 
+/// A `kubectl port-forward` child: [`PortForward::port`] on 127.0.0.1 reaches the target's
+/// port while it lives (killed on drop).
+#[derive(Debug)]
+pub struct PortForward {
+    /// The local port.
+    pub port: u16,
+    _child: tokio::process::Child,
+}
+
+// === impl Cluster (helpers of the real-node tests) ===
+
+impl Cluster {
+    /// `kubectl -n NS port-forward TARGET :PORT` (TARGET e.g. `deploy/istio-pilot` or
+    /// `pod/NAME`), once it says where it listens.
+    pub async fn port_forward(
+        &self,
+        namespace: &str,
+        target: &str,
+        port: u16,
+    ) -> anyhow::Result<PortForward> {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut child = tokio::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["-n", namespace, "port-forward", target, &format!(":{port}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("kubectl port-forward")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        // "Forwarding from 127.0.0.1:43567 -> 15014"
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .context("port-forward said nothing")??
+            .context("port-forward ended")?;
+        let port = line
+            .split_once("127.0.0.1:")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("port-forward said {line:?}"))?;
+        // Keep reading its output so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(PortForward {
+            port,
+            _child: child,
+        })
+    }
+}
+
+/// Until `f` gives `Ok`, or `within` is over (then its last error, naming `what`); polls
+/// every half second.
+pub async fn retry<T, F, Fut>(within: Duration, what: &str, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e.context(format!("{what}: not within {within:?}")));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
 /// A namespace of one test; deleted (best effort, not waiting for its contents to go) when
 /// dropped, or by [`TestNamespace::cleanup`].
 pub struct TestNamespace {

@@ -11,12 +11,12 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use mesh_tests::Cluster;
+use mesh_tests::cluster::retry as eventually;
 use mesh_tests::workspace_binary;
-use tokio::io::AsyncBufReadExt as _;
 
 const NS: &str = "istio-system";
 const DEPLOYMENTS: [&str; 6] = [
@@ -28,56 +28,14 @@ const DEPLOYMENTS: [&str; 6] = [
     "istio-egressgateway",
 ];
 
-/// Until `f` gives `Some`, or `within` is over (then the last error).
-async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) if Instant::now() > deadline => {
-                return Err(e.context(format!("{what}: not within {within:?}")));
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
-}
-
-/// `kubectl port-forward` to `target` (e.g. `deploy/istio-pilot`) port `port`: the local
-/// port, and the child (killed on drop).
+/// `kubectl port-forward` in istio-system: the local port, and the forwarder (stopped on drop).
 async fn port_forward(
     cluster: &Cluster,
     target: &str,
     port: u16,
-) -> anyhow::Result<(u16, tokio::process::Child)> {
-    let mut child = tokio::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig())
-        .args(["-n", NS, "port-forward", target, &format!(":{port}")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("kubectl port-forward")?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    // "Forwarding from 127.0.0.1:43567 -> 15014"
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .context("port-forward said nothing")??
-        .context("port-forward ended")?;
-    let local = line
-        .split_once("127.0.0.1:")
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .with_context(|| format!("port-forward said {line:?}"))?;
-    // Keep reading its output so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((local, child))
+) -> anyhow::Result<(u16, mesh_tests::cluster::PortForward)> {
+    let pf = cluster.port_forward(NS, target, port).await?;
+    Ok((pf.port, pf))
 }
 
 async fn get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
