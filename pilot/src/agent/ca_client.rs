@@ -148,9 +148,11 @@ impl std::fmt::Debug for WorkloadCert {
 // === impl WorkloadCert ===
 
 impl WorkloadCert {
-    /// When to renew it: once `grace_ratio` of its lifetime is left.
-    pub fn renew_at(&self, grace_ratio: f64) -> SystemTime {
-        renew_at(self.not_before, self.not_after, grace_ratio)
+    /// When to renew it, received at `received`: once `grace_ratio` of its lifetime is left.
+    /// The lifetime counts from `received` when the CA backdated `notBefore` (Citadel does, by
+    /// a minute, for clock skew), so a short-lived certificate is not renewed at once.
+    pub fn renew_at(&self, received: SystemTime, grace_ratio: f64) -> SystemTime {
+        renew_at(self.not_before.max(received), self.not_after, grace_ratio)
     }
 }
 
@@ -312,10 +314,11 @@ pub async fn run(
 ) {
     let mut failures = 0u32;
     loop {
+        let received = SystemTime::now();
         let wait = match fetch(&opts).await {
             Ok(cert) => {
                 failures = 0;
-                let at = cert.renew_at(opts.grace_ratio);
+                let at = cert.renew_at(received, opts.grace_ratio);
                 tracing::info!(
                     identity = %opts.identity,
                     not_after = ?cert.not_after,
@@ -424,6 +427,19 @@ mod tests {
         // Out-of-range ratios are clamped; a backwards validity renews at once.
         assert!(renew_at(t0, t0 + day, 5.0) < t0 + day / 50);
         assert_eq!(renew_at(t0 + day, t0, 0.5), t0 + day);
+        // A notBefore backdated by a minute: the lifetime counts from receipt.
+        let cert = WorkloadCert {
+            cert_chain: String::new(),
+            key: String::new(),
+            root_cert: String::new(),
+            not_before: t0 - Duration::from_secs(60),
+            not_after: t0 + Duration::from_secs(30),
+        };
+        assert_eq!(cert.renew_at(t0, 0.5), t0 + Duration::from_secs(15));
+        assert_eq!(
+            cert.renew_at(t0 - Duration::from_secs(120), 0.5),
+            t0 - Duration::from_secs(15)
+        );
         assert_eq!(backoff(1, 0.0), Duration::from_secs(1));
         assert_eq!(backoff(2, 0.0), Duration::from_secs(2));
         assert_eq!(backoff(4, 0.0), Duration::from_secs(8));
