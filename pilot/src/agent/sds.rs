@@ -89,6 +89,89 @@ pub enum CertSource {
     },
 }
 
+/// The agent's certificate flags, for `pilot-agent proxy` to flatten into its own
+/// (`#[command(flatten)]`): where Citadel is, how to authenticate, where to serve SDS.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SdsArgs {
+    /// Citadel's gRPC address (CreateCertificate over TLS).
+    #[arg(long, visible_alias = "caAddress", value_name = "HOST:PORT",
+          default_value = ca_client::DEFAULT_CA_ADDRESS)]
+    pub ca_address: String,
+
+    /// The name Citadel's serving certificate must carry (one of its --grpc-host-identities).
+    #[arg(long, value_name = "NAME", default_value = ca_client::DEFAULT_SERVER_NAME)]
+    pub ca_server_name: String,
+
+    /// The mesh root (PEM) Citadel's certificate is checked against; also served as ROOTCA.
+    #[arg(long, value_name = "FILE", default_value = ca_client::DEFAULT_ROOT_CERT)]
+    pub ca_root_cert: PathBuf,
+
+    /// The projected ServiceAccount token (audience istio-ca), sent as a Bearer token.
+    #[arg(long, value_name = "FILE", default_value = ca_client::DEFAULT_TOKEN_PATH)]
+    pub token_path: PathBuf,
+
+    /// Authenticate to Citadel with the certificate in this directory (cert-chain.pem,
+    /// key.pem; a mounted istio.<sa> secret) instead of the token: for Citadel without
+    /// Kubernetes, which has no TokenReview.
+    #[arg(long, value_name = "DIR")]
+    pub ca_client_cert_dir: Option<PathBuf>,
+
+    /// Where the SDS server listens (a Unix socket; Envoy's sds-grpc cluster).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    pub sds_socket: PathBuf,
+
+    /// The workload key's type.
+    #[arg(long, value_enum, default_value_t = ca_client::KeyType::EcdsaP256)]
+    pub key_type: ca_client::KeyType,
+
+    /// The certificate lifetime asked for [default: Citadel's --workload-cert-ttl].
+    #[arg(long, value_name = "DURATION")]
+    pub workload_cert_ttl: Option<mesh_proto::types::Duration>,
+
+    /// Renew once this fraction of the lifetime is left (Istio's SECRET_GRACE_PERIOD_RATIO).
+    #[arg(long, value_name = "RATIO", default_value_t = ca_client::DEFAULT_GRACE_RATIO)]
+    pub secret_grace_period_ratio: f64,
+
+    /// The mesh's trust domain (the SPIFFE identity's authority).
+    #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+}
+
+// === impl SdsArgs ===
+
+impl SdsArgs {
+    /// The CSR source for the pod's identity.
+    pub fn source(&self, namespace: &str, service_account: &str) -> CertSource {
+        let credential = match &self.ca_client_cert_dir {
+            Some(dir) => ca_client::Credential::ClientCert {
+                chain: dir.join("cert-chain.pem"),
+                key: dir.join("key.pem"),
+            },
+            None => ca_client::Credential::Token(self.token_path.clone()),
+        };
+        CertSource::Csr(CaClientOptions {
+            address: self.ca_address.clone(),
+            server_name: self.ca_server_name.clone(),
+            root_cert: self.ca_root_cert.clone(),
+            credential,
+            identity: format!(
+                "spiffe://{}/ns/{namespace}/sa/{service_account}",
+                self.trust_domain
+            ),
+            key_type: self.key_type,
+            ttl: self.workload_cert_ttl.map(|d| d.as_std()),
+            grace_ratio: self.secret_grace_period_ratio,
+        })
+    }
+
+    /// The bootstrap edit for this socket ([`crate::bootstrap::add_sds_cluster`]: cluster
+    /// `sds-grpc`, metadata `SDS: "true"`).
+    pub fn bootstrap_edit(&self) -> impl FnOnce(&mut serde_json::Value) + Send + 'static {
+        let socket = self.sds_socket.clone();
+        move |b| crate::bootstrap::add_sds_cluster(b, &socket)
+    }
+}
+
 /// The certificates the server hands out: `None` until the first one.
 pub type Certs = watch::Receiver<Option<Arc<WorkloadCert>>>;
 
@@ -526,6 +609,52 @@ mod tests {
             .unwrap()
             .unwrap()
             .unwrap();
+    }
+
+    #[test]
+    fn flags_make_the_csr_source() {
+        use clap::Parser;
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            sds: SdsArgs,
+        }
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert_eq!(cli.sds.sds_socket, Path::new(DEFAULT_SOCKET));
+        let CertSource::Csr(o) = cli.sds.source("default", "reviews") else {
+            panic!("not a CSR source");
+        };
+        assert_eq!(o.address, "istio-citadel.istio-system.svc:8060");
+        assert_eq!(o.identity, "spiffe://cluster.local/ns/default/sa/reviews");
+        assert_eq!(
+            o.credential,
+            ca_client::Credential::Token("/var/run/secrets/tokens/istio-token".into())
+        );
+        assert_eq!(o.ttl, None);
+        let cli = Cli::try_parse_from([
+            "x",
+            "--ca-client-cert-dir",
+            "/etc/certs",
+            "--key-type",
+            "rsa2048",
+            "--workload-cert-ttl",
+            "1h",
+        ])
+        .unwrap();
+        let CertSource::Csr(o) = cli.sds.source("a", "b") else {
+            panic!("not a CSR source");
+        };
+        assert_eq!(o.key_type, ca_client::KeyType::Rsa2048);
+        assert_eq!(o.ttl, Some(Duration::from_secs(3600)));
+        assert!(matches!(
+            o.credential,
+            ca_client::Credential::ClientCert { .. }
+        ));
+        let mut b =
+            serde_json::json!({"node": {"metadata": {}}, "static_resources": {"clusters": []}});
+        (cli.sds.bootstrap_edit())(&mut b);
+        assert_eq!(b["node"]["metadata"]["SDS"], "true");
+        assert!(Cli::try_parse_from(["x", "--key-type", "dsa"]).is_err());
     }
 
     #[tokio::test]
