@@ -38,7 +38,10 @@ pub use settings::{Cli, Command, Settings};
 pub async fn main(cli: Cli, shutdown: Shutdown) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Bootstrap(args)) => {
-            let json = bootstrap::bootstrap(&args.options())?;
+            let mut json = bootstrap::bootstrap(&args.options())?;
+            if let Some(socket) = &args.sds_socket {
+                bootstrap::add_sds_cluster(&mut json, socket);
+            }
             let text = serde_json::to_string_pretty(&json)? + "\n";
             match &args.out {
                 Some(path) => std::fs::write(path, text)

@@ -204,6 +204,12 @@ pub struct BootstrapArgs {
     /// volume Envoy reads).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+
+    /// The agent serves the workload certificate over SDS on this Unix socket
+    /// (`pilot-agent`'s, e.g. /etc/istio/proxy/SDS): adds the static cluster sds-grpc on it
+    /// and node metadata SDS=true, so TLS contexts fetch `default` and `ROOTCA` from there.
+    #[arg(long, value_name = "PATH")]
+    pub sds_socket: Option<PathBuf>,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {

@@ -134,11 +134,14 @@ fn agent(
     })
 }
 
-/// A sidecar whose certificates come from the agent on `socket`.
+/// A sidecar whose certificates come from the agent on `socket` (`pilot bootstrap
+/// --sds-socket`).
 async fn sidecar(pilot: &Pilot, node: &str, args: &[String], socket: &Path) -> Envoy {
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut bootstrap = pilot.bootstrap(node, &refs).unwrap();
-    pilot::bootstrap::add_sds_cluster(&mut bootstrap, socket);
+    let socket = socket.display().to_string();
+    let mut refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    refs.extend(["--sds-socket", &socket]);
+    let bootstrap = pilot.bootstrap(node, &refs).unwrap();
+    assert_eq!(bootstrap["node"]["metadata"]["SDS"], "true");
     let mut envoy = Envoy::start_not_ready(bootstrap).await.unwrap();
     if let Err(e) = envoy.wait_ready(WAIT).await {
         panic!("{e:#}\n{}", envoy.logs());
