@@ -470,4 +470,131 @@ mod tests {
         let e = fetch(&opts).await.unwrap_err();
         assert!(matches!(e, CaClientError::Address(_)), "{e}");
     }
+
+    /// A stand-in for Citadel: TLS as `istio-citadel` under its own root, signing a CSR for
+    /// whoever sends `authorization: Bearer good-token`.
+    struct FakeCa {
+        issuer: rcgen::Issuer<'static, KeyPair>,
+        root: String,
+        ttl: std::sync::Mutex<Option<i64>>,
+    }
+
+    #[tonic::async_trait]
+    impl
+        mesh_proto::grpc::istio::v1::auth::istio_certificate_service_server::IstioCertificateService
+        for FakeCa
+    {
+        async fn create_certificate(
+            &self,
+            request: tonic::Request<IstioCertificateRequest>,
+        ) -> Result<
+            tonic::Response<mesh_proto::grpc::istio::v1::auth::IstioCertificateResponse>,
+            tonic::Status,
+        > {
+            let auth = request.metadata().get("authorization").cloned();
+            if auth.as_ref().and_then(|v| v.to_str().ok()) != Some("Bearer good-token") {
+                return Err(tonic::Status::unauthenticated(format!("{auth:?}")));
+            }
+            let req = request.into_inner();
+            *self.ttl.lock().unwrap() = Some(req.validity_duration);
+            let csr = rcgen::CertificateSigningRequestParams::from_pem(&req.csr)
+                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            let leaf = csr
+                .signed_by(&self.issuer)
+                .map_err(|e| tonic::Status::internal(e.to_string()))?;
+            Ok(tonic::Response::new(
+                mesh_proto::grpc::istio::v1::auth::IstioCertificateResponse {
+                    cert_chain: vec![leaf.pem(), self.root.clone()],
+                },
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn fetches_with_the_bearer_token_over_tls() {
+        use mesh_proto::grpc::istio::v1::auth::istio_certificate_service_server::IstioCertificateServiceServer;
+        use tonic::transport::{Identity as TlsIdentity, Server, ServerTlsConfig};
+
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_key_pem = ca_key.serialize_pem();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let root = ca.pem();
+        let server_key = KeyPair::generate().unwrap();
+        let server_cert = CertificateParams::new(vec!["istio-citadel".to_string()])
+            .unwrap()
+            .signed_by(&server_key, &ca)
+            .unwrap();
+        let fake = std::sync::Arc::new(FakeCa {
+            issuer: rcgen::Issuer::from_ca_cert_pem(&root, KeyPair::from_pem(&ca_key_pem).unwrap())
+                .unwrap(),
+            root: root.clone(),
+            ttl: std::sync::Mutex::new(None),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let server = Server::builder()
+            .tls_config(ServerTlsConfig::new().identity(TlsIdentity::from_pem(
+                server_cert.pem(),
+                server_key.serialize_pem(),
+            )))
+            .unwrap()
+            .add_service(IstioCertificateServiceServer::from_arc(fake.clone()))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown.clone().cancelled_owned(),
+            );
+        let server = tokio::spawn(server);
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("root.pem"), &root).unwrap();
+        std::fs::write(dir.path().join("token"), "good-token\n").unwrap();
+        let mut opts = CaClientOptions {
+            address: addr.to_string(),
+            server_name: DEFAULT_SERVER_NAME.into(),
+            root_cert: dir.path().join("root.pem"),
+            credential: Credential::Token(dir.path().join("token")),
+            identity: "spiffe://cluster.local/ns/default/sa/reviews".into(),
+            key_type: KeyType::EcdsaP256,
+            ttl: Some(Duration::from_secs(3600)),
+            grace_ratio: DEFAULT_GRACE_RATIO,
+        };
+        let cert = fetch(&opts).await.unwrap();
+        assert_eq!(*fake.ttl.lock().unwrap(), Some(3600));
+        // The leaf only (the root is the trust anchor), for the key made here; ROOTCA is the
+        // root file.
+        assert_eq!(cert.cert_chain.matches("BEGIN CERTIFICATE").count(), 1);
+        assert_eq!(cert.root_cert, root);
+        let (_, leaf) = x509_parser::pem::parse_x509_pem(cert.cert_chain.as_bytes()).unwrap();
+        let leaf = leaf.parse_x509().unwrap();
+        let key = KeyPair::from_pem(&cert.key).unwrap();
+        assert_eq!(
+            leaf.public_key().raw,
+            key.subject_public_key_info().as_slice()
+        );
+        assert!(cert.not_after > cert.not_before);
+
+        // A refused token, and a server name the certificate does not carry: errors.
+        std::fs::write(dir.path().join("token"), "bad-token").unwrap();
+        let e = fetch(&opts).await.unwrap_err();
+        assert!(
+            matches!(&e, CaClientError::Call(s) if s.code() == tonic::Code::Unauthenticated),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("token"), "good-token").unwrap();
+        opts.server_name = "someone-else".into();
+        assert!(fetch(&opts).await.is_err());
+
+        // The renewal loop fills the channel and stops on shutdown.
+        opts.server_name = DEFAULT_SERVER_NAME.into();
+        let (tx, mut rx) = watch::channel(None);
+        let task = tokio::spawn(run(opts, tx, shutdown.clone()));
+        rx.changed().await.unwrap();
+        assert!(rx.borrow().is_some());
+        shutdown.cancel();
+        task.await.unwrap();
+        server.await.unwrap().unwrap();
+    }
 }
