@@ -48,7 +48,12 @@ pub struct IptablesArgs {
     pub inbound_capture_port: u16,
 
     /// UID of the proxy, whose own connections are never captured.
-    #[arg(short = 'u', long = "proxy-uid", value_name = "UID", default_value_t = 1337)]
+    #[arg(
+        short = 'u',
+        long = "proxy-uid",
+        value_name = "UID",
+        default_value_t = 1337
+    )]
     pub proxy_uid: u32,
 
     /// GID of the proxy, whose own connections are never captured [default: the -u value].
@@ -56,33 +61,61 @@ pub struct IptablesArgs {
     pub proxy_gid: Option<u32>,
 
     /// How inbound connections reach the proxy. Only REDIRECT is supported yet.
-    #[arg(short = 'm', long = "istio-inbound-interception-mode", value_name = "MODE",
-          value_enum, ignore_case = true, default_value = "REDIRECT")]
+    #[arg(
+        short = 'm',
+        long = "istio-inbound-interception-mode",
+        value_name = "MODE",
+        value_enum,
+        ignore_case = true,
+        default_value = "REDIRECT"
+    )]
     pub mode: Mode,
 
     /// Outbound destinations to capture: comma-separated CIDRs or addresses, `*` for all, or
     /// empty for none.
-    #[arg(short = 'i', long = "istio-service-cidr", value_name = "CIDRS", default_value = "*")]
+    #[arg(
+        short = 'i',
+        long = "istio-service-cidr",
+        value_name = "CIDRS",
+        default_value = "*"
+    )]
     pub include_ranges: String,
 
     /// Outbound destinations never captured: comma-separated CIDRs or addresses.
-    #[arg(short = 'x', long = "istio-service-exclude-cidr", value_name = "CIDRS",
-          default_value = "")]
+    #[arg(
+        short = 'x',
+        long = "istio-service-exclude-cidr",
+        value_name = "CIDRS",
+        default_value = ""
+    )]
     pub exclude_ranges: String,
 
     /// Inbound ports to capture: comma-separated, `*` for all, or empty for none.
-    #[arg(short = 'b', long = "istio-inbound-ports", value_name = "PORTS", default_value = "*")]
+    #[arg(
+        short = 'b',
+        long = "istio-inbound-ports",
+        value_name = "PORTS",
+        default_value = "*"
+    )]
     pub include_inbound_ports: String,
 
     /// Inbound ports never captured, besides the proxy's own (15001, 15006, 15020, 15021,
     /// 15090, or the -p and -z values): comma-separated.
-    #[arg(short = 'd', long = "istio-local-exclude-ports", value_name = "PORTS",
-          default_value = "")]
+    #[arg(
+        short = 'd',
+        long = "istio-local-exclude-ports",
+        value_name = "PORTS",
+        default_value = ""
+    )]
     pub exclude_inbound_ports: String,
 
     /// Outbound destination ports never captured: comma-separated.
-    #[arg(short = 'o', long = "istio-local-outbound-ports-exclude", value_name = "PORTS",
-          default_value = "")]
+    #[arg(
+        short = 'o',
+        long = "istio-local-outbound-ports-exclude",
+        value_name = "PORTS",
+        default_value = ""
+    )]
     pub exclude_outbound_ports: String,
 
     /// Print the rules without installing them.
@@ -559,7 +592,9 @@ pub fn run(args: &IptablesArgs) -> anyhow::Result<()> {
     let opts = Options::from_args(args)?;
     let families = opts.families();
     if !families.contains(&Family::V6) {
-        tracing::info!("no IPv6 range in -i or -x: IPv6 traffic is not captured (ip6tables untouched)");
+        tracing::info!(
+            "no IPv6 range in -i or -x: IPv6 traffic is not captured (ip6tables untouched)"
+        );
     }
     let mut stdout = std::io::stdout().lock();
     for family in families {
@@ -568,10 +603,7 @@ pub fn run(args: &IptablesArgs) -> anyhow::Result<()> {
         stdout.flush()?;
         if !args.dry_run {
             apply(&text, family)?;
-            tracing::info!(
-                "installed the {} rules above",
-                family.iptables()
-            );
+            tracing::info!("installed the {} rules above", family.iptables());
         }
     }
     Ok(())
@@ -590,8 +622,8 @@ mod tests {
     }
 
     fn opts(flags: &[&str]) -> Result<Options, FlagError> {
-        let cli = Cli::try_parse_from(std::iter::once("iptables").chain(flags.iter().copied()))
-            .unwrap();
+        let cli =
+            Cli::try_parse_from(std::iter::once("iptables").chain(flags.iter().copied())).unwrap();
         Options::from_args(&cli.args)
     }
 
@@ -655,7 +687,12 @@ COMMIT
 
     #[test]
     fn include_and_exclude_ranges() {
-        let text = v4(&["-i", "10.0.0.0/8, 172.16.0.1/12", "-x", "10.96.0.10,10.1.0.0/16"]);
+        let text = v4(&[
+            "-i",
+            "10.0.0.0/8, 172.16.0.1/12",
+            "-x",
+            "10.96.0.10,10.1.0.0/16",
+        ]);
         let out: Vec<_> = lines(&text)
             .into_iter()
             .filter(|l| l.starts_with("-A ISTIO_OUTPUT -d"))
@@ -671,7 +708,10 @@ COMMIT
                 "-A ISTIO_OUTPUT -d 172.16.0.0/12 -j ISTIO_REDIRECT",
             ]
         );
-        assert!(!text.contains("-A ISTIO_OUTPUT -j ISTIO_REDIRECT"), "{text}");
+        assert!(
+            !text.contains("-A ISTIO_OUTPUT -j ISTIO_REDIRECT"),
+            "{text}"
+        );
 
         // No outbound capture at all, but the owner and lo rules stay.
         let none = v4(&["-i", ""]);
@@ -687,10 +727,19 @@ COMMIT
         assert!(!v4.contains("fd00"), "{v4}");
         let v6 = rules(&o, Family::V6);
         assert!(v6.contains("(ip6tables-restore --noflush)"), "{v6}");
-        assert!(v6.contains("-A ISTIO_OUTPUT -d fd00::10/128 -j RETURN"), "{v6}");
-        assert!(v6.contains("-A ISTIO_OUTPUT -d fd00::/8 -j ISTIO_REDIRECT"), "{v6}");
+        assert!(
+            v6.contains("-A ISTIO_OUTPUT -d fd00::10/128 -j RETURN"),
+            "{v6}"
+        );
+        assert!(
+            v6.contains("-A ISTIO_OUTPUT -d fd00::/8 -j ISTIO_REDIRECT"),
+            "{v6}"
+        );
         assert!(v6.contains("-A ISTIO_OUTPUT -d ::1/128 -j RETURN"), "{v6}");
-        assert!(v6.contains("-A ISTIO_OUTPUT -s ::6/128 -o lo -j RETURN"), "{v6}");
+        assert!(
+            v6.contains("-A ISTIO_OUTPUT -s ::6/128 -o lo -j RETURN"),
+            "{v6}"
+        );
         assert!(!v6.contains("10.0.0.0"), "{v6}");
     }
 
@@ -756,25 +805,60 @@ COMMIT
     #[test]
     fn bad_input_is_refused_naming_the_flag() {
         let err = opts(&["-i", "10.0.0.0/33"]).unwrap_err();
-        assert!(matches!(err, FlagError::BadRange { flag: FLAG_INCLUDE_RANGES, .. }));
+        assert!(matches!(
+            err,
+            FlagError::BadRange {
+                flag: FLAG_INCLUDE_RANGES,
+                ..
+            }
+        ));
         let msg = err.to_string();
-        assert!(msg.contains("-i/--istio-service-cidr") && msg.contains("10.0.0.0/33"), "{msg}");
+        assert!(
+            msg.contains("-i/--istio-service-cidr") && msg.contains("10.0.0.0/33"),
+            "{msg}"
+        );
 
         let err = opts(&["-x", "10.0.0.0/8,not-an-ip"]).unwrap_err();
-        assert!(err.to_string().starts_with("-x/--istio-service-exclude-cidr: \"not-an-ip\""), "{err}");
-        assert!(matches!(opts(&["-x", "*"]), Err(FlagError::Wildcard { .. })));
-        assert!(matches!(opts(&["-i", "*,10.0.0.0/8"]), Err(FlagError::MixedWildcard { .. })));
+        assert!(
+            err.to_string()
+                .starts_with("-x/--istio-service-exclude-cidr: \"not-an-ip\""),
+            "{err}"
+        );
+        assert!(matches!(
+            opts(&["-x", "*"]),
+            Err(FlagError::Wildcard { .. })
+        ));
+        assert!(matches!(
+            opts(&["-i", "*,10.0.0.0/8"]),
+            Err(FlagError::MixedWildcard { .. })
+        ));
 
         let err = opts(&["-b", "80,http"]).unwrap_err();
         assert_eq!(
             err.to_string(),
             "-b/--istio-inbound-ports: \"http\" is not a port number (1-65535)"
         );
-        assert!(matches!(opts(&["-d", "0"]), Err(FlagError::BadPort { flag: FLAG_EXCLUDE_INBOUND, .. })));
-        assert!(matches!(opts(&["-o", "70000"]), Err(FlagError::BadPort { flag: FLAG_EXCLUDE_OUTBOUND, .. })));
+        assert!(matches!(
+            opts(&["-d", "0"]),
+            Err(FlagError::BadPort {
+                flag: FLAG_EXCLUDE_INBOUND,
+                ..
+            })
+        ));
+        assert!(matches!(
+            opts(&["-o", "70000"]),
+            Err(FlagError::BadPort {
+                flag: FLAG_EXCLUDE_OUTBOUND,
+                ..
+            })
+        ));
 
         let err = opts(&["-m", "TPROXY"]).unwrap_err();
-        assert!(err.to_string().contains("TPROXY interception is not supported yet"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("TPROXY interception is not supported yet"),
+            "{err}"
+        );
         assert_eq!(opts(&["-m", "redirect"]).unwrap(), opts(&[]).unwrap());
 
         // clap refuses what is not even the right type.

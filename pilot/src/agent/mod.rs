@@ -4,13 +4,22 @@
 //!   that send the pod's TCP traffic through the sidecar (Istio's `istio-iptables`).
 //! - [`ca_client`] and [`sds`]: the workload certificate from Citadel's CSR API (key in
 //!   memory, renewed at half its life), served to Envoy over SDS on a Unix socket.
-//! - `proxy` (to come): the sidecar's supervisor of Envoy (bootstrap, restarts, drain).
+//! - [`proxy`]: `pilot-agent proxy sidecar|router`, the proxy container's main process:
+//!   node id and metadata from the Downward API ([`node`]), Envoy's bootstrap, Envoy run and
+//!   restarted with backoff, drained on SIGTERM ([`supervise`]), and the status port 15020
+//!   (`/healthz/ready`, `/stats/prometheus`, app probes: [`status`]), talking to Envoy's admin
+//!   interface through [`admin`].
 //!
 //! The binary is a thin `src/bin/pilot-agent.rs` over [`main`].
 
+pub mod admin;
 pub mod ca_client;
 pub mod iptables;
+pub mod node;
+pub mod proxy;
 pub mod sds;
+pub mod status;
+pub mod supervise;
 
 use mesh_runtime::Shutdown;
 use mesh_runtime::cli::{BinaryCli, CommonArgs};
@@ -37,7 +46,12 @@ pub enum Command {
     /// (-u/-g, 1337). Prints the rules (iptables-restore input), then installs them; with
     /// --dry-run, only prints them.
     Iptables(iptables::IptablesArgs),
-    // `Proxy(proxy::ProxyArgs)`, the sidecar's Envoy supervisor, comes here.
+    /// Run Envoy as the pod's proxy (the istio-proxy container's main process): writes its
+    /// bootstrap from the pod's Downward API environment (POD_NAME, POD_NAMESPACE,
+    /// INSTANCE_IP, SERVICE_ACCOUNT, ISTIO_META_*, ISTIO_METAJSON_*), starts and supervises
+    /// Envoy (restarts with backoff), serves readiness on --status-port (15020) and drains
+    /// Envoy on SIGTERM.
+    Proxy(proxy::ProxyArgs),
 }
 
 impl BinaryCli for Cli {
@@ -47,11 +61,18 @@ impl BinaryCli for Cli {
 }
 
 /// Runs the command line.
-pub async fn main(cli: Cli, _shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn main(cli: Cli, shutdown: Shutdown) -> anyhow::Result<()> {
     match cli.command {
         Command::Iptables(args) => {
             // A one-shot of a few child processes: off the runtime's workers all the same.
             tokio::task::spawn_blocking(move || iptables::run(&args)).await?
+        }
+        Command::Proxy(args) => {
+            let env = std::env::vars().collect();
+            // The SDS certificate mode (Citadel CSR, SDS on a Unix socket) hands its
+            // `proxy::SdsSetup` here; None: Istio 1.0's mounted certificate files.
+            let sds = None;
+            Ok(proxy::run(args, env, sds, shutdown).await?)
         }
     }
 }
