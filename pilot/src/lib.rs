@@ -197,10 +197,8 @@ pub async fn serve(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()>
         tokio::spawn(keeper.run(shutdown.clone()));
     }
 
-    let routes = debug::routes(server.clone()).merge(debug::mesh_routes(
-        settings.mesh.clone(),
-        mesh_refused,
-    ));
+    let routes = debug::routes(server.clone())
+        .merge(debug::mesh_routes(settings.mesh.clone(), mesh_refused));
     let store = Arc::clone(&base.store);
     base.serve_monitoring(http, routes, shutdown.clone())
         .await?;
