@@ -175,8 +175,11 @@ pub struct ProxyArgs {
 #[derive(Default)]
 pub struct SdsSetup {
     pub metadata: BTreeMap<String, Value>,
-    pub edit_bootstrap: Option<Box<dyn FnOnce(&mut Value) + Send>>,
+    pub edit_bootstrap: Option<BootstrapEdit>,
 }
+
+/// An edit of the bootstrap before it is written.
+pub type BootstrapEdit = Box<dyn FnOnce(&mut Value) + Send>;
 
 impl std::fmt::Debug for SdsSetup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
