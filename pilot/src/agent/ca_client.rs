@@ -22,9 +22,9 @@
 //!   `--ca-server-name`, default [`DEFAULT_SERVER_NAME`] (a DNS SAN of Citadel's serving
 //!   certificate, `--grpc-host-identities`). The root served to Envoy (`ROOTCA`) is that file.
 //! - **Renewal**: at [`DEFAULT_GRACE_RATIO`] (Istio's `SECRET_GRACE_PERIOD_RATIO`, 0.5) of
-//!   the certificate's lifetime; a failed call is retried with exponential backoff (1 s
-//!   doubling to 60 s, jittered), never past the point where waiting would be useless: the
-//!   current certificate keeps being served until a new one arrives.
+//!   the certificate's lifetime, counted from its receipt (Citadel backdates `notBefore` by
+//!   a minute); a failed call is retried with exponential backoff (1 s doubling to 60 s,
+//!   jittered), and the current certificate keeps being served until a new one arrives.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
