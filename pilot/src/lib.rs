@@ -5,6 +5,7 @@
 //! - [`xds`]: generation, caching, the protocol rules, the gRPC streams and the push pipeline.
 //! - [`mesh`]: MeshConfig. [`bootstrap`]: the Envoy bootstrap of a proxy.
 //! - [`validate`]: Istio's semantic checks, the admission webhook and its caBundle keeper.
+//! - [`inject`]: sidecar injection (`pilot kube-inject`, the webhook's `/inject`).
 //! - [`install`]: `manifests/install.yaml` (`pilot manifest`).
 //! - `testutil` (tests, or the `testutil` feature): builders of proxies and push contexts.
 //!
@@ -14,6 +15,7 @@ pub mod agent;
 pub mod bootstrap;
 pub mod check;
 mod debug;
+pub mod inject;
 pub mod install;
 pub mod kube;
 pub mod legacy;
@@ -60,6 +62,7 @@ pub async fn main(cli: Cli, shutdown: Shutdown) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Check(args)) => Ok(check::run(args).await?),
+        Some(Command::KubeInject(args)) => Ok(inject::run(&args)?),
         Some(Command::Validate(args)) => {
             let problems = validate::validate_files(&args.files);
             for p in &problems {

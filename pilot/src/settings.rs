@@ -50,6 +50,11 @@ pub enum Command {
     /// plane works (CRDs, Deployments, the webhook's caBundle, Citadel's root, Pilot's and
     /// Mixer's readiness, proxies' sync status). Exits non-zero when a check fails.
     Check(crate::check::CheckArgs),
+    /// Inject the sidecar into the workloads of a YAML stream like `istioctl kube-inject`:
+    /// the pod templates of Pods, Deployments, StatefulSets, DaemonSets, Jobs, CronJobs,
+    /// ReplicaSets and ReplicationControllers get istio-init and istio-proxy; other documents
+    /// pass unchanged. Says on stderr what was injected, and what was skipped and why.
+    KubeInject(crate::inject::KubeInjectArgs),
 }
 
 /// Flags of `pilot manifest`.
