@@ -1,10 +1,12 @@
-//! A small HTTP/1.1 client for Envoy's admin interface on `127.0.0.1:ADMIN_PORT` (and the
-//! app's own probe paths): one connection per request, `Connection: close`, the whole response
-//! read (plain or chunked), bounded in size and time.
+//! Requests to Envoy's admin interface on `127.0.0.1:ADMIN_PORT` (and to the app's own probe
+//! paths), over hyper's HTTP/1.1 client: one connection per request, the whole body read,
+//! bounded in size and time.
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty, Limited};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 /// The most of a response read (Envoy's Prometheus page of a big mesh is a few MiB).
@@ -73,37 +75,54 @@ async fn request(
     path: &str,
     timeout: Duration,
 ) -> Result<Response, AdminError> {
-    let io = |source| AdminError::Io {
+    let malformed = |reason: String| AdminError::Malformed {
         method,
         addr: addr.to_string(),
         path: path.to_string(),
-        source,
+        reason,
     };
     let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.map_err(io)?;
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: pilot-agent\r\nAccept: */*\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(head.as_bytes()).await.map_err(io)?;
-        let mut raw = Vec::new();
-        (&mut stream)
-            .take(MAX_RESPONSE as u64 + 1)
-            .read_to_end(&mut raw)
+        let stream = TcpStream::connect(addr)
             .await
-            .map_err(io)?;
-        if raw.len() > MAX_RESPONSE {
-            return Err(AdminError::Malformed {
+            .map_err(|source| AdminError::Io {
                 method,
                 addr: addr.to_string(),
                 path: path.to_string(),
-                reason: format!("longer than {MAX_RESPONSE} bytes"),
-            });
-        }
-        parse(&raw).map_err(|reason| AdminError::Malformed {
-            method,
-            addr: addr.to_string(),
-            path: path.to_string(),
-            reason,
+                source,
+            })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| malformed(e.to_string()))?;
+        // The connection lives as long as this one exchange.
+        let conn = tokio::spawn(conn);
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, addr)
+            .header(hyper::header::USER_AGENT, "pilot-agent")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| malformed(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| malformed(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = Limited::new(resp.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| malformed(format!("reading the body: {e}")))?
+            .to_bytes()
+            .to_vec();
+        conn.abort();
+        Ok(Response {
+            status,
+            content_type,
+            body,
         })
     };
     match tokio::time::timeout(timeout, exchange).await {
@@ -114,76 +133,6 @@ async fn request(
             path: path.to_string(),
             timeout,
         }),
-    }
-}
-
-/// Parses a whole HTTP/1.1 response read until the server closed the connection.
-fn parse(raw: &[u8]) -> Result<Response, String> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "headers are not UTF-8")?;
-    let rest = &raw[end + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let mut content_type = None;
-    let mut chunked = false;
-    let mut length = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        match name.trim().to_ascii_lowercase().as_str() {
-            "content-type" => content_type = Some(value.to_string()),
-            "transfer-encoding" => chunked = value.to_ascii_lowercase().contains("chunked"),
-            "content-length" => length = value.parse::<usize>().ok(),
-            _ => {}
-        }
-    }
-    let body = if chunked {
-        dechunk(rest)?
-    } else {
-        match length {
-            Some(n) if n <= rest.len() => rest[..n].to_vec(),
-            Some(n) => return Err(format!("body shorter than its length {n}")),
-            None => rest.to_vec(),
-        }
-    };
-    Ok(Response {
-        status,
-        content_type,
-        body,
-    })
-}
-
-/// Decodes a chunked body (trailers ignored).
-fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    loop {
-        let line_end = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("chunk size line without end")?;
-        let size_line = std::str::from_utf8(&rest[..line_end]).map_err(|_| "bad chunk size")?;
-        let size_hex = size_line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_hex, 16)
-            .map_err(|_| format!("bad chunk size {size_hex:?}"))?;
-        rest = &rest[line_end + 2..];
-        if size == 0 {
-            return Ok(body);
-        }
-        if rest.len() < size {
-            return Err("chunk cut short".into());
-        }
-        body.extend_from_slice(&rest[..size]);
-        rest = rest.get(size + 2..).unwrap_or_default();
     }
 }
 
@@ -199,31 +148,53 @@ pub fn counter(stats: &str, name: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_plain_and_chunked_responses() {
-        let plain =
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nLIVE\n";
-        let r = parse(plain).unwrap();
-        assert_eq!(r.status, 200);
-        assert_eq!(r.text(), "LIVE\n");
-        assert_eq!(r.content_type.as_deref(), Some("text/plain"));
-
-        let chunked = b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nPRE_\r\n9;x=y\r\nINITIALIZ\r\n3\r\nING\r\n0\r\n\r\n";
-        let r = parse(chunked).unwrap();
-        assert_eq!(r.status, 503);
-        assert_eq!(r.text(), "PRE_INITIALIZING");
-
-        let to_eof = b"HTTP/1.1 200 OK\r\n\r\nabc";
-        assert_eq!(parse(to_eof).unwrap().text(), "abc");
+    /// Answers one connection with `raw` as the whole response.
+    async fn one_answer(raw: &'static [u8]) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(raw).await;
+        });
+        addr
     }
 
-    #[test]
-    fn refuses_what_is_not_http() {
-        assert!(parse(b"garbage").is_err());
-        assert!(parse(b"HTTP/1.1 abc\r\n\r\n").is_err());
-        assert!(parse(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc").is_err());
-        assert!(parse(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n").is_err());
-        assert!(parse(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10\r\nab").is_err());
+    #[tokio::test]
+    async fn reads_plain_and_chunked_responses() {
+        let plain = one_answer(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nLIVE\n",
+        )
+        .await;
+        let r = get(&plain, "/ready", Duration::from_secs(5)).await.unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, "LIVE\n"));
+        assert_eq!(r.content_type.as_deref(), Some("text/plain"));
+
+        let chunked = one_answer(b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nPRE_\r\n9;x=y\r\nINITIALIZ\r\n3\r\nING\r\n0\r\n\r\n").await;
+        let r = post(&chunked, "/x", Duration::from_secs(5)).await.unwrap();
+        assert_eq!((r.status, r.text().as_str()), (503, "PRE_INITIALIZING"));
+    }
+
+    #[tokio::test]
+    async fn refuses_what_is_not_http() {
+        for raw in [
+            &b"garbage\r\n\r\n"[..],
+            b"HTTP/1.1 abc\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        ] {
+            let addr = one_answer(raw).await;
+            let err = get(&addr, "/ready", Duration::from_secs(5))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, AdminError::Malformed { .. }),
+                "{:?}: {err}",
+                String::from_utf8_lossy(raw)
+            );
+        }
     }
 
     #[test]
