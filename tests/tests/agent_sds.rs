@@ -26,8 +26,7 @@ use pilot::agent::ca_client::{
     CaClientOptions, Credential, DEFAULT_GRACE_RATIO, DEFAULT_SERVER_NAME, KeyType,
 };
 use pilot::agent::sds::{self, CertSource};
-use pilot_traffic_support::inbound_sidecar;
-use serde_json::Value;
+use pilot_traffic_support::envoy_serials;
 
 const CLIENT: &str = "sidecar~127.0.0.50~productpage-1.default~default.svc.cluster.local";
 const SERVER_IP: &str = "127.0.0.52";
@@ -36,70 +35,20 @@ const HOST: &str = "reviews:9080";
 const WAIT: Duration = Duration::from_secs(30);
 
 fn config(inbound: u16, app: u16) -> Vec<(&'static str, String)> {
-    vec![
-        (
-            "reviews.yaml",
-            format!(
-                r#"apiVersion: networking.istio.io/v1alpha3
-kind: ServiceEntry
-metadata: {{name: reviews}}
-spec:
-  hosts: [reviews.default.svc.cluster.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 9080, name: http, protocol: HTTP}}]
-  endpoints:
-  - {{address: {SERVER_IP}, ports: {{http: {inbound}}}, labels: {{app: reviews}}, serviceAccount: reviews}}
-"#
-            ),
-        ),
-        ("sidecar.yaml", inbound_sidecar(SERVER_IP, inbound, app)),
-        (
-            "peer.yaml",
-            "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: reviews}\nspec:\n  selector:\n    matchLabels: {app: reviews}\n  mtls: {mode: STRICT}\n".into(),
-        ),
-        (
-            "dr.yaml",
-            "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  trafficPolicy:\n    tls:\n      mode: ISTIO_MUTUAL\n".into(),
-        ),
-    ]
+    pilot_traffic_support::strict_mtls_reviews(SERVER_IP, inbound, app)
 }
 
 /// Citadel on files with 30 s certificates (its CSR default too), its gRPC port, and the
 /// secrets directory once both secrets exist.
 async fn citadel(tmp: &Path) -> (Service, u16, PathBuf) {
-    let config = tmp.join("citadel-config");
-    std::fs::create_dir_all(&config).unwrap();
-    let yaml = ["productpage", "reviews"]
-        .iter()
-        .map(|sa| format!("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {sa}\n  namespace: default\n"))
-        .collect::<Vec<_>>()
-        .join("---\n");
-    std::fs::write(config.join("accounts.yaml"), yaml).unwrap();
-    let out = tmp.join("secrets");
     let port = free_port();
-    let args = [
-        "--config-dir".to_string(),
-        config.display().to_string(),
-        "--secret-dir".into(),
-        out.display().to_string(),
-        "--grpc-addr".into(),
-        format!("127.0.0.1:{port}"),
-        "--workload-cert-ttl".into(),
-        "30s".into(),
-        "--workload-cert-min-grace-period".into(),
-        "1s".into(),
+    let fast = [
+        "--workload-cert-ttl",
+        "30s",
+        "--workload-cert-min-grace-period",
+        "1s",
     ];
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut svc = Service::start("citadel", &refs).await.unwrap();
-    svc.wait_ready(Duration::from_secs(60)).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for sa in ["productpage", "reviews"] {
-        while !out.join(format!("default/istio.{sa}/key.pem")).exists() {
-            assert!(Instant::now() < deadline, "no secrets:\n{}", svc.logs());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    let (svc, out) = pilot_traffic_support::citadel_at(tmp, port, &fast).await;
     (svc, port, out)
 }
 
@@ -147,25 +96,6 @@ async fn sidecar(pilot: &Pilot, node: &str, args: &[String], socket: &Path) -> E
         panic!("{e:#}\n{}", envoy.logs());
     }
     envoy
-}
-
-/// The serials of the certificates Envoy presents (`/certs`), lower-case hex without leading
-/// zeros.
-async fn envoy_serials(envoy: &Envoy) -> BTreeSet<String> {
-    let certs: Value = envoy.admin_get("/certs").await.unwrap().json().unwrap();
-    let mut serials = BTreeSet::new();
-    for c in certs["certificates"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
-        for chain in c["cert_chain"].as_array().cloned().unwrap_or_default() {
-            if let Some(s) = chain["serial_number"].as_str() {
-                serials.insert(s.trim_start_matches('0').to_ascii_lowercase());
-            }
-        }
-    }
-    serials
 }
 
 fn openssl(args: &[&str], stdin: Option<&[u8]>) -> (bool, String) {

@@ -63,6 +63,26 @@ async fn pilot_check_args(cluster: &Cluster, args: &[&str]) -> anyhow::Result<(b
     Ok((out.status.success(), text))
 }
 
+/// Runs `pilot check` until its outcome is `passes` and its report contains `naming` (or
+/// `within` is over): the last report.
+async fn check_until(
+    cluster: &Cluster,
+    within: Duration,
+    passes: bool,
+    naming: &str,
+) -> anyhow::Result<String> {
+    let what = match (passes, naming) {
+        (true, _) => "pilot check to pass".to_string(),
+        (false, n) => format!("pilot check to fail naming {n:?}"),
+    };
+    eventually(within, &what, || async {
+        let (ok, report) = pilot_check(cluster).await?;
+        anyhow::ensure!(ok == passes && report.contains(naming), "{report}");
+        Ok(report)
+    })
+    .await
+}
+
 /// Removes the install if the test stops half-way, so later tests never meet a webhook of
 /// a control plane that is gone.
 struct Uninstall {
@@ -315,13 +335,7 @@ async fn install_check_and_remove_the_control_plane() -> anyhow::Result<()> {
         })?;
 
     // pilot check passes on a healthy install.
-    let (ok, report) = eventually(Duration::from_secs(60), "pilot check", || async {
-        let (ok, report) = pilot_check(cluster).await?;
-        anyhow::ensure!(ok, "{report}");
-        Ok((ok, report))
-    })
-    .await?;
-    assert!(ok, "{report}");
+    check_until(cluster, Duration::from_secs(60), true, "").await?;
 
     // Pilot gone and the caBundle wiped: check names both; Pilot back: the caBundle too.
     cluster
@@ -384,16 +398,9 @@ async fn install_check_and_remove_the_control_plane() -> anyhow::Result<()> {
         Ok(())
     })
     .await?;
-    eventually(
-        Duration::from_secs(120),
-        "pilot check after recovery",
-        || async {
-            let (ok, report) = pilot_check(cluster).await?;
-            anyhow::ensure!(ok, "{report}");
-            Ok(())
-        },
-    )
-    .await?;
+    check_until(cluster, Duration::from_secs(120), true, "")
+        .await
+        .context("after recovery")?;
 
     // Bad input keeps the last good config serving, and `pilot check` names it. The
     // MeshConfig: Pilot refuses a change it cannot parse and keeps the one in force.
@@ -410,16 +417,7 @@ async fn install_check_and_remove_the_control_plane() -> anyhow::Result<()> {
         ])
         .await?;
     // The kubelet refreshes a ConfigMap volume within its sync period plus cache TTL.
-    let report = eventually(
-        Duration::from_secs(180),
-        "pilot check to name the refused MeshConfig",
-        || async {
-            let (ok, report) = pilot_check(cluster).await?;
-            anyhow::ensure!(!ok && report.contains("connectTimeout"), "{report}");
-            Ok(report)
-        },
-    )
-    .await?;
+    let report = check_until(cluster, Duration::from_secs(180), false, "connectTimeout").await?;
     assert!(report.contains("MeshConfig"), "{report}");
     assert!(
         report.contains("istio-pilot is ready"),
@@ -442,16 +440,7 @@ async fn install_check_and_remove_the_control_plane() -> anyhow::Result<()> {
     cluster
         .kubectl_ok(["-n", NS, "rollout", "restart", "deployment", "istio-pilot"])
         .await?;
-    let report = eventually(
-        Duration::from_secs(180),
-        "pilot check to name the bad settings field",
-        || async {
-            let (ok, report) = pilot_check(cluster).await?;
-            anyhow::ensure!(!ok && report.contains("pushConcurrency"), "{report}");
-            Ok(report)
-        },
-    )
-    .await?;
+    let report = check_until(cluster, Duration::from_secs(180), false, "pushConcurrency").await?;
     assert!(report.contains("istio-pilot"), "{report}");
     let ready = cluster
         .kubectl_ok([
@@ -482,16 +471,9 @@ async fn install_check_and_remove_the_control_plane() -> anyhow::Result<()> {
         ])
         .await
         .context("Pilot's rollout after restoring its settings")?;
-    eventually(
-        Duration::from_secs(180),
-        "pilot check after restoring the config",
-        || async {
-            let (ok, report) = pilot_check(cluster).await?;
-            anyhow::ensure!(ok, "{report}");
-            Ok(())
-        },
-    )
-    .await?;
+    check_until(cluster, Duration::from_secs(180), true, "")
+        .await
+        .context("after restoring the config")?;
 
     // Re-applying the same file changes nothing: no object's spec generation (or, for
     // objects without one, version) moves. (kubectl still prints "configured" for the

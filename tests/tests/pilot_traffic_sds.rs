@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use mesh_tests::mesh::{Pilot, eventually, via_proxy};
 use mesh_tests::{Envoy, Service, Upstream, free_port};
-use pilot_traffic_support::{cert_meta, inbound_sidecar};
+use pilot_traffic_support::{cert_meta, envoy_serials};
 use serde_json::Value;
 
 const CLIENT: &str = "sidecar~127.0.0.40~productpage-1.default~default.svc.cluster.local";
@@ -24,36 +24,7 @@ const CLUSTER: &str = "outbound|9080||reviews.default.svc.cluster.local";
 const WAIT: Duration = Duration::from_secs(30);
 
 fn config(inbound: u16, app: u16) -> Vec<(&'static str, String)> {
-    vec![
-        (
-            "reviews.yaml",
-            format!(
-                r#"apiVersion: networking.istio.io/v1alpha3
-kind: ServiceEntry
-metadata: {{name: reviews}}
-spec:
-  hosts: [reviews.default.svc.cluster.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 9080, name: http, protocol: HTTP}}]
-  endpoints:
-  - {{address: {SERVER_IP}, ports: {{http: {inbound}}}, labels: {{app: reviews}}, serviceAccount: reviews}}
-"#
-            ),
-        ),
-        (
-            "sidecar.yaml",
-            inbound_sidecar(SERVER_IP, inbound, app),
-        ),
-        (
-            "peer.yaml",
-            "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: reviews}\nspec:\n  selector:\n    matchLabels: {app: reviews}\n  mtls: {mode: STRICT}\n".into(),
-        ),
-        (
-            "dr.yaml",
-            "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  trafficPolicy:\n    tls:\n      mode: ISTIO_MUTUAL\n".into(),
-        ),
-    ]
+    pilot_traffic_support::strict_mtls_reviews(SERVER_IP, inbound, app)
 }
 
 /// Citadel in file mode with 30 s certificates, rotated when less than half the TTL is left
@@ -68,25 +39,6 @@ async fn citadel(tmp: &Path) -> (Service, PathBuf) {
         "1s",
     ];
     pilot_traffic_support::citadel_with(tmp, &fast).await
-}
-
-/// The serials of the certificates Envoy presents (`/certs`), lower-case hex without leading
-/// zeros.
-async fn envoy_serials(envoy: &Envoy) -> BTreeSet<String> {
-    let certs: Value = envoy.admin_get("/certs").await.unwrap().json().unwrap();
-    let mut serials = BTreeSet::new();
-    for c in certs["certificates"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
-        for chain in c["cert_chain"].as_array().cloned().unwrap_or_default() {
-            if let Some(s) = chain["serial_number"].as_str() {
-                serials.insert(s.trim_start_matches('0').to_ascii_lowercase());
-            }
-        }
-    }
-    serials
 }
 
 /// The serial of the leaf in `secret/cert-chain.pem`, per openssl, in the same form; `None`

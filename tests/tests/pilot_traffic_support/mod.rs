@@ -247,6 +247,11 @@ pub async fn citadel(tmp: &Path) -> (Service, PathBuf) {
 
 /// [`citadel`] with `extra` flags (e.g. a short `--workload-cert-ttl`).
 pub async fn citadel_with(tmp: &Path, extra: &[&str]) -> (Service, PathBuf) {
+    citadel_at(tmp, free_port(), extra).await
+}
+
+/// [`citadel_with`], its CSR API (`--grpc-addr`) on 127.0.0.1:`grpc_port`.
+pub async fn citadel_at(tmp: &Path, grpc_port: u16, extra: &[&str]) -> (Service, PathBuf) {
     let config = tmp.join("citadel-config");
     std::fs::create_dir_all(&config).unwrap();
     let yaml = ["productpage", "reviews"]
@@ -264,7 +269,7 @@ pub async fn citadel_with(tmp: &Path, extra: &[&str]) -> (Service, PathBuf) {
         "--secret-dir".into(),
         out.display().to_string(),
         "--grpc-addr".into(),
-        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{grpc_port}"),
     ];
     let mut refs: Vec<&str> = args.iter().map(String::as_str).collect();
     refs.extend_from_slice(extra);
@@ -296,4 +301,56 @@ pub fn cert_meta(secrets: &Path, sa: &str, side: &str) -> Vec<String> {
         ]
     })
     .collect()
+}
+
+/// The mesh of the mutual-TLS tests: `reviews` (service account `reviews`) at `server_ip`
+/// behind its sidecar's inbound port `inbound` (app on `app`), a STRICT PeerAuthentication
+/// for it, and a DestinationRule asking ISTIO_MUTUAL.
+pub fn strict_mtls_reviews(server_ip: &str, inbound: u16, app: u16) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "reviews.yaml",
+            format!(
+                r#"apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: {server_ip}, ports: {{http: {inbound}}}, labels: {{app: reviews}}, serviceAccount: reviews}}
+"#
+            ),
+        ),
+        ("sidecar.yaml", inbound_sidecar(server_ip, inbound, app)),
+        (
+            "peer.yaml",
+            "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: reviews}\nspec:\n  selector:\n    matchLabels: {app: reviews}\n  mtls: {mode: STRICT}\n".into(),
+        ),
+        (
+            "dr.yaml",
+            "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  trafficPolicy:\n    tls:\n      mode: ISTIO_MUTUAL\n".into(),
+        ),
+    ]
+}
+
+/// The serials of the certificates Envoy presents (`/certs`), lower-case hex without leading
+/// zeros.
+pub async fn envoy_serials(envoy: &Envoy) -> std::collections::BTreeSet<String> {
+    let certs: serde_json::Value = envoy.admin_get("/certs").await.unwrap().json().unwrap();
+    let mut serials = std::collections::BTreeSet::new();
+    for c in certs["certificates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        for chain in c["cert_chain"].as_array().cloned().unwrap_or_default() {
+            if let Some(s) = chain["serial_number"].as_str() {
+                serials.insert(s.trim_start_matches('0').to_ascii_lowercase());
+            }
+        }
+    }
+    serials
 }
