@@ -8,7 +8,8 @@
 //!   node id and metadata from the Downward API ([`node`]), Envoy's bootstrap, Envoy run and
 //!   restarted with backoff, drained on SIGTERM ([`supervise`]), and the status port 15020
 //!   (`/healthz/ready`, `/stats/prometheus`, app probes: [`status`]), talking to Envoy's admin
-//!   interface through [`admin`].
+//!   interface through [`admin`]; the workload certificate from [`ca_client`] over [`sds`] by
+//!   default, or Istio 1.0's mounted files (`--cert-source files`).
 //!
 //! The binary is a thin `src/bin/pilot-agent.rs` over [`main`].
 
@@ -50,7 +51,9 @@ pub enum Command {
     /// bootstrap from the pod's Downward API environment (POD_NAME, POD_NAMESPACE,
     /// INSTANCE_IP, SERVICE_ACCOUNT, ISTIO_META_*, ISTIO_METAJSON_*), starts and supervises
     /// Envoy (restarts with backoff), serves readiness on --status-port (15020) and drains
-    /// Envoy on SIGTERM.
+    /// Envoy on SIGTERM. The workload certificate (--cert-source): by default from Citadel's
+    /// CSR API, served to Envoy over SDS on --sds-socket (/etc/istio/proxy/SDS); or Istio
+    /// 1.0's mounted files in --certs-dir (--cert-source files).
     Proxy(proxy::ProxyArgs),
 }
 
@@ -69,10 +72,7 @@ pub async fn main(cli: Cli, shutdown: Shutdown) -> anyhow::Result<()> {
         }
         Command::Proxy(args) => {
             let env = std::env::vars().collect();
-            // The SDS certificate mode (Citadel CSR, SDS on a Unix socket) hands its
-            // `proxy::SdsSetup` here; None: Istio 1.0's mounted certificate files.
-            let sds = None;
-            Ok(proxy::run(args, env, sds, shutdown).await?)
+            Ok(proxy::run(args, env, shutdown).await?)
         }
     }
 }

@@ -1,21 +1,29 @@
 //! `pilot-agent proxy sidecar|router`: the proxy container's main process (Istio's
 //! `pilot-agent proxy`).
 //!
-//! 1. Builds the node id and metadata from the pod's Downward API environment ([`Node`]),
-//!    adding where the workload certificate files are (`TLS_CLIENT_*`/`TLS_SERVER_*`, read
-//!    by Pilot's `xds::generate::mtls`) when `--certs-dir` holds Istio 1.0's mounted
-//!    `istio.<sa>` secret.
-//! 2. Writes Envoy's bootstrap ([`crate::bootstrap`]) to `--config-path/envoy-rev0.json`.
-//! 3. Serves the status port ([`super::status`], 15020).
-//! 4. Runs Envoy with Istio's flags and supervises it ([`super::supervise`]): restarts with
+//! 1. Builds the node id and metadata from the pod's Downward API environment ([`Node`]).
+//! 2. The workload certificate, by `--cert-source` ([`CertMode`]):
+//!    - `sds` (the default, Istio 1.1's node agent): the agent makes a key in memory, gets it
+//!      signed by Citadel's CSR API (`--ca-address`, authenticated by the projected token
+//!      `--token-path`, or by a Citadel-issued certificate in `--ca-client-cert-dir`) and
+//!      serves it to Envoy over SDS on the Unix socket `--sds-socket` (default
+//!      `/etc/istio/proxy/SDS`), see [`super::sds`]. The node metadata says `SDS: "true"`
+//!      and the bootstrap has the static cluster `sds-grpc` on the socket, so Pilot's TLS
+//!      contexts (`xds::generate::mtls`) name the agent's secrets `default` and `ROOTCA`.
+//!      Citadel being unreachable is retried with backoff (each failure logged); Envoy runs
+//!      meanwhile, and readiness stays what it is in Istio (clusters and listeners from
+//!      Pilot): only mutual TLS waits for the certificate.
+//!    - `files` (Istio 1.0): the mounted `istio.<sa>` secret in `--certs-dir`, whose paths go
+//!      into the metadata (`TLS_CLIENT_*`/`TLS_SERVER_*`) for Envoy to read itself.
+//! 3. Writes Envoy's bootstrap ([`crate::bootstrap`]) to `--config-path/envoy-rev0.json`.
+//! 4. Serves the status port ([`super::status`], 15020).
+//! 5. Runs Envoy with Istio's flags and supervises it ([`super::supervise`]): restarts with
 //!    backoff, gives up after `--max-restarts` failures in a row (exit 1), drains on SIGTERM
-//!    for `--drain-duration`, then exits 0.
+//!    for `--drain-duration`, then exits 0. The status and SDS servers stop once Envoy is
+//!    gone (readiness answers 503 and the certificate is still served while Envoy drains).
 //!
 //! Flags have Istio's names (and its 1.0 camelCase spellings as aliases, e.g.
 //! `--discoveryAddress`), and each is also read from `PILOT_AGENT_FLAG_NAME`.
-//!
-//! The Citadel CSR + SDS-over-Unix-socket certificate mode is a separate module: it hands
-//! [`run`] an [`SdsSetup`] (metadata and a bootstrap edit), so this file stays the same.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,8 +34,10 @@ use std::time::Duration;
 use mesh_proto::types::Duration as IstioDuration;
 use mesh_runtime::Shutdown;
 use serde_json::Value;
+use tokio::sync::watch;
 
 use super::node::{Node, NodeError, Role};
+use super::sds::{self, SdsArgs, SdsError};
 use super::status::{self, StatusError};
 use super::supervise::{AgentState, SuperviseError, Supervisor};
 use crate::bootstrap::{BootstrapError, BootstrapOptions};
@@ -142,11 +152,22 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "FILE")]
     pub labels_file: Option<PathBuf>,
 
-    /// Istio 1.0's mounted workload certificate (cert-chain.pem, key.pem, root-cert.pem of the
-    /// istio.<service account> secret); when the files are there, their paths go into the
-    /// node metadata for Pilot's mutual TLS.
+    /// Where the workload certificate comes from. sds: a key made in memory, signed by
+    /// Citadel's CSR API (--ca-address; the projected token --token-path, or
+    /// --ca-client-cert-dir, proves who the pod is) and served to Envoy over SDS on the Unix
+    /// socket --sds-socket (node metadata SDS=true). files: Istio 1.0's mounted istio.<sa>
+    /// secret in --certs-dir, read by Envoy itself.
+    #[arg(long, value_enum, value_name = "SOURCE", default_value_t = CertMode::Sds)]
+    pub cert_source: CertMode,
+
+    /// With --cert-source files: Istio 1.0's mounted workload certificate (cert-chain.pem,
+    /// key.pem, root-cert.pem of the istio.<service account> secret); when the files are
+    /// there, their paths go into the node metadata for Pilot's mutual TLS.
     #[arg(long, value_name = "DIR", default_value = "/etc/certs")]
     pub certs_dir: PathBuf,
+
+    #[command(flatten)]
+    pub sds: SdsArgs,
 
     /// App probes the status port forwards once the proxy is ready (Istio's
     /// ISTIO_KUBE_APP_PROBERS JSON: {"/app-health/NAME/readyz": {"httpGet": {"path": ...,
@@ -169,25 +190,23 @@ pub struct ProxyArgs {
     pub restart_backoff: IstioDuration,
 }
 
-/// What the SDS certificate mode (Citadel CSR, SDS over a Unix socket; another module) adds
-/// before Envoy starts: node metadata and an edit of the bootstrap (e.g. the SDS cluster on
-/// its socket). Its serving task runs on the same shutdown signal.
-#[derive(Default)]
-pub struct SdsSetup {
-    pub metadata: BTreeMap<String, Value>,
-    pub edit_bootstrap: Option<BootstrapEdit>,
+/// Where the workload certificate comes from (`--cert-source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CertMode {
+    /// Citadel's CSR API, served to Envoy over SDS on the agent's Unix socket (the default).
+    Sds,
+    /// Istio 1.0's mounted certificate files in --certs-dir.
+    Files,
 }
 
-/// An edit of the bootstrap before it is written.
-pub type BootstrapEdit = Box<dyn FnOnce(&mut Value) + Send>;
-
-impl std::fmt::Debug for SdsSetup {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SdsSetup")
-            .field("metadata", &self.metadata)
-            .field("edit_bootstrap", &self.edit_bootstrap.is_some())
-            .finish()
-    }
+/// The service account of the pod (`SERVICE_ACCOUNT`, the Downward API's
+/// `spec.serviceAccountName`), `default` when unset as in Kubernetes.
+pub fn service_account(env: &BTreeMap<String, String>) -> String {
+    env.get("SERVICE_ACCOUNT")
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default")
+        .to_string()
 }
 
 /// What stopped the agent.
@@ -205,6 +224,8 @@ pub enum ProxyError {
     },
     #[error(transparent)]
     Status(#[from] StatusError),
+    #[error("{0} (--sds-socket)")]
+    Sds(#[from] SdsError),
     #[error(transparent)]
     Supervise(#[from] SuperviseError),
 }
@@ -234,7 +255,6 @@ pub fn cert_metadata(dir: &Path) -> Option<BTreeMap<String, Value>> {
 pub fn build_bootstrap(
     args: &ProxyArgs,
     env: &BTreeMap<String, String>,
-    sds: &mut Option<SdsSetup>,
 ) -> Result<(Node, Value), ProxyError> {
     let mut node = Node::from_env(
         args.role,
@@ -242,23 +262,19 @@ pub fn build_bootstrap(
         args.domain.as_deref(),
         args.labels_file.as_deref(),
     )?;
-    match cert_metadata(&args.certs_dir) {
-        Some(meta) => {
-            tracing::info!(dir = %args.certs_dir.display(), "workload certificate files found");
-            for (k, v) in meta {
-                node.metadata.entry(k).or_insert(v);
+    if args.cert_source == CertMode::Files {
+        match cert_metadata(&args.certs_dir) {
+            Some(meta) => {
+                tracing::info!(dir = %args.certs_dir.display(), "workload certificate files found");
+                for (k, v) in meta {
+                    node.metadata.entry(k).or_insert(v);
+                }
             }
+            None => tracing::warn!(
+                dir = %args.certs_dir.display(),
+                "no workload certificate in --certs-dir (cert-chain.pem, key.pem, root-cert.pem): mutual TLS will not work"
+            ),
         }
-        None if sds.is_none() => tracing::info!(
-            dir = %args.certs_dir.display(),
-            "no workload certificate in --certs-dir (cert-chain.pem, key.pem, root-cert.pem): mutual TLS will not work"
-        ),
-        None => {}
-    }
-    let mut edit = None;
-    if let Some(s) = sds.as_mut() {
-        node.metadata.extend(std::mem::take(&mut s.metadata));
-        edit = s.edit_bootstrap.take();
     }
     let mut bootstrap = crate::bootstrap::bootstrap(&BootstrapOptions {
         node_id: node.id.clone(),
@@ -268,8 +284,14 @@ pub fn build_bootstrap(
         metadata: node.metadata.clone(),
         status_port: None,
     })?;
-    if let Some(edit) = edit {
-        edit(&mut bootstrap);
+    if args.cert_source == CertMode::Sds {
+        // Metadata SDS: "true" and the static cluster sds-grpc on the socket.
+        (args.sds.bootstrap_edit())(&mut bootstrap);
+        let sds_meta = &bootstrap["node"]["metadata"][crate::xds::generate::mtls::META_SDS];
+        node.metadata.insert(
+            crate::xds::generate::mtls::META_SDS.into(),
+            sds_meta.clone(),
+        );
     }
     Ok((node, bootstrap))
 }
@@ -316,27 +338,113 @@ fn write_atomic(path: &Path, text: &str) -> Result<(), ProxyError> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
+/// The running SDS side of `--cert-source sds`: the certificate source and the server on
+/// the socket, both stopped by `stop`.
+struct SdsServer {
+    socket: PathBuf,
+    stop: Shutdown,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+// === impl SdsServer ===
+
+impl SdsServer {
+    /// Binds the socket (before Envoy starts, so its first connection finds it) and starts
+    /// fetching the certificate for `namespace`/`service_account`.
+    fn start(args: &SdsArgs, namespace: &str, service_account: &str) -> Result<Self, SdsError> {
+        let listener = sds::bind(&args.sds_socket)?;
+        let source = args.source(namespace, service_account);
+        let identity = format!(
+            "spiffe://{}/ns/{namespace}/sa/{service_account}",
+            args.trust_domain
+        );
+        tracing::info!(
+            %identity,
+            ca = %args.ca_address,
+            socket = %args.sds_socket.display(),
+            "getting the workload certificate from the CA, for Envoy over SDS"
+        );
+        let stop = Shutdown::new();
+        let (tx, rx) = watch::channel(None);
+        let mut first = rx.clone();
+        let tasks = vec![
+            tokio::spawn(source.run(tx, stop.clone())),
+            tokio::spawn({
+                let stop = stop.clone();
+                async move {
+                    if let Err(e) = sds::serve_on(listener, rx, stop).await {
+                        tracing::error!(error = %e, "SDS server failed");
+                    }
+                }
+            }),
+            tokio::spawn({
+                let stop = stop.clone();
+                async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        got = async { first.wait_for(Option::is_some).await.is_ok() } => if got {
+                            tracing::info!(%identity, "workload certificate ready; serving it over SDS");
+                        }
+                    }
+                }
+            }),
+        ];
+        Ok(SdsServer {
+            socket: args.sds_socket.clone(),
+            stop,
+            tasks,
+        })
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            if let Err(e) = t.await {
+                tracing::warn!(error = %e, "SDS task failed");
+            }
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
 /// `pilot-agent proxy`: runs until `shutdown` (exit 0 after draining) or until Envoy cannot
 /// be kept running.
 pub async fn run(
     args: ProxyArgs,
     env: BTreeMap<String, String>,
-    mut sds: Option<SdsSetup>,
     shutdown: Shutdown,
 ) -> Result<(), ProxyError> {
-    let (node, bootstrap) = build_bootstrap(&args, &env, &mut sds)?;
+    let (node, bootstrap) = build_bootstrap(&args, &env)?;
     let probers = status::parse_probers(&args.app_probers)?;
     let config = args.config_path.join(BOOTSTRAP_FILE);
     let text = serde_json::to_string_pretty(&bootstrap).unwrap_or_default() + "\n";
     write_atomic(&config, &text)?;
     tracing::info!(node = %node.id, bootstrap = %config.display(), pilot = %args.discovery_address, "bootstrap written");
 
+    let sds_server = match args.cert_source {
+        CertMode::Sds => Some(SdsServer::start(
+            &args.sds,
+            &node.namespace,
+            &service_account(&env),
+        )?),
+        CertMode::Files => None,
+    };
+
     let state = Arc::new(AgentState::new(args.proxy_admin_port));
     // The status server outlives the shutdown signal: it answers 503 while Envoy drains and
     // stops once Envoy is gone.
     let status_stop = Shutdown::new();
     let status_task = if args.status_port != 0 {
-        let listener = status::bind(SocketAddr::from(([0, 0, 0, 0], args.status_port))).await?;
+        let listener = match status::bind(SocketAddr::from(([0, 0, 0, 0], args.status_port))).await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                if let Some(s) = sds_server {
+                    s.stop().await;
+                }
+                return Err(e.into());
+            }
+        };
         Some(tokio::spawn(status::serve(
             listener,
             state.clone(),
@@ -366,6 +474,9 @@ pub async fn run(
             Err(e) => tracing::warn!(error = %e, "status server task failed"),
             Ok(Ok(())) => {}
         }
+    }
+    if let Some(s) = sds_server {
+        s.stop().await;
     }
     result?;
     tracing::info!("Envoy drained and stopped; exiting");
@@ -408,7 +519,8 @@ mod tests {
         assert_eq!(a.proxy_admin_port, 15000);
         assert_eq!(a.status_port, 15020);
         assert_eq!(a.drain_duration.as_std(), Duration::from_secs(5));
-        let (node, bootstrap) = build_bootstrap(&a, &env(), &mut None).unwrap();
+        assert_eq!(a.cert_source, CertMode::Sds);
+        let (node, bootstrap) = build_bootstrap(&a, &env()).unwrap();
         assert_eq!(
             node.id,
             "sidecar~10.0.0.7~productpage-v1-x.default~default.svc.cluster.local"
@@ -438,7 +550,7 @@ mod tests {
             "--serviceCluster",
             "istio-ingressgateway",
         ]);
-        let (node, _) = build_bootstrap(&a, &env(), &mut None).unwrap();
+        let (node, _) = build_bootstrap(&a, &env()).unwrap();
         assert!(node.id.starts_with("router~"), "{}", node.id);
         let flags = envoy_args(&a, &node, Path::new("/x.json")).join(" ");
         assert!(flags.contains("--drain-time-s 45"), "{flags}");
@@ -452,13 +564,18 @@ mod tests {
     fn mounted_certificates_go_into_the_metadata() {
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path().display().to_string();
-        let a = parse(&["sidecar", "--certs-dir", &certs]);
-        let (node, _) = build_bootstrap(&a, &env(), &mut None).unwrap();
+        let a = parse(&["sidecar", "--cert-source", "files", "--certs-dir", &certs]);
+        let (node, _) = build_bootstrap(&a, &env()).unwrap();
         assert!(!node.metadata.contains_key("TLS_CLIENT_KEY"));
         for (_, f) in CERT_FILES {
             std::fs::write(dir.path().join(f), "x").unwrap();
         }
-        let (node, bootstrap) = build_bootstrap(&a, &env(), &mut None).unwrap();
+        let (node, bootstrap) = build_bootstrap(&a, &env()).unwrap();
+        assert!(!node.metadata.contains_key("SDS"));
+        let clusters = bootstrap["static_resources"]["clusters"]
+            .as_array()
+            .unwrap();
+        assert!(clusters.iter().all(|c| c["name"] != "sds-grpc"));
         assert_eq!(
             node.metadata["TLS_CLIENT_KEY"],
             format!("{certs}/key.pem").as_str()
@@ -474,32 +591,69 @@ mod tests {
     }
 
     #[test]
-    fn the_sds_hook_adds_metadata_and_edits_the_bootstrap() {
-        let mut sds = Some(SdsSetup {
-            metadata: BTreeMap::from([("SDS".into(), Value::String("true".into()))]),
-            edit_bootstrap: Some(Box::new(|b: &mut Value| {
-                b["static_resources"]["clusters"]
-                    .as_array_mut()
-                    .unwrap()
-                    .push(serde_json::json!({"name": "sds-grpc"}));
-            })),
-        });
-        let (node, bootstrap) = build_bootstrap(&parse(&["sidecar"]), &env(), &mut sds).unwrap();
+    fn sds_by_default_names_the_socket_and_not_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        for (_, f) in CERT_FILES {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let certs = dir.path().display().to_string();
+        let a = parse(&[
+            "sidecar",
+            "--certs-dir",
+            &certs,
+            "--sds-socket",
+            "/run/a/SDS",
+        ]);
+        let (node, bootstrap) = build_bootstrap(&a, &env()).unwrap();
         assert_eq!(node.metadata["SDS"], "true");
+        assert_eq!(bootstrap["node"]["metadata"]["SDS"], "true");
+        assert!(!node.metadata.contains_key("TLS_CLIENT_KEY"));
+        let sds = &bootstrap["static_resources"]["clusters"][1];
+        assert_eq!(sds["name"], "sds-grpc");
         assert_eq!(
-            bootstrap["static_resources"]["clusters"][1]["name"],
-            "sds-grpc"
+            sds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["pipe"]
+                ["path"],
+            "/run/a/SDS"
         );
+        // What Pilot reads back: the agent's secrets.
+        let proxy = crate::model::Proxy::from_node(&node.id, node.metadata.clone()).unwrap();
+        assert!(crate::xds::generate::mtls::agent_sds(&proxy));
+        // The identity asked for comes from the pod's namespace and service account.
+        let mut e = env();
+        assert_eq!(service_account(&e), "default");
+        e.insert("SERVICE_ACCOUNT".into(), "productpage".into());
+        let sds::CertSource::Csr(o) = a.sds.source("default", &service_account(&e)) else {
+            panic!("not a CSR source");
+        };
+        assert_eq!(
+            o.identity,
+            "spiffe://cluster.local/ns/default/sa/productpage"
+        );
+        assert!(Cli::try_parse_from(["proxy", "sidecar", "--cert-source", "vault"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_sds_server_binds_its_socket_and_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("proxy/SDS");
+        let s = socket.display().to_string();
+        // Nothing listens on the CA's address: the agent keeps trying, it does not fail.
+        let a = parse(&["sidecar", "--sds-socket", &s, "--ca-address", "127.0.0.1:1"]);
+        let server = SdsServer::start(&a.sds, "default", "reviews").unwrap();
+        assert!(socket.exists());
+        tokio::net::UnixStream::connect(&socket).await.unwrap();
+        server.stop().await;
+        assert!(!socket.exists());
     }
 
     #[test]
     fn bad_input_is_an_error_not_a_panic() {
         let a = parse(&["sidecar", "--discovery-address", "no-port"]);
-        let err = build_bootstrap(&a, &env(), &mut None).unwrap_err();
+        let err = build_bootstrap(&a, &env()).unwrap_err();
         assert!(err.to_string().contains("HOST:PORT"), "{err}");
         let mut e = env();
         e.remove("INSTANCE_IP");
-        let err = build_bootstrap(&parse(&["sidecar"]), &e, &mut None).unwrap_err();
+        let err = build_bootstrap(&parse(&["sidecar"]), &e).unwrap_err();
         assert!(err.to_string().contains("INSTANCE_IP is not set"), "{err}");
         assert!(Cli::try_parse_from(["proxy", "gateway"]).is_err());
         assert!(Cli::try_parse_from(["proxy", "sidecar", "--drain-duration", "soon"]).is_err());
