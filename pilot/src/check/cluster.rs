@@ -8,7 +8,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures::future::join_all;
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration, WebhookClientConfig,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
@@ -609,46 +611,86 @@ fn last_line(message: Option<&str>) -> Option<String> {
 
 // --- webhooks ---
 
-/// The ValidatingWebhookConfiguration exists, its caBundle holds certificates, and they
-/// verify Pilot's serving certificate (Citadel's secret for Pilot's service account).
+/// Both webhook configurations (validation and sidecar injection) exist, their caBundles
+/// hold certificates, and they verify Pilot's serving certificate (Citadel's secret for
+/// Pilot's service account).
 pub async fn webhooks(ctx: &Ctx) -> Vec<CheckResult> {
-    let install = "kubectl apply -f manifests/install.yaml";
-    let vwc_name = format!(
-        "ValidatingWebhookConfiguration {} exists",
-        names::VALIDATING_WEBHOOK
+    let validating = within(
+        ctx.cluster_api::<ValidatingWebhookConfiguration>()
+            .get_opt(names::VALIDATING_WEBHOOK),
+    )
+    .await
+    .map(|c| {
+        c.map(|c| {
+            let hooks = c.webhooks.unwrap_or_default().into_iter();
+            hooks.map(|h| (h.name, h.client_config)).collect()
+        })
+    });
+    let mut results = webhook_config(
+        ctx,
+        "ValidatingWebhookConfiguration",
+        names::VALIDATING_WEBHOOK,
+        names::VALIDATION_WEBHOOK_NAME,
+        validating,
+    )
+    .await;
+    let mutating = within(
+        ctx.cluster_api::<MutatingWebhookConfiguration>()
+            .get_opt(names::MUTATING_WEBHOOK),
+    )
+    .await
+    .map(|c| {
+        c.map(|c| {
+            let hooks = c.webhooks.unwrap_or_default().into_iter();
+            hooks.map(|h| (h.name, h.client_config)).collect()
+        })
+    });
+    results.extend(
+        webhook_config(
+            ctx,
+            "MutatingWebhookConfiguration",
+            names::MUTATING_WEBHOOK,
+            names::INJECTION_WEBHOOK_NAME,
+            mutating,
+        )
+        .await,
     );
-    let api = ctx.cluster_api::<ValidatingWebhookConfiguration>();
-    let vwc = match within(api.get_opt(names::VALIDATING_WEBHOOK)).await {
-        Ok(Some(vwc)) => vwc,
-        Ok(None) => return vec![CheckResult::fail(vwc_name, "not found", install)],
+    results
+}
+
+/// The checks of one webhook configuration, given what the API server answered for it (its
+/// webhooks' names and client configs).
+async fn webhook_config(
+    ctx: &Ctx,
+    kind: &str,
+    config: &str,
+    hook_name: &str,
+    got: Result<Option<Vec<(String, WebhookClientConfig)>>, CheckError>,
+) -> Vec<CheckResult> {
+    let install = "kubectl apply -f manifests/install.yaml";
+    let exists = format!("{kind} {config} exists");
+    let hooks = match got {
+        Ok(Some(hooks)) => hooks,
+        Ok(None) => return vec![CheckResult::fail(exists, "not found", install)],
         Err(e) => {
             return vec![CheckResult::fail(
-                vwc_name,
+                exists,
                 reason(&e),
                 api_hint(&e, install.into()),
             )];
         }
     };
-    let mut results = vec![CheckResult::ok(vwc_name)];
+    let mut results = vec![CheckResult::ok(exists)];
 
-    let bundle_name = format!(
-        "the caBundle of webhook {} holds CA certificates",
-        names::VALIDATION_WEBHOOK_NAME
-    );
+    let bundle_name = format!("the caBundle of webhook {hook_name} holds CA certificates");
     let pilot_logs = ctx.kubectl(&format!("logs deployment/{}", names::PILOT));
     let keeper_hint = format!("Pilot writes the caBundle once it serves the webhook: {pilot_logs}");
-    let hooks = vwc.webhooks.unwrap_or_default();
-    let Some(hook) = hooks
-        .iter()
-        .find(|h| h.name == names::VALIDATION_WEBHOOK_NAME)
-    else {
-        let have: Vec<String> = hooks.iter().map(|h| h.name.clone()).collect();
+    let Some((_, client_config)) = hooks.iter().find(|(name, _)| name == hook_name) else {
+        let have: Vec<&str> = hooks.iter().map(|(name, _)| name.as_str()).collect();
         results.push(CheckResult::fail(
             bundle_name,
             format!(
-                "{} has no webhook {} (it has: {})",
-                names::VALIDATING_WEBHOOK,
-                names::VALIDATION_WEBHOOK_NAME,
+                "{config} has no webhook {hook_name} (it has: {})",
                 if have.is_empty() {
                     "none".into()
                 } else {
@@ -659,8 +701,7 @@ pub async fn webhooks(ctx: &Ctx) -> Vec<CheckResult> {
         ));
         return results;
     };
-    let bundle = hook
-        .client_config
+    let bundle = client_config
         .ca_bundle
         .as_ref()
         .map(|b| b.0.clone())
@@ -682,13 +723,15 @@ pub async fn webhooks(ctx: &Ctx) -> Vec<CheckResult> {
             return results;
         }
     }
-    results.push(serving_cert_verifies(ctx, &bundle).await);
+    results.push(serving_cert_verifies(ctx, hook_name, &bundle).await);
     results
 }
 
-async fn serving_cert_verifies(ctx: &Ctx, bundle: &[u8]) -> CheckResult {
+async fn serving_cert_verifies(ctx: &Ctx, hook_name: &str, bundle: &[u8]) -> CheckResult {
     let dns = format!("{}.{}.svc", names::PILOT, ctx.ns);
-    let name = format!("the caBundle verifies Pilot's serving certificate for {dns}");
+    let name = format!(
+        "the caBundle of webhook {hook_name} verifies Pilot's serving certificate for {dns}"
+    );
     let secret = format!("istio.{}", names::PILOT_ACCOUNT);
     let citadel_logs = ctx.kubectl(&format!("logs deployment/{}", names::CITADEL));
     let chain = match secret_key(ctx, &secret, "cert-chain.pem").await {

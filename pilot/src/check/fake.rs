@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+    MutatingWebhook, MutatingWebhookConfiguration, ValidatingWebhook,
+    ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentCondition, DeploymentSpec, DeploymentStatus,
@@ -221,6 +222,23 @@ fn healthy() -> Fake {
             }]),
         },
     );
+    f.put(
+        format!(
+            "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{}",
+            names::MUTATING_WEBHOOK
+        ),
+        MutatingWebhookConfiguration {
+            metadata: meta(names::MUTATING_WEBHOOK),
+            webhooks: Some(vec![MutatingWebhook {
+                name: names::INJECTION_WEBHOOK_NAME.into(),
+                client_config: WebhookClientConfig {
+                    ca_bundle: Some(ByteString(ca_pem.clone().into_bytes())),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }]),
+        },
+    );
     let pilot_secret = format!("istio.{}", names::PILOT_ACCOUNT);
     f.put(
         format!("/api/v1/namespaces/{NS}/secrets/{pilot_secret}"),
@@ -269,13 +287,13 @@ async fn a_healthy_install_passes() {
     let groups = run(healthy(), GroupKind::POST).await;
     let out = text(&groups);
     assert!(
-        out.ends_with("Status check results are ✔ (19 passed)\n"),
+        out.ends_with("Status check results are ✔ (22 passed)\n"),
         "{out}"
     );
     for line in [
         "✔ Kubernetes version 1.33 is supported (>= 1.29)",
         "✔ deployment istio-pilot is available",
-        "✔ the caBundle verifies Pilot's serving certificate for istio-pilot.istio-system.svc",
+        "✔ the caBundle of webhook validation.istio.io verifies Pilot's serving certificate for istio-pilot.istio-system.svc",
         "✔ istio-telemetry is ready (/ready)",
         "✔ proxies are in sync with Pilot (1 connected, all synced)",
     ] {
@@ -355,7 +373,7 @@ async fn a_crash_looping_pilot_and_a_wrong_ca_bundle_fail_with_reasons() {
         "{out}"
     );
     assert!(
-        out.contains("✖ the caBundle verifies Pilot's serving certificate for istio-pilot.istio-system.svc: secret istio.istio-pilot-service-account: "),
+        out.contains("✖ the caBundle of webhook validation.istio.io verifies Pilot's serving certificate for istio-pilot.istio-system.svc: secret istio.istio-pilot-service-account: "),
         "{out}"
     );
     assert!(out.contains("✖ istio-pilot is ready (/ready): "), "{out}");

@@ -1,7 +1,8 @@
 //! The objects of `manifests/install.yaml`, in the order `kubectl apply` creates them: the
 //! namespace, identities and their rights, settings, Services, Deployments with their
-//! disruption budgets, and last the validating webhook (so nothing in the file is sent to a
-//! webhook whose server is not up yet).
+//! disruption budgets, and last the admission webhooks (so nothing in the file is sent to a
+//! webhook whose server is not up yet): validation of Istio config, and sidecar injection
+//! for the pods of namespaces labelled `istio-injection=enabled`.
 //!
 //! Istio 1.0's shape: `istio-pilot`, `istio-policy` and `istio-telemetry` (one Mixer binary
 //! in two roles), `istio-citadel`, and the two gateways, each with its own ServiceAccount.
@@ -70,7 +71,7 @@ pub fn objects(opts: &InstallOptions) -> Vec<Value> {
     let mut out = vec![json!({
         "apiVersion": "v1",
         "kind": "Namespace",
-        "metadata": {"name": NAMESPACE, "labels": labels(&[("istio-injection", "disabled")])},
+        "metadata": {"name": NAMESPACE, "labels": labels(&[(INJECTION_LABEL, "disabled")])},
     })];
     for account in [
         PILOT_ACCOUNT,
@@ -110,6 +111,13 @@ pub fn objects(opts: &InstallOptions) -> Vec<Value> {
         CITADEL_YAML,
         "Citadel's settings file",
     ));
+    out.push(config_map(
+        INJECTOR_CONFIGMAP,
+        INJECTOR_KEY,
+        &crate::inject::config_yaml_for_image(&image(opts, "proxy")),
+        "Sidecar injection: policy, sidecar mode, values and template (Pilot's /inject \
+         applies a change without a restart; pilot kube-inject --injection-config reads it too)",
+    ));
     out.extend(services());
     for deployment in [
         citadel(opts),
@@ -131,6 +139,7 @@ pub fn objects(opts: &InstallOptions) -> Vec<Value> {
         }));
     }
     out.push(validating_webhook());
+    out.push(injection_webhook());
     out
 }
 
@@ -260,11 +269,17 @@ fn rbac() -> Vec<Value> {
             rule(&[NETWORKING_GROUP], networking_status, &["patch"]),
             rule(&[CONFIG_GROUP], legacy, &["list", "watch"]),
             rule(&[CONFIG_GROUP], legacy_status, &["patch"]),
-            // The caBundle of its own webhook configuration, and no other.
+            // The caBundle of its own webhook configurations, and no other.
             json!({
                 "apiGroups": ["admissionregistration.k8s.io"],
                 "resources": ["validatingwebhookconfigurations"],
                 "resourceNames": [VALIDATING_WEBHOOK],
+                "verbs": ["get", "list", "watch", "update"],
+            }),
+            json!({
+                "apiGroups": ["admissionregistration.k8s.io"],
+                "resources": ["mutatingwebhookconfigurations"],
+                "resourceNames": [MUTATING_WEBHOOK],
                 "verbs": ["get", "list", "watch", "update"],
             }),
         ],
@@ -532,6 +547,7 @@ fn pilot(opts: &InstallOptions) -> Value {
     if let Some(mounts) = container["volumeMounts"].as_array_mut() {
         mounts.push(json!({"name": "mesh", "mountPath": "/etc/istio/config", "readOnly": true}));
         mounts.push(json!({"name": "certs", "mountPath": "/etc/certs", "readOnly": true}));
+        mounts.push(json!({"name": "inject", "mountPath": "/etc/istio/inject", "readOnly": true}));
     }
     deployment(
         PILOT,
@@ -547,6 +563,9 @@ fn pilot(opts: &InstallOptions) -> Value {
             // The webhook's serving certificate, which Citadel writes (and rotates; Pilot
             // reloads it) for Pilot's account.
             json!({"name": "certs", "secret": {"secretName": format!("istio.{PILOT_ACCOUNT}")}}),
+            // The injection config; the kubelet updates the file when the ConfigMap changes
+            // and Pilot re-reads it, so the pod template carries no checksum of it.
+            json!({"name": "inject", "configMap": {"name": INJECTOR_CONFIGMAP}}),
         ],
         json!({}),
     )
@@ -628,6 +647,8 @@ fn gateway(opts: &InstallOptions, name: &str, istio: &str, account: &str) -> Val
         "imagePullPolicy": opts.pull_policy,
         // `pilot check` shows a crash-looping container's last log line.
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        // The image's entrypoint is pilot-agent; the gateways run Envoy itself.
+        "command": ["/usr/local/bin/envoy"],
         "args": [
             "-c", "/etc/istio/proxy/envoy.json",
             "--disable-hot-restart",
@@ -688,6 +709,39 @@ fn validating_webhook() -> Value {
             }],
             "failurePolicy": "Fail",
             "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 10,
+        }],
+    })
+}
+
+/// Pilot's sidecar injector, for the pods created in namespaces labelled
+/// `istio-injection=enabled` (a pod's own `sidecar.istio.io/inject` annotation or label
+/// still opts it out, or in under `policy: disabled`). As for validation, Pilot keeps the
+/// caBundle. `Fail`, as Istio 1.0: a pod of an injected namespace that cannot be injected is
+/// not created without its sidecar; namespaces without the label never reach the webhook,
+/// and `istio-system` is labelled `disabled`.
+fn injection_webhook() -> Value {
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": cluster_meta(MUTATING_WEBHOOK),
+        "webhooks": [{
+            "name": INJECTION_WEBHOOK_NAME,
+            "clientConfig": {
+                "service": {"name": PILOT, "namespace": NAMESPACE, "path": "/inject", "port": 443},
+            },
+            "rules": [{
+                "operations": ["CREATE"],
+                "apiGroups": [""],
+                "apiVersions": ["v1"],
+                "resources": ["pods"],
+                "scope": "Namespaced",
+            }],
+            "namespaceSelector": {"matchLabels": {INJECTION_LABEL: "enabled"}},
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "reinvocationPolicy": "Never",
             "admissionReviewVersions": ["v1"],
             "timeoutSeconds": 10,
         }],

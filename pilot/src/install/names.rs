@@ -48,6 +48,17 @@ pub const EGRESS_ACCOUNT: &str = "istio-egressgateway-service-account";
 pub const VALIDATING_WEBHOOK: &str = "istio-pilot";
 /// The webhook's name inside it.
 pub const VALIDATION_WEBHOOK_NAME: &str = "validation.istio.io";
+/// ConfigMap `istio-sidecar-injector`: the injection config (key [`INJECTOR_KEY`]) of both
+/// `pilot kube-inject` and Pilot's `/inject` webhook, which re-reads it when it changes.
+pub const INJECTOR_CONFIGMAP: &str = "istio-sidecar-injector";
+/// The key of the injection config in [`INJECTOR_CONFIGMAP`].
+pub const INJECTOR_KEY: &str = "config";
+/// The MutatingWebhookConfiguration of Pilot's `/inject` (its caBundle kept by Pilot).
+pub const MUTATING_WEBHOOK: &str = "istio-sidecar-injector";
+/// The webhook's name inside it.
+pub const INJECTION_WEBHOOK_NAME: &str = "sidecar-injector.istio.io";
+/// The namespace label that turns injection on (`enabled`) or off (`disabled`).
+pub const INJECTION_LABEL: &str = "istio-injection";
 /// Port names and numbers (Istio's).
 pub const XDS_PORT: u16 = 15010;
 pub const MONITORING_PORT: u16 = 15014;
