@@ -429,6 +429,131 @@ impl Cluster {
     }
 }
 
+/// The control plane of `manifests/install.yaml` (with `manifests/crds.yaml`), removed again
+/// when dropped (not waiting) unless [`ControlPlane::removed`] was called: a test stopping
+/// half-way never leaves later tests a webhook of a control plane that is gone.
+#[derive(Debug)]
+pub struct ControlPlane {
+    kubeconfig: PathBuf,
+    install: PathBuf,
+    done: bool,
+}
+
+/// How long [`Cluster::install_control_plane`] waits for every Deployment to be Available.
+pub const CONTROL_PLANE_READY: Duration = Duration::from_secs(240);
+
+impl Cluster {
+    /// The guard of an install that [`Cluster::install_control_plane`] then applies (taken
+    /// first, so a failed apply is cleaned up too).
+    pub fn control_plane(&self) -> ControlPlane {
+        ControlPlane {
+            kubeconfig: self.kubeconfig.clone(),
+            install: self.root.join("manifests/install.yaml"),
+            done: false,
+        }
+    }
+
+    /// `kubectl apply -f manifests/crds.yaml -f manifests/install.yaml`, then waits until
+    /// every Deployment of istio-system is Available; on a timeout the error has the pods
+    /// and events.
+    pub async fn install_control_plane(&self) -> anyhow::Result<()> {
+        let crds = self.root.join("manifests/crds.yaml");
+        let install = self.root.join("manifests/install.yaml");
+        self.kubectl_ok([
+            OsStr::new("apply"),
+            OsStr::new("-f"),
+            crds.as_os_str(),
+            OsStr::new("-f"),
+            install.as_os_str(),
+        ])
+        .await
+        .context("kubectl apply of the install")?;
+        let timeout = format!("--timeout={}s", CONTROL_PLANE_READY.as_secs());
+        let waited = self
+            .kubectl([
+                "-n",
+                "istio-system",
+                "wait",
+                "--for=condition=Available",
+                "deployment",
+                "--all",
+                &timeout,
+            ])
+            .await?;
+        if !waited.status.success() {
+            bail!(
+                "the control plane did not become Available: {}\n{}",
+                String::from_utf8_lossy(&waited.stderr),
+                self.diagnose("istio-system").await
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until the pods `what` (a name, or `--all`, or `-l SELECTOR`) of `namespace` are
+    /// Ready; on a timeout the error has the pods and events.
+    pub async fn wait_pods_ready(
+        &self,
+        namespace: &str,
+        what: &[&str],
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        let timeout = format!("--timeout={}s", within.as_secs());
+        let mut args = vec!["-n", namespace, "wait", "--for=condition=Ready", "pod"];
+        args.extend_from_slice(what);
+        args.push(&timeout);
+        let out = self.kubectl(&args).await?;
+        if !out.status.success() {
+            bail!(
+                "pods {what:?} of {namespace} not Ready: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.diagnose(namespace).await
+            );
+        }
+        Ok(())
+    }
+
+    /// The pods (wide) and events of `namespace`, for an error message.
+    pub async fn diagnose(&self, namespace: &str) -> String {
+        let mut out = String::new();
+        for args in [
+            &["-n", namespace, "get", "pods", "-o", "wide"][..],
+            &["-n", namespace, "get", "events", "--sort-by=.lastTimestamp"],
+        ] {
+            if let Ok(o) = self.kubectl(args).await {
+                out.push_str(&String::from_utf8_lossy(&o.stdout));
+                out.push_str(&String::from_utf8_lossy(&o.stderr));
+            }
+        }
+        out
+    }
+}
+
+// === impl ControlPlane ===
+
+impl ControlPlane {
+    /// The test removed the install itself: nothing to do on drop.
+    pub fn removed(&mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let _ = std::process::Command::new(kubectl_bin())
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["delete", "--ignore-not-found", "--wait=false", "-f"])
+            .arg(&self.install)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// Until `f` gives `Ok`, or `within` is over (then its last error, naming `what`); polls
 /// every half second.
 pub async fn retry<T, F, Fut>(within: Duration, what: &str, mut f: F) -> anyhow::Result<T>

@@ -83,30 +83,6 @@ async fn check_until(
     .await
 }
 
-/// Removes the install if the test stops half-way, so later tests never meet a webhook of
-/// a control plane that is gone.
-struct Uninstall {
-    kubeconfig: std::path::PathBuf,
-    install: std::path::PathBuf,
-    done: bool,
-}
-
-impl Drop for Uninstall {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        let _ = std::process::Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(["delete", "--ignore-not-found", "--wait=false", "-f"])
-            .arg(&self.install)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 fn virtual_service(name: &str, weights: (u32, u32)) -> String {
     format!(
         "apiVersion: networking.istio.io/v1alpha3
@@ -135,14 +111,9 @@ async fn install_check_and_remove_the_control_plane() -> anyhow::Result<()> {
         return Ok(());
     }
     let root = cluster.repo_root().to_path_buf();
-    let crds = root.join("manifests/crds.yaml");
     let install = root.join("manifests/install.yaml");
     let path = |p: &Path| p.to_str().unwrap_or_default().to_string();
-    let mut uninstall = Uninstall {
-        kubeconfig: cluster.kubeconfig(),
-        install: install.clone(),
-        done: false,
-    };
+    let mut control_plane = cluster.control_plane();
 
     // Before the install, `pilot check --pre` finds the cluster ready for it.
     let (ok, report) = pilot_check_args(cluster, &["--pre"]).await?;
@@ -150,34 +121,9 @@ async fn install_check_and_remove_the_control_plane() -> anyhow::Result<()> {
 
     // One apply, the first time.
     cluster
-        .kubectl_ok(["apply", "-f", &path(&crds), "-f", &path(&install)])
+        .install_control_plane()
         .await
         .context("the first kubectl apply")?;
-    let waited = cluster
-        .kubectl([
-            "-n",
-            NS,
-            "wait",
-            "--for=condition=Available",
-            "deployment",
-            "--all",
-            "--timeout=240s",
-        ])
-        .await?;
-    if !waited.status.success() {
-        let pods = cluster
-            .kubectl(["-n", NS, "get", "pods", "-o", "wide"])
-            .await?;
-        let events = cluster
-            .kubectl(["-n", NS, "get", "events", "--sort-by=.lastTimestamp"])
-            .await?;
-        anyhow::bail!(
-            "the control plane did not become Available: {}\n{}\n{}",
-            String::from_utf8_lossy(&waited.stderr),
-            String::from_utf8_lossy(&pods.stdout),
-            String::from_utf8_lossy(&events.stdout)
-        );
-    }
     // Installed, the namespace is taken: --pre says so.
     let (ok, report) = pilot_check_args(cluster, &["--pre"]).await?;
     assert!(
@@ -522,7 +468,7 @@ async fn install_check_and_remove_the_control_plane() -> anyhow::Result<()> {
             &path(&install),
         ])
         .await?;
-    uninstall.done = true;
+    control_plane.removed();
     cluster
         .kubectl_ok([
             "delete",
