@@ -1,4 +1,5 @@
-//! Pilot's debug pages: `/debug/syncz`, `/debug/adsz`, `/debug/registryz`, `/debug/meshz` and
+//! Pilot's debug pages: `/debug/syncz`, `/debug/adsz`, `/debug/registryz`, `/debug/meshz`,
+//! `/debug/injectz` and
 //! `/debug/config_dump?proxyID=...` (what a proxy is sent, as JSON in the shape of Envoy's
 //! admin `/config_dump`: see [`crate::xds::dump`]).
 
@@ -27,6 +28,26 @@ pub fn mesh_routes(
             let refused = refused.borrow().clone();
             let path = path.as_ref().map(|p| p.display().to_string());
             async move { Json(json!({"file": path, "refused": refused})) }
+        }),
+    )
+}
+
+/// `/debug/injectz`: the sidecar injector's config file, a summary of the config in use
+/// (version, policy, template's containers and volumes) and why the file as it is now was
+/// refused (`null` when it serves); `webhook: false` when Pilot serves no webhook.
+pub fn inject_routes(injector: Option<crate::validate::inject_webhook::Injector>) -> Router {
+    Router::new().route(
+        "/debug/injectz",
+        get(move || {
+            let status = match &injector {
+                Some(injector) => {
+                    let mut status = injector.status();
+                    status["webhook"] = json!(true);
+                    status
+                }
+                None => json!({"webhook": false, "file": null, "config": null, "refused": null}),
+            };
+            async move { Json(status) }
         }),
     )
 }

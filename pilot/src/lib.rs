@@ -30,6 +30,9 @@ pub mod xds;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use mesh_runtime::Shutdown;
 use mesh_runtime::monitoring;
 use mesh_runtime::service::{Base, ConfigSource};
@@ -93,8 +96,13 @@ pub async fn serve(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()>
     let webhook = match &settings.webhook {
         Some(w) => {
             let bound = validate::webhook::Webhook::bind(w).await?;
-            tracing::info!(addr = %w.addr, "admission webhook listening (/validate)");
-            Some(bound)
+            // An injection config that does not load stops Pilot here, naming the field.
+            let injector = validate::inject_webhook::Injector::watch(
+                w.injection_config.clone(),
+                shutdown.clone(),
+            )?;
+            tracing::info!(addr = %w.addr, "admission webhook listening (/validate, /inject)");
+            Some((bound, injector))
         }
         None => None,
     };
@@ -114,6 +122,10 @@ pub async fn serve(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()>
     .await
     .context("opening the config store")?;
     let metrics = xds::XdsMetrics::register(&mut base.registry);
+    let injector = webhook.as_ref().map(|(_, injector)| injector.clone());
+    if let Some(injector) = &injector {
+        injector.metrics().register(&mut base.registry);
+    }
 
     // Wait for the first full config, so proxies never get a partial mesh.
     let mut config_rx = base.store.subscribe();
@@ -183,25 +195,36 @@ pub async fn serve(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()>
             ),
     );
 
-    if let Some(webhook) = webhook {
-        tokio::spawn(webhook.serve(shutdown.clone()));
+    if let Some((webhook, injector)) = webhook {
+        tokio::spawn(webhook.serve(injector, shutdown.clone()));
     }
-    // On Kubernetes, the webhook's configuration gets the roots of what it serves.
+    // On Kubernetes, the webhooks' configurations get the roots of what they serve.
     if let (ConfigSource::Kubernetes(kubeconfig), Some(keeper)) = (
         &source,
         settings.webhook.as_ref().and_then(|w| w.keeper.clone()),
     ) {
         let client = mesh_runtime::kube_client::connect(kubeconfig.as_deref()).await?;
-        let keeper = validate::cabundle::Keeper {
-            api: ::kube::Api::all(client),
-            name: keeper.config,
-            roots: keeper.ca_bundle,
-        };
-        tokio::spawn(keeper.run(shutdown.clone()));
+        if let Some(name) = keeper.config {
+            let keeper = validate::cabundle::Keeper::<ValidatingWebhookConfiguration> {
+                api: ::kube::Api::all(client.clone()),
+                name,
+                roots: keeper.ca_bundle.clone(),
+            };
+            tokio::spawn(keeper.run(shutdown.clone()));
+        }
+        if let Some(name) = keeper.injector_config {
+            let keeper = validate::cabundle::Keeper::<MutatingWebhookConfiguration> {
+                api: ::kube::Api::all(client),
+                name,
+                roots: keeper.ca_bundle,
+            };
+            tokio::spawn(keeper.run(shutdown.clone()));
+        }
     }
 
     let routes = debug::routes(server.clone())
-        .merge(debug::mesh_routes(settings.mesh.clone(), mesh_refused));
+        .merge(debug::mesh_routes(settings.mesh.clone(), mesh_refused))
+        .merge(debug::inject_routes(injector));
     let store = Arc::clone(&base.store);
     base.serve_monitoring(http, routes, shutdown.clone())
         .await?;

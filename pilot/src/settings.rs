@@ -136,8 +136,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub push_concurrency: Option<usize>,
 
-    /// Address of the validating admission webhook (HTTPS, `/validate`) [default:
-    /// 0.0.0.0:15017]. Serves only when --webhook-cert and --webhook-key are given.
+    /// Address of the admission webhooks (HTTPS: `/validate`, and `/inject`, the sidecar
+    /// injector) [default: 0.0.0.0:15017]. Serves only when --webhook-cert and --webhook-key
+    /// are given.
     #[arg(long, value_name = "ADDR")]
     pub webhook_addr: Option<SocketAddr>,
 
@@ -155,10 +156,24 @@ pub struct ServeArgs {
     #[arg(long, value_name = "NAME", requires = "webhook_ca_bundle")]
     pub webhook_config: Option<String>,
 
-    /// PEM root(s) of --webhook-cert, for --webhook-config's caBundle (e.g. Citadel's
-    /// root-cert.pem beside the certificate). Re-read when it changes.
+    /// PEM root(s) of --webhook-cert, for --webhook-config's and --injector-webhook-config's
+    /// caBundle (e.g. Citadel's root-cert.pem beside the certificate). Re-read when it
+    /// changes.
     #[arg(long, value_name = "FILE")]
     pub webhook_ca_bundle: Option<PathBuf>,
+
+    /// On Kubernetes, the MutatingWebhookConfiguration of `/inject` whose caBundle Pilot keeps
+    /// equal to --webhook-ca-bundle, as --webhook-config's (e.g. istio-sidecar-injector).
+    #[arg(long, value_name = "NAME", requires = "webhook_ca_bundle")]
+    pub injector_webhook_config: Option<String>,
+
+    /// The injection config of the `/inject` webhook: the `config` key of ConfigMap
+    /// istio-sidecar-injector as mounted (e.g. /etc/istio/inject/config), or that whole
+    /// ConfigMap [default: the built-in one]. Read at start (invalid: Pilot does not start)
+    /// and every 5s: an invalid new version is refused (/debug/injectz says why) and the last
+    /// good one keeps serving.
+    #[arg(long, value_name = "FILE")]
+    pub injection_config: Option<PathBuf>,
 
     /// On Kubernetes, write why an Istio object is refused into its status
     /// (`validationMessages` and a `Reconciled` condition), only when that changes
@@ -241,6 +256,8 @@ struct FileSettings {
     webhook_key: Option<PathBuf>,
     webhook_config: Option<String>,
     webhook_ca_bundle: Option<PathBuf>,
+    injector_webhook_config: Option<String>,
+    injection_config: Option<PathBuf>,
     enable_status: Option<bool>,
 }
 
@@ -268,7 +285,7 @@ pub enum SettingsError {
     #[error(transparent)]
     Load(#[from] mesh_runtime::settings::SettingsError),
     #[error(
-        "webhookCert and webhookKey go together, and webhookConfig needs webhookCaBundle: {0} is missing"
+        "webhookCert and webhookKey go together, and webhookConfig and injectorWebhookConfig need webhookCaBundle: {0} is missing"
     )]
     WebhookHalf(&'static str),
 }
@@ -298,14 +315,20 @@ impl Settings {
                 key,
                 keeper: match (
                     cli.webhook_config.or(file.webhook_config),
+                    cli.injector_webhook_config.or(file.injector_webhook_config),
                     cli.webhook_ca_bundle.or(file.webhook_ca_bundle),
                 ) {
-                    (Some(config), Some(ca_bundle)) => Some(CaBundleKeeper { config, ca_bundle }),
-                    (None, _) => None,
-                    (Some(_), None) => {
+                    (None, None, _) => None,
+                    (config, injector_config, Some(ca_bundle)) => Some(CaBundleKeeper {
+                        config,
+                        injector_config,
+                        ca_bundle,
+                    }),
+                    (_, _, None) => {
                         return Err(SettingsError::WebhookHalf("webhookCaBundle"));
                     }
                 },
+                injection_config: cli.injection_config.or(file.injection_config),
             }),
             (None, None) => None,
             (Some(_), None) => return Err(SettingsError::WebhookHalf("webhookKey")),
@@ -392,4 +415,75 @@ pub fn watched_kinds() -> Vec<(Kind, String)> {
             .map(|k| (k, "v1alpha2".to_string())),
     )
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str], file: Option<&str>) -> Result<Settings, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut argv = vec!["pilot".to_string()];
+        if let Some(text) = file {
+            let path = dir.path().join("settings.yaml");
+            std::fs::write(&path, text).unwrap();
+            argv.extend(["--config".to_string(), path.display().to_string()]);
+        }
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let cli: Cli = mesh_runtime::cli::try_parse_from("PILOT_SETTINGS_TEST", argv)
+            .map_err(|e| e.to_string())?;
+        Settings::resolve(&cli.common, cli.serve).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_injector_flags_and_settings() {
+        let s = settings(
+            &[
+                "--webhook-cert=c",
+                "--webhook-key=k",
+                "--webhook-ca-bundle=r",
+                "--injector-webhook-config=istio-sidecar-injector",
+                "--injection-config=/etc/istio/inject/config",
+            ],
+            None,
+        )
+        .unwrap();
+        let w = s.webhook.unwrap();
+        assert_eq!(
+            w.injection_config.as_deref(),
+            Some(std::path::Path::new("/etc/istio/inject/config"))
+        );
+        let keeper = w.keeper.unwrap();
+        assert_eq!(keeper.config, None);
+        assert_eq!(
+            keeper.injector_config.as_deref(),
+            Some("istio-sidecar-injector")
+        );
+
+        let file = "webhookCert: c\nwebhookKey: k\nwebhookCaBundle: r\nwebhookConfig: istio-pilot\n\
+                    injectorWebhookConfig: istio-sidecar-injector\ninjectionConfig: /etc/istio/inject/config\n";
+        let w = settings(&[], Some(file)).unwrap().webhook.unwrap();
+        assert!(w.injection_config.is_some());
+        let keeper = w.keeper.unwrap();
+        assert_eq!(keeper.config.as_deref(), Some("istio-pilot"));
+        assert_eq!(
+            keeper.injector_config.as_deref(),
+            Some("istio-sidecar-injector")
+        );
+
+        // Off by default; a caBundle keeper needs the roots.
+        let w = settings(&["--webhook-cert=c", "--webhook-key=k"], None)
+            .unwrap()
+            .webhook
+            .unwrap();
+        assert!(w.keeper.is_none() && w.injection_config.is_none());
+        let e = settings(
+            &[],
+            Some("webhookCert: c\nwebhookKey: k\ninjectorWebhookConfig: x\n"),
+        )
+        .unwrap_err();
+        assert!(e.contains("webhookCaBundle"), "{e}");
+        let e = settings(&["--injector-webhook-config=x"], None).unwrap_err();
+        assert!(e.contains("--webhook-ca-bundle"), "{e}");
+    }
 }

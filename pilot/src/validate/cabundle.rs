@@ -1,5 +1,8 @@
-//! The caBundle keeper: on Kubernetes, Pilot keeps the `caBundle` of its
-//! ValidatingWebhookConfiguration equal to the roots of the certificate its webhook serves.
+//! The caBundle keeper: on Kubernetes, Pilot keeps the `caBundle` of its webhook
+//! configurations (the ValidatingWebhookConfiguration of `/validate`, the
+//! MutatingWebhookConfiguration of `/inject`) equal to the roots of the certificate its
+//! webhook serves. One [`Keeper`] per configuration, generic over its kind
+//! ([`WebhookConfiguration`]).
 //!
 //! Istio's installs broke admission in several ways this prevents: a re-applied manifest
 //! wiping the caBundle (Istio #5828), a root that changed under a configuration nobody
@@ -9,15 +12,20 @@
 //! the kubelet updates in the mounted secret), and writes every webhook's caBundle whenever
 //! it differs, with an optimistic update that is retried on conflict.
 
+use std::fmt::Debug;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::StreamExt as _;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration, WebhookClientConfig,
+};
 use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 use mesh_runtime::Shutdown;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// How often the roots file is looked at, and the wait after a failed write.
 const EVERY: Duration = Duration::from_secs(5);
@@ -32,21 +40,80 @@ pub enum CaBundleError {
     },
     #[error("{path}: no PEM certificate in it")]
     NotPem { path: PathBuf },
-    #[error("ValidatingWebhookConfiguration {name}: {source}")]
-    Api { name: String, source: kube::Error },
+    #[error("{kind} {name}: {source}")]
+    Api {
+        kind: &'static str,
+        name: String,
+        source: kube::Error,
+    },
 }
 
-/// Keeps the caBundle of `name` equal to the file `roots` until `shutdown`.
+/// A kind of admission webhook configuration: a list of webhooks, each with a caBundle.
+pub trait WebhookConfiguration:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + Debug
+    + DeserializeOwned
+    + Serialize
+    + Send
+    + Sync
+    + 'static
+{
+    /// The kind, in messages.
+    const KIND: &'static str;
+
+    /// The client configuration of each webhook.
+    fn client_configs(&mut self) -> Vec<&mut WebhookClientConfig>;
+
+    /// Sets every webhook's caBundle to `roots`; true if any changed.
+    fn set_ca_bundle(&mut self, roots: &[u8]) -> bool {
+        let mut changed = false;
+        for client in self.client_configs() {
+            let bundle = &mut client.ca_bundle;
+            if bundle.as_ref().map(|b| b.0.as_slice()) != Some(roots) {
+                *bundle = Some(ByteString(roots.to_vec()));
+                changed = true;
+            }
+        }
+        changed
+    }
+}
+
+impl WebhookConfiguration for ValidatingWebhookConfiguration {
+    const KIND: &'static str = "ValidatingWebhookConfiguration";
+
+    fn client_configs(&mut self) -> Vec<&mut WebhookClientConfig> {
+        self.webhooks
+            .iter_mut()
+            .flatten()
+            .map(|w| &mut w.client_config)
+            .collect()
+    }
+}
+
+impl WebhookConfiguration for MutatingWebhookConfiguration {
+    const KIND: &'static str = "MutatingWebhookConfiguration";
+
+    fn client_configs(&mut self) -> Vec<&mut WebhookClientConfig> {
+        self.webhooks
+            .iter_mut()
+            .flatten()
+            .map(|w| &mut w.client_config)
+            .collect()
+    }
+}
+
+/// Keeps the caBundle of the `K` named `name` equal to the file `roots` until `shutdown`.
 #[derive(Debug, Clone)]
-pub struct Keeper {
-    pub api: Api<ValidatingWebhookConfiguration>,
+pub struct Keeper<K: WebhookConfiguration> {
+    pub api: Api<K>,
     pub name: String,
     pub roots: PathBuf,
 }
 
 // === impl Keeper ===
 
-impl Keeper {
+impl<K: WebhookConfiguration> Keeper<K> {
     /// Runs until `shutdown`: a round on every change of the configuration and every
     /// [`EVERY`], logging what it wrote and why a round failed.
     pub async fn run(self, shutdown: Shutdown) {
@@ -69,7 +136,7 @@ impl Keeper {
             }
             match self.round().await {
                 Ok(true) => {
-                    tracing::info!(name = %self.name, "webhook configuration: caBundle written")
+                    tracing::info!(kind = K::KIND, name = %self.name, "webhook configuration: caBundle written")
                 }
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "webhook caBundle not kept"),
@@ -91,6 +158,7 @@ impl Keeper {
             });
         }
         let api_err = |source| CaBundleError::Api {
+            kind: K::KIND,
             name: self.name.clone(),
             source,
         };
@@ -98,7 +166,7 @@ impl Keeper {
             let Some(mut config) = self.api.get_opt(&self.name).await.map_err(api_err)? else {
                 return Ok(false);
             };
-            if !set_ca_bundle(&mut config, &roots) {
+            if !config.set_ca_bundle(&roots) {
                 return Ok(false);
             }
             match self
@@ -116,23 +184,10 @@ impl Keeper {
     }
 }
 
-/// Sets every webhook's caBundle to `roots`; true if any changed.
-pub fn set_ca_bundle(config: &mut ValidatingWebhookConfiguration, roots: &[u8]) -> bool {
-    let mut changed = false;
-    for webhook in config.webhooks.iter_mut().flatten() {
-        let bundle = &mut webhook.client_config.ca_bundle;
-        if bundle.as_ref().map(|b| b.0.as_slice()) != Some(roots) {
-            *bundle = Some(ByteString(roots.to_vec()));
-            changed = true;
-        }
-    }
-    changed
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhook;
+    use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, ValidatingWebhook};
 
     #[test]
     fn every_webhook_gets_the_roots_once() {
@@ -149,11 +204,31 @@ mod tests {
             ]),
             ..Default::default()
         };
-        assert!(set_ca_bundle(&mut config, b"roots"));
+        assert!(config.set_ca_bundle(b"roots"));
         for w in config.webhooks.as_ref().unwrap() {
             assert_eq!(w.client_config.ca_bundle.as_ref().unwrap().0, b"roots");
         }
-        assert!(!set_ca_bundle(&mut config, b"roots"), "nothing to write");
-        assert!(set_ca_bundle(&mut config, b"new roots"));
+        assert!(!config.set_ca_bundle(b"roots"), "nothing to write");
+        assert!(config.set_ca_bundle(b"new roots"));
+    }
+
+    #[test]
+    fn the_injectors_configuration_is_kept_the_same_way() {
+        let mut config = MutatingWebhookConfiguration {
+            webhooks: Some(vec![MutatingWebhook {
+                name: "sidecar-injector.istio.io".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        assert!(config.set_ca_bundle(b"roots"));
+        let w = &config.webhooks.as_ref().unwrap()[0];
+        assert_eq!(w.client_config.ca_bundle.as_ref().unwrap().0, b"roots");
+        assert!(!config.set_ca_bundle(b"roots"));
+        assert!(
+            MutatingWebhookConfiguration::default()
+                .client_configs()
+                .is_empty()
+        );
     }
 }

@@ -7,7 +7,15 @@
 //! runs the same checks offline. Every problem names its field, from `spec`.
 
 pub mod cabundle;
+#[cfg(test)]
+mod inject_golden;
+#[cfg(test)]
+mod inject_tests;
+pub mod inject_webhook;
+pub mod jsonpatch;
 mod regex;
+#[cfg(any(test, feature = "testutil"))]
+pub mod test_client;
 pub mod webhook;
 
 use std::collections::BTreeSet;

@@ -1,4 +1,5 @@
-//! The validating admission webhook (Istio's `istiod` port 15017, path `/validate`): the API
+//! The admission webhooks (Istio's `istiod` port 15017): `POST /inject` is the sidecar
+//! injector ([`super::inject_webhook`]); `POST /validate`, the validating webhook: the API
 //! server sends every Istio config object being created or updated as an `admission.k8s.io/v1`
 //! `AdmissionReview`, and the answer allows it or denies it with the problems `pilot validate`
 //! reports (the same checks, [`super::validate_spec`], on the spec as
@@ -10,8 +11,9 @@
 //! `ValidatingWebhookConfiguration` points the API server here (the README says what it
 //! holds; `tests/tests/cluster_webhook.rs` registers one). The certificate files are looked at
 //! every few seconds and a new pair is served from the next handshake on (Citadel rotates
-//! the certificate in the secret Pilot mounts); with `--webhook-config`, [`super::cabundle`]
-//! keeps that configuration's caBundle equal to the certificate's roots.
+//! the certificate in the secret Pilot mounts); with `--webhook-config` (and
+//! `--injector-webhook-config`), [`super::cabundle`] keeps that configuration's caBundle equal
+//! to the certificate's roots.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -38,10 +41,12 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use super::inject_webhook::{self, Injector};
+
 /// The longest a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest review accepted (the API server's own limit on objects is 3 MiB).
-const MAX_REVIEW: usize = 8 << 20;
+pub(super) const MAX_REVIEW: usize = 8 << 20;
 
 /// Why the webhook cannot start, or a review cannot be answered.
 #[derive(Debug, thiserror::Error)]
@@ -74,15 +79,20 @@ pub struct WebhookSettings {
     pub cert: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
-    /// On Kubernetes: keep a webhook configuration's caBundle (see [`super::cabundle`]).
+    /// On Kubernetes: keep the webhook configurations' caBundle (see [`super::cabundle`]).
     pub keeper: Option<CaBundleKeeper>,
+    /// The injection config of `/inject` (the `config` key of ConfigMap
+    /// `istio-sidecar-injector`, as mounted); `None`: the built-in one.
+    pub injection_config: Option<PathBuf>,
 }
 
-/// Which webhook configuration's caBundle to keep, and from which file.
+/// Which webhook configurations' caBundle to keep, and from which file.
 #[derive(Debug, Clone)]
 pub struct CaBundleKeeper {
-    /// The ValidatingWebhookConfiguration.
-    pub config: String,
+    /// The ValidatingWebhookConfiguration (of `/validate`).
+    pub config: Option<String>,
+    /// The MutatingWebhookConfiguration (of `/inject`).
+    pub injector_config: Option<String>,
     /// PEM roots of the serving certificate.
     pub ca_bundle: PathBuf,
 }
@@ -147,10 +157,11 @@ impl Webhook {
         self.listener.local_addr()
     }
 
-    /// Serves HTTPS until `shutdown`: each connection in a task of its own.
-    pub async fn serve(self, shutdown: Shutdown) {
+    /// Serves HTTPS until `shutdown`: each connection in a task of its own. `/inject` injects
+    /// with the config `injector` holds at the time of each review.
+    pub async fn serve(self, injector: Injector, shutdown: Shutdown) {
         tokio::spawn(self.certs.clone().reload_until(shutdown.clone()));
-        let service = TowerToHyperService::new(routes());
+        let service = TowerToHyperService::new(routes(injector));
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -288,9 +299,18 @@ fn tls_config(certs: Arc<ReloadingCert>) -> Result<ServerConfig, WebhookError> {
     Ok(config)
 }
 
-/// The webhook's routes: `POST /validate`.
-pub fn routes() -> Router {
-    Router::new().route("/validate", post(validate))
+/// The webhook's routes: `POST /validate` and `POST /inject`.
+pub fn routes(injector: Injector) -> Router {
+    Router::new()
+        .route("/validate", post(validate))
+        .route(
+            "/inject",
+            post(move |body: Bytes| {
+                let injector = injector.clone();
+                async move { inject_webhook::handle(&injector, &body) }
+            }),
+        )
+        .layer(DefaultBodyLimit::max(MAX_REVIEW))
 }
 
 async fn validate(body: Bytes) -> Response {
@@ -306,42 +326,61 @@ async fn validate(body: Bytes) -> Response {
 /// An `AdmissionReview` as the API server sends it (the fields the answer needs).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct AdmissionReview {
-    api_version: Option<String>,
-    request: Option<AdmissionRequest>,
+pub(super) struct AdmissionReview {
+    pub(super) api_version: Option<String>,
+    pub(super) request: Option<AdmissionRequest>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct AdmissionRequest {
-    uid: String,
-    kind: GroupVersionKind,
+pub(super) struct AdmissionRequest {
+    pub(super) uid: String,
+    pub(super) kind: GroupVersionKind,
     #[serde(default)]
-    name: String,
+    pub(super) name: String,
     #[serde(default)]
-    namespace: String,
+    pub(super) namespace: String,
     #[serde(default)]
-    operation: String,
+    pub(super) operation: String,
     #[serde(default)]
-    object: Value,
+    pub(super) object: Value,
 }
 
 #[derive(Debug, Deserialize)]
-struct GroupVersionKind {
+pub(super) struct GroupVersionKind {
     #[serde(default)]
-    group: String,
-    version: String,
-    kind: String,
+    pub(super) group: String,
+    pub(super) version: String,
+    pub(super) kind: String,
+}
+
+// === impl AdmissionReview ===
+
+impl AdmissionReview {
+    /// Parses a review; it must have a request.
+    pub(super) fn parse(body: &[u8]) -> Result<(Option<String>, AdmissionRequest), WebhookError> {
+        let review: AdmissionReview =
+            serde_json::from_slice(body).map_err(|e| WebhookError::Review(e.to_string()))?;
+        let request = review
+            .request
+            .ok_or_else(|| WebhookError::Review("it has no request".into()))?;
+        Ok((review.api_version, request))
+    }
+
+    /// The answer carrying `response`, in the review's apiVersion.
+    pub(super) fn answer(api_version: Option<String>, response: Value) -> Value {
+        json!({
+            "apiVersion": api_version.unwrap_or_else(|| "admission.k8s.io/v1".into()),
+            "kind": "AdmissionReview",
+            "response": response,
+        })
+    }
 }
 
 /// The answer to an `AdmissionReview` (JSON bytes): allowed, or denied with every problem
 /// found, one per line as `pilot validate` prints them (without the file).
 pub fn review(body: &[u8]) -> Result<Value, WebhookError> {
-    let review: AdmissionReview =
-        serde_json::from_slice(body).map_err(|e| WebhookError::Review(e.to_string()))?;
-    let request = review
-        .request
-        .ok_or_else(|| WebhookError::Review("it has no request".into()))?;
+    let (api_version, request) = AdmissionReview::parse(body)?;
     let problems = problems(&request);
     let mut response = json!({"uid": request.uid, "allowed": problems.is_empty()});
     if !problems.is_empty() {
@@ -352,11 +391,7 @@ pub fn review(body: &[u8]) -> Result<Value, WebhookError> {
             "message": problems.join("\n"),
         });
     }
-    Ok(json!({
-        "apiVersion": review.api_version.unwrap_or_else(|| "admission.k8s.io/v1".into()),
-        "kind": "AdmissionReview",
-        "response": response,
-    }))
+    Ok(AdmissionReview::answer(api_version, response))
 }
 
 /// The problems of the object under review; none for deletions and for kinds Pilot does not
