@@ -802,8 +802,20 @@ mod tests {
         let settings = crate::Settings::resolve(&cli.common, cli.serve).unwrap();
         assert_eq!(settings.grpc_addr.port(), XDS_PORT);
         assert_eq!(settings.http_addr.port(), MONITORING_PORT);
-        let webhook = settings.webhook.expect("the webhook is on");
+        let webhook = settings.webhook.as_ref().expect("the webhook is on");
         assert_eq!(webhook.addr.port(), WEBHOOK_PORT);
+        assert_eq!(
+            webhook.injection_config.as_deref(),
+            Some(
+                std::path::Path::new("/etc/istio/inject")
+                    .join(INJECTOR_KEY)
+                    .as_path()
+            ),
+            "Pilot reads the injection config where the Deployment mounts it"
+        );
+        let keeper = webhook.keeper.as_ref().expect("caBundles are kept");
+        assert_eq!(keeper.config.as_deref(), Some(VALIDATING_WEBHOOK));
+        assert_eq!(keeper.injector_config.as_deref(), Some(MUTATING_WEBHOOK));
     }
 
     #[test]
