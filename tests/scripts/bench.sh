@@ -16,6 +16,7 @@ run() { # name, package, bench
 
 run runtime mesh-runtime config_store
 run pilot pilot xds
+run pilot_inject pilot inject
 run mixer mixer check
 run citadel citadel csr
 
