@@ -12,6 +12,9 @@
 //! - [`Service`] runs one of this project's binaries (built on demand) with its monitoring
 //!   server on a free port.
 //!
+//! - [`Agent`] runs `pilot-agent proxy` (which runs and supervises its own Envoy) with a
+//!   pod's Downward API environment, on free admin and status ports ([`agent`]).
+//!
 //! - [`cluster`]: the local Kubernetes cluster (`tests/cluster/`) for the `cluster_*` tests:
 //!   started once per run, a namespace per test, a kube client and kubectl on its kubeconfig.
 //!
@@ -29,6 +32,7 @@
 //! # let _ = up; Ok(()) }
 //! ```
 
+pub mod agent;
 pub mod cluster;
 mod envoy;
 mod http;
@@ -38,6 +42,7 @@ mod upstream;
 
 use std::collections::BTreeSet;
 
+pub use agent::{Agent, AgentOptions};
 pub use cluster::{Cluster, TestNamespace};
 pub use envoy::{Envoy, READY_TIMEOUT, envoy_binary};
 pub use http::{HttpResponse, http_get, http_request};
