@@ -8,6 +8,8 @@
 
 pub mod cabundle;
 #[cfg(test)]
+mod inject_fuzz;
+#[cfg(test)]
 mod inject_golden;
 #[cfg(test)]
 mod inject_tests;
