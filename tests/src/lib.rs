@@ -15,6 +15,9 @@
 //! - [`Agent`] runs `pilot-agent proxy` (which runs and supervises its own Envoy) with a
 //!   pod's Downward API environment, on free admin and status ports ([`agent`]).
 //!
+//! - [`netns`]: a network namespace joined to the host by a veth pair (root only), for the
+//!   interception tests.
+//!
 //! - [`cluster`]: the local Kubernetes cluster (`tests/cluster/`) for the `cluster_*` tests:
 //!   started once per run, a namespace per test, a kube client and kubectl on its kubeconfig.
 //!
@@ -37,6 +40,7 @@ pub mod cluster;
 mod envoy;
 mod http;
 pub mod mesh;
+pub mod netns;
 mod service;
 mod upstream;
 
