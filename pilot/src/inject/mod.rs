@@ -8,6 +8,7 @@
 //! - [`template`]: the template's placeholder syntax (`${name}`) and its rendering.
 //! - [`pod`]: the policy ([`pod::decide`]: inject or skip, and why) and the injection of one
 //!   pod template ([`pod::inject`]); what the webhook will call too.
+//! - [`probes`]: the app's HTTP probes rewritten to the agent's status port.
 //! - [`kube_inject`]: `pilot kube-inject`: every workload of a YAML stream.
 //!
 //! The core knows neither a Kubernetes client nor gRPC: it works on `serde_json` values, so
@@ -16,6 +17,7 @@
 pub mod config;
 pub mod kube_inject;
 pub mod pod;
+pub mod probes;
 pub mod template;
 #[cfg(test)]
 mod tests;

@@ -209,7 +209,7 @@ pub fn inject(
     let Some(spec) = obj.get("spec").and_then(Value::as_object) else {
         return Err(pod_err("spec", "expected a mapping"));
     };
-    let app_containers = list_of(spec, "containers", pod_ref)?;
+    let mut app_containers = list_of(spec, "containers", pod_ref)?;
     if app_containers.is_empty() {
         return Err(pod_err("spec.containers", "the pod has no containers"));
     }
@@ -232,6 +232,15 @@ pub fn inject(
         part("volumes"),
         part("imagePullSecrets"),
     );
+
+    // The app's HTTP probes through the agent (they would meet the inbound listener's mutual
+    // TLS otherwise).
+    if super::probes::wanted(meta.get("annotations").unwrap_or(&Value::Null)) {
+        let probers = super::probes::rewrite(&mut app_containers);
+        if !probers.is_empty() {
+            super::probes::set_env(&mut t_containers, super::PROXY_CONTAINER, &probers);
+        }
+    }
 
     // Names must not clash with the pod's.
     let taken: Vec<&str> = app_inits
