@@ -408,6 +408,8 @@ pub fn watched_kinds() -> Vec<(Kind, String)> {
     ]
     .into_iter()
     .map(|k| (k, "v1alpha3".to_string()))
+    // Mutual TLS between sidecars (security.istio.io).
+    .chain([(Kind::PeerAuthentication, "v1beta1".to_string())])
     // The routing API of Istio 0.5-0.7, converted into the same model.
     .chain(
         [Kind::RouteRule, Kind::DestinationPolicy, Kind::EgressRule]

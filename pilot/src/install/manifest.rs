@@ -252,6 +252,7 @@ fn account_of(role: &str) -> &'static str {
 fn rbac() -> Vec<Value> {
     let (networking, networking_status) = plurals(&pilot_kinds(NETWORKING_GROUP));
     let (legacy, legacy_status) = plurals(&pilot_kinds(CONFIG_GROUP));
+    let (security, security_status) = plurals(&pilot_kinds(SECURITY_GROUP));
     let (mixer, mixer_status) = plurals(&mixer_kinds());
     let mut out = Vec::new();
     out.extend(cluster_role(
@@ -269,6 +270,8 @@ fn rbac() -> Vec<Value> {
             rule(&[NETWORKING_GROUP], networking_status, &["patch"]),
             rule(&[CONFIG_GROUP], legacy, &["list", "watch"]),
             rule(&[CONFIG_GROUP], legacy_status, &["patch"]),
+            rule(&[SECURITY_GROUP], security, &["list", "watch"]),
+            rule(&[SECURITY_GROUP], security_status, &["patch"]),
             // The caBundle of its own webhook configurations, and no other.
             json!({
                 "apiGroups": ["admissionregistration.k8s.io"],
@@ -663,7 +666,10 @@ fn gateway(opts: &InstallOptions, name: &str, istio: &str, account: &str) -> Val
         "readinessProbe": http_probe("/healthz/ready", STATUS_PORT, 2, 30),
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
         "securityContext": restricted(),
-        "volumeMounts": [{"name": "proxy", "mountPath": "/etc/istio/proxy", "readOnly": true}],
+        "volumeMounts": [
+            {"name": "proxy", "mountPath": "/etc/istio/proxy", "readOnly": true},
+            {"name": "istio-certs", "mountPath": "/etc/certs", "readOnly": true},
+        ],
     });
     deployment(
         name,
@@ -673,7 +679,12 @@ fn gateway(opts: &InstallOptions, name: &str, istio: &str, account: &str) -> Val
         "",
         vec![envoy],
         vec![bootstrap],
-        vec![json!({"name": "proxy", "emptyDir": {"medium": "Memory"}})],
+        vec![
+            json!({"name": "proxy", "emptyDir": {"medium": "Memory"}}),
+            // The gateway's own workload certificate (Istio 1.0's files), which Citadel writes
+            // for its account: mutual TLS to the mesh's services (ISTIO_MUTUAL).
+            json!({"name": "istio-certs", "secret": {"secretName": format!("istio.{account}"), "optional": true}}),
+        ],
         json!({
             // Gateways read nothing from the API server.
             "automountServiceAccountToken": false,
