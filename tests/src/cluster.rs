@@ -429,9 +429,16 @@ impl Cluster {
     }
 }
 
+/// The network namespace of the real node (`tests/cluster/node.sh`), from which the pod
+/// network is reached directly.
+pub fn node_netns() -> String {
+    std::env::var("MESH_CLUSTER_NODE_NETNS").unwrap_or_else(|_| "mesh-node".into())
+}
+
 /// The control plane of `manifests/install.yaml` (with `manifests/crds.yaml`), removed again
 /// when dropped (not waiting) unless [`ControlPlane::removed`] was called: a test stopping
-/// half-way never leaves later tests a webhook of a control plane that is gone.
+/// half-way never leaves later tests a webhook of a control plane that is gone. Kept, like
+/// the test namespaces, with `MESH_KEEP_NAMESPACES=1`.
 #[derive(Debug)]
 pub struct ControlPlane {
     kubeconfig: PathBuf,
@@ -459,6 +466,15 @@ impl Cluster {
     pub async fn install_control_plane(&self) -> anyhow::Result<()> {
         let crds = self.root.join("manifests/crds.yaml");
         let install = self.root.join("manifests/install.yaml");
+        // An earlier test's install may still be going away (its guard does not wait).
+        self.kubectl_ok([
+            "wait",
+            "--for=delete",
+            "namespace/istio-system",
+            "--timeout=180s",
+        ])
+        .await
+        .context("istio-system of an earlier install still terminating")?;
         self.kubectl_ok([
             OsStr::new("apply"),
             OsStr::new("-f"),
@@ -540,7 +556,7 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        if self.done {
+        if self.done || std::env::var(KEEP_NAMESPACES_ENV).is_ok_and(|v| v == "1") {
             return;
         }
         let _ = std::process::Command::new(kubectl_bin())
