@@ -9,6 +9,7 @@
 //! - [`pod`]: the policy ([`pod::decide`]: inject or skip, and why) and the injection of one
 //!   pod template ([`pod::inject`]); what the webhook will call too.
 //! - [`probes`]: the app's HTTP probes rewritten to the agent's status port.
+//! - [`proxy_config`]: the `proxy.istio.io/config` annotation (`proxyMetadata`).
 //! - [`kube_inject`]: `pilot kube-inject`: every workload of a YAML stream.
 //!
 //! The core knows neither a Kubernetes client nor gRPC: it works on `serde_json` values, so
@@ -18,6 +19,7 @@ pub mod config;
 pub mod kube_inject;
 pub mod pod;
 pub mod probes;
+pub mod proxy_config;
 pub mod template;
 #[cfg(test)]
 mod tests;

@@ -242,6 +242,13 @@ pub fn inject(
         }
     }
 
+    // proxy.istio.io/config: per-pod settings of the agent.
+    let proxy_env =
+        super::proxy_config::env_of(pod_ref, meta.get("annotations").unwrap_or(&Value::Null))?;
+    if !proxy_env.is_empty() {
+        super::proxy_config::add_env(&mut t_containers, super::PROXY_CONTAINER, proxy_env);
+    }
+
     // Names must not clash with the pod's.
     let taken: Vec<&str> = app_inits
         .iter()
