@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run test lint fmt build unit deps envoy images manifests cluster cluster-down bench clean
+.PHONY: help run test lint fmt build unit deps envoy images manifests cluster cluster-down demo-cluster bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ unit: ## unit and integration tests (real Envoy; local Kubernetes for tests/test
 
 cluster: ## start the local Kubernetes (control plane, kwok node, and as root a real node)
 	@bash tests/cluster/cluster.sh up
+
+demo-cluster: images ## the mesh on Kubernetes: cluster with a real node, install, bookinfo behind the ingress (root)
+	@bash tests/cluster/demo.sh
 
 cluster-down: ## stop the local Kubernetes and remove its state
 	@bash tests/cluster/cluster.sh down

@@ -467,14 +467,25 @@ impl Cluster {
         let crds = self.root.join("manifests/crds.yaml");
         let install = self.root.join("manifests/install.yaml");
         // An earlier test's install may still be going away (its guard does not wait).
-        self.kubectl_ok([
-            "wait",
-            "--for=delete",
-            "namespace/istio-system",
-            "--timeout=180s",
-        ])
-        .await
-        .context("istio-system of an earlier install still terminating")?;
+        let phase = self
+            .kubectl([
+                "get",
+                "namespace",
+                "istio-system",
+                "-o",
+                "jsonpath={.status.phase}",
+            ])
+            .await?;
+        if String::from_utf8_lossy(&phase.stdout) == "Terminating" {
+            self.kubectl_ok([
+                "wait",
+                "--for=delete",
+                "namespace/istio-system",
+                "--timeout=180s",
+            ])
+            .await
+            .context("istio-system of an earlier install still terminating")?;
+        }
         self.kubectl_ok([
             OsStr::new("apply"),
             OsStr::new("-f"),

@@ -1,0 +1,227 @@
+//! The demo (`make demo-cluster`, `tests/cluster/demo.sh`) as a test, on the real node: the
+//! script installs the control plane with `kubectl apply`, labels a namespace for
+//! injection and deploys bookinfo (`manifests/bookinfo/`) behind the ingress gateway; then,
+//! every request through the gateway's NodePort and counted by the reviews version that
+//! answered:
+//!
+//! - with no rule, reviews v1, v2 and v3 share the traffic;
+//! - `virtual-service-all-v1` sends everything to v1;
+//! - `virtual-service-reviews-test-v2` sends user jason to v2 and everyone else to v1;
+//! - the 80/20 and 50/50 splits land within five standard deviations of their weights;
+//! - an invalid VirtualService is refused by the webhook and the traffic does not change.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use mesh_tests::Cluster;
+use mesh_tests::cluster::retry;
+
+/// The ingress gateway's NodePort on the real node (`tests/cluster/node.sh`: node
+/// 10.250.0.2; install.yaml: http2 31380).
+const INGRESS: &str = "http://10.250.0.2:31380";
+
+/// `count` requests to `/productpage` through the ingress, counted by the reviews version
+/// in the page (`error` for a request that failed).
+async fn versions(count: u32, headers: &[(&str, &str)]) -> anyhow::Result<BTreeMap<String, u32>> {
+    let mut out = BTreeMap::new();
+    for _ in 0..count {
+        let version = match mesh_tests::http_get(&format!("{INGRESS}/productpage"), headers).await {
+            Ok(resp) if resp.status.as_u16() == 200 => {
+                let page: serde_json::Value = serde_json::from_str(&resp.body)
+                    .with_context(|| format!("productpage answered {}", resp.body))?;
+                page["reviews"]["version"]
+                    .as_str()
+                    .unwrap_or("error")
+                    .to_string()
+            }
+            Ok(resp) => format!("status {}", resp.status.as_u16()),
+            Err(_) => "error".into(),
+        };
+        *out.entry(version).or_insert(0) += 1;
+    }
+    Ok(out)
+}
+
+/// Applies a file of manifests/bookinfo/ in `ns`.
+async fn apply(cluster: &Cluster, ns: &str, file: &str) -> anyhow::Result<()> {
+    let path = cluster.repo_root().join("manifests/bookinfo").join(file);
+    cluster
+        .kubectl_ok(["-n", ns, "apply", "-f", path.to_str().unwrap_or_default()])
+        .await?;
+    Ok(())
+}
+
+/// Until `count` requests (with `headers`) are all answered by `want`.
+async fn all_go_to(count: u32, headers: &[(&str, &str)], want: &str) -> anyhow::Result<()> {
+    retry(
+        Duration::from_secs(60),
+        &format!("all to {want}"),
+        || async {
+            let v = versions(count, headers).await?;
+            anyhow::ensure!(v.get(want) == Some(&count), "{v:?}");
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Whether `got` of `n` requests is within five standard deviations of a binomial with
+/// probability `p`: a correct split fails this about once in two million runs, and a split
+/// that ignored the weights (an even share, or all to one side) falls outside it.
+fn within_five_sigma(got: u32, n: u32, p: f64) -> bool {
+    let mean = f64::from(n) * p;
+    let sd = (f64::from(n) * p * (1.0 - p)).sqrt();
+    (f64::from(got) - mean).abs() <= 5.0 * sd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookinfo_behind_the_ingress_routed_by_yaml() -> anyhow::Result<()> {
+    let Some(cluster) = Cluster::for_test().await? else {
+        return Ok(());
+    };
+    if !cluster.has_real_node() {
+        eprintln!("no real node (not root, or MESH_CLUSTER_REAL_NODE=0): skipping");
+        return Ok(());
+    }
+    let _control_plane = cluster.control_plane();
+    let ns = cluster
+        .namespace_on_real_node("demo", &[("istio-injection", "enabled")])
+        .await?;
+    let n = ns.name().to_string();
+
+    // The demo's own steps.
+    let script = cluster.repo_root().join("tests/cluster/demo.sh");
+    let out = tokio::process::Command::new("bash")
+        .arg(&script)
+        .env("DEMO_NAMESPACE", &n)
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .output()
+        .await?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    anyhow::ensure!(
+        out.status.success(),
+        "demo.sh failed: {said}\n{}",
+        cluster.diagnose(&n).await
+    );
+    assert!(said.contains(&format!("{INGRESS}/productpage")), "{said}");
+
+    // Every pod has its sidecar.
+    let pods: serde_json::Value = serde_json::from_str(
+        &cluster
+            .kubectl_ok(["-n", &n, "get", "pods", "-o", "json"])
+            .await?,
+    )?;
+    let items = pods["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(items.len(), 6, "bookinfo's six pods");
+    for p in &items {
+        let inits = p["spec"]["initContainers"].to_string();
+        assert!(
+            inits.contains("istio-proxy"),
+            "{}: no sidecar",
+            p["metadata"]["name"]
+        );
+    }
+
+    // No rule: the three versions share the traffic (each a third of 60; one of them
+    // getting none happens about once in 10^10 runs).
+    let v = retry(Duration::from_secs(60), "all three versions", || async {
+        let v = versions(60, &[]).await?;
+        anyhow::ensure!(
+            v.len() == 3 && ["v1", "v2", "v3"].iter().all(|k| v.contains_key(*k)),
+            "{v:?}"
+        );
+        Ok(v)
+    })
+    .await?;
+    eprintln!("no rule: {v:?}");
+
+    apply(cluster, &n, "virtual-service-all-v1.yaml").await?;
+    all_go_to(30, &[], "v1").await?;
+
+    apply(cluster, &n, "virtual-service-reviews-test-v2.yaml").await?;
+    all_go_to(20, &[("end-user", "jason")], "v2").await?;
+    all_go_to(20, &[], "v1").await?;
+    all_go_to(10, &[("end-user", "mary")], "v1").await?;
+
+    // Weighted splits, by counted requests. The previous rule may still be in force for a
+    // moment after the apply: wait until the new side shows, then count.
+    for (file, other, weight) in [
+        ("virtual-service-reviews-80-20.yaml", "v2", 0.2),
+        ("virtual-service-reviews-50-v3.yaml", "v3", 0.5),
+    ] {
+        apply(cluster, &n, file).await?;
+        retry(
+            Duration::from_secs(60),
+            &format!("{file} in force"),
+            || async {
+                let v = versions(20, &[]).await?;
+                anyhow::ensure!(v.contains_key(other), "{v:?}");
+                Ok(())
+            },
+        )
+        .await?;
+        let total = 200;
+        let v = versions(total, &[]).await?;
+        let got = v.get(other).copied().unwrap_or(0);
+        let v1 = v.get("v1").copied().unwrap_or(0);
+        assert_eq!(got + v1, total, "{file}: only v1 and {other} answer: {v:?}");
+        assert!(
+            within_five_sigma(got, total, weight),
+            "{file}: {got} of {total} to {other}, expected about {}: {v:?}",
+            f64::from(total) * weight
+        );
+        eprintln!("{file}: {v:?}");
+    }
+
+    // An invalid VirtualService is refused at the apply, and the split stays as it was.
+    let bad = format!(
+        "apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\n\
+         metadata: {{name: reviews, namespace: {n}}}\nspec:\n  hosts: [reviews]\n  http:\n  \
+         - route:\n    - destination: {{host: reviews, subset: v1}}\n      weight: 50\n    \
+         - destination: {{host: reviews, subset: v2}}\n      weight: 40\n"
+    );
+    let refused = cluster
+        .kubectl_with_stdin(["apply", "-f", "-"], Some(bad.as_bytes()))
+        .await?;
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && message.contains("weight"),
+        "the webhook let an invalid VirtualService in: {message}"
+    );
+    let v = versions(40, &[]).await?;
+    assert!(
+        v.get("v2").is_none() && v.get("v3").copied().unwrap_or(0) > 0,
+        "after a refused change the 50/50 v1/v3 split still holds: {v:?}"
+    );
+
+    ns.cleanup().await?;
+    Ok(())
+}
+
+#[test]
+fn bookinfo_runs_the_images_the_node_has() {
+    let text =
+        std::fs::read_to_string(mesh_tests::repo_root().join("manifests/bookinfo/bookinfo.yaml"))
+            .unwrap();
+    let want = format!("image: {}", mesh_tests::cluster::real_node_image("app"));
+    assert_eq!(
+        text.matches("image: ").count(),
+        text.matches(&want).count(),
+        "{want}"
+    );
+    assert_eq!(text.matches(&want).count(), 6);
+}
+
+#[test]
+fn five_sigma_keeps_fair_splits_and_rejects_wrong_ones() {
+    assert!(within_five_sigma(40, 200, 0.2));
+    assert!(within_five_sigma(60, 200, 0.2));
+    assert!(!within_five_sigma(100, 200, 0.2));
+    assert!(!within_five_sigma(0, 200, 0.5));
+    assert!(within_five_sigma(110, 200, 0.5));
+}
