@@ -435,6 +435,24 @@ pub fn node_netns() -> String {
     std::env::var("MESH_CLUSTER_NODE_NETNS").unwrap_or_else(|_| "mesh-node".into())
 }
 
+/// The certificate a TLS server at `addr` (`IP:PORT` on the pod network) presents, as
+/// `openssl x509 -text` prints it; openssl runs in the real node's network namespace.
+pub async fn served_certificate(addr: &str) -> anyhow::Result<String> {
+    let script = format!(
+        "openssl s_client -connect {addr} -showcerts </dev/null 2>/dev/null | openssl x509 -noout -text"
+    );
+    let out = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &node_netns(), "sh", "-c", &script])
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "openssl to {addr}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The control plane of `manifests/install.yaml` (with `manifests/crds.yaml`), removed again
 /// when dropped (not waiting) unless [`ControlPlane::removed`] was called: a test stopping
 /// half-way never leaves later tests a webhook of a control plane that is gone. Kept, like

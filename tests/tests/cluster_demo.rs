@@ -8,14 +8,20 @@
 //! - `virtual-service-all-v1` sends everything to v1;
 //! - `virtual-service-reviews-test-v2` sends user jason to v2 and everyone else to v1;
 //! - the 80/20 and 50/50 splits land within five standard deviations of their weights;
-//! - an invalid VirtualService is refused by the webhook and the traffic does not change.
+//! - an invalid VirtualService is refused by the webhook and the traffic does not change;
+//! - ratings' fault delay (7s) and abort (500) for user jason show at productpage as a slow
+//!   page without reviews (reviews and productpage give up after 3s: the bug Istio's
+//!   fault-injection task finds) and as missing stars, and nobody else's page changes;
+//! - `destination-rule-all-mtls` with a STRICT PeerAuthentication: the pages keep coming
+//!   through the ingress, a pod without a sidecar is refused, and the certificate a
+//!   sidecar presents is its workload's SPIFFE identity from Citadel.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use mesh_tests::Cluster;
-use mesh_tests::cluster::retry;
+use mesh_tests::cluster::{real_node_image, retry, served_certificate};
 
 /// The ingress gateway's NodePort on the real node (`tests/cluster/node.sh`: node
 /// 10.250.0.2; install.yaml: http2 31380).
@@ -41,6 +47,20 @@ async fn versions(count: u32, headers: &[(&str, &str)]) -> anyhow::Result<BTreeM
         *out.entry(version).or_insert(0) += 1;
     }
     Ok(out)
+}
+
+/// One `/productpage` through the ingress (status 200): how long it took, and the page.
+async fn page(headers: &[(&str, &str)]) -> anyhow::Result<(Duration, serde_json::Value)> {
+    let start = std::time::Instant::now();
+    let resp = mesh_tests::http_get(&format!("{INGRESS}/productpage"), headers).await?;
+    let took = start.elapsed();
+    anyhow::ensure!(
+        resp.status.as_u16() == 200,
+        "{}: {}",
+        resp.status,
+        resp.body
+    );
+    Ok((took, serde_json::from_str(&resp.body)?))
 }
 
 /// Applies a file of manifests/bookinfo/ in `ns`.
@@ -198,6 +218,108 @@ async fn bookinfo_behind_the_ingress_routed_by_yaml() -> anyhow::Result<()> {
         !v.contains_key("v2") && v.get("v3").copied().unwrap_or(0) > 0,
         "after a refused change the 50/50 v1/v3 split still holds: {v:?}"
     );
+
+    // Faults for jason, on reviews v2 (which calls ratings).
+    apply(cluster, &n, "virtual-service-reviews-test-v2.yaml").await?;
+    all_go_to(10, &[("end-user", "jason")], "v2").await?;
+    apply(cluster, &n, "virtual-service-ratings-test-abort.yaml").await?;
+    retry(
+        Duration::from_secs(60),
+        "jason's ratings aborted",
+        || async {
+            let page = page(&[("end-user", "jason")]).await?;
+            anyhow::ensure!(
+                page.1["reviews"]
+                    .to_string()
+                    .contains("currently unavailable"),
+                "{}",
+                page.1
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    let (_, mary) = page(&[("end-user", "mary")]).await?;
+    assert!(mary["reviews"]["version"] == "v1", "{mary}");
+    apply(cluster, &n, "virtual-service-ratings-test-delay.yaml").await?;
+    retry(
+        Duration::from_secs(60),
+        "jason's ratings delayed",
+        || async {
+            let (took, page) = page(&[("end-user", "jason")]).await?;
+            anyhow::ensure!(
+                took >= Duration::from_millis(2900)
+                    && page["reviews"].to_string().contains("unavailable"),
+                "{took:?}: {page}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    let (took, _) = page(&[]).await?;
+    assert!(took < Duration::from_secs(2), "others wait too: {took:?}");
+
+    // Mutual TLS, STRICT: meshed traffic goes on through the ingress (the gateway's own
+    // certificate to productpage, the sidecars' to each other); plain text is refused.
+    let outsider = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: outsider\n  namespace: {n}\n  \
+         annotations: {{sidecar.istio.io/inject: \"false\"}}\nspec:\n  containers:\n  \
+         - name: app\n    image: {}\n    imagePullPolicy: Never\n    env:\n    \
+         - {{name: SERVICE_NAME, value: details}}\n",
+        real_node_image("app")
+    );
+    cluster
+        .kubectl_with_stdin(["apply", "-f", "-"], Some(outsider.as_bytes()))
+        .await?;
+    cluster
+        .wait_pods_ready(&n, &["outsider"], Duration::from_secs(120))
+        .await?;
+    apply(cluster, &n, "destination-rule-all-mtls.yaml").await?;
+    apply(cluster, &n, "peer-authentication-strict.yaml").await?;
+    apply(cluster, &n, "virtual-service-all-v1.yaml").await?;
+    retry(Duration::from_secs(90), "STRICT mTLS in force", || async {
+        all_go_to(10, &[], "v1").await?;
+        let plain = cluster
+            .kubectl([
+                "-n",
+                &n,
+                "exec",
+                "outsider",
+                "--",
+                "mesh-app",
+                "get",
+                "http://productpage:9080/productpage",
+            ])
+            .await?;
+        anyhow::ensure!(
+            !plain.status.success(),
+            "plain text still reaches productpage: {}",
+            String::from_utf8_lossy(&plain.stdout)
+        );
+        Ok(())
+    })
+    .await?;
+    all_go_to(30, &[], "v1").await?;
+    let reviews: serde_json::Value = serde_json::from_str(
+        &cluster
+            .kubectl_ok([
+                "-n",
+                &n,
+                "get",
+                "pods",
+                "-l",
+                "app=reviews,version=v1",
+                "-o",
+                "json",
+            ])
+            .await?,
+    )?;
+    let ip = reviews["items"][0]["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default();
+    let cert = served_certificate(&format!("{ip}:9080")).await?;
+    let want = format!("URI:spiffe://cluster.local/ns/{n}/sa/bookinfo-reviews");
+    assert!(cert.contains(&want), "reviews v1 presents: {cert}");
 
     ns.cleanup().await?;
     Ok(())

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use mesh_tests::Cluster;
-use mesh_tests::cluster::{real_node_image, retry};
+use mesh_tests::cluster::{real_node_image, retry, served_certificate};
 use mesh_tests::workspace_binary;
 use serde_json::Value;
 
@@ -247,25 +247,6 @@ fn regex_escape(s: &str) -> String {
         .collect::<String>()
         .replace('\\', "%5C")
         .replace('|', "%7C")
-}
-
-/// The certificate a TLS server at `addr` (on the pod network) presents, as
-/// `openssl x509 -text` prints it; openssl runs in the real node's network namespace.
-async fn served_certificate(addr: &str) -> anyhow::Result<String> {
-    let netns = mesh_tests::cluster::node_netns();
-    let script = format!(
-        "openssl s_client -connect {addr} -showcerts </dev/null 2>/dev/null | openssl x509 -noout -text"
-    );
-    let out = tokio::process::Command::new("ip")
-        .args(["netns", "exec", &netns, "sh", "-c", &script])
-        .output()
-        .await?;
-    anyhow::ensure!(
-        out.status.success(),
-        "openssl to {addr}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 async fn wait_ready(cluster: &Cluster, ns: &str) -> anyhow::Result<()> {
