@@ -9,6 +9,8 @@
 //! - `virtual-service-reviews-test-v2` sends user jason to v2 and everyone else to v1;
 //! - the 80/20 and 50/50 splits land within five standard deviations of their weights;
 //! - an invalid VirtualService is refused by the webhook and the traffic does not change;
+//! - Istio 0.5's RouteRules `route-rule-all-v1` and `route-rule-reviews-test-v2` (jason by
+//!   cookie) route the same;
 //! - ratings' fault delay (7s) and abort (500) for user jason show at productpage as a slow
 //!   page without reviews (reviews and productpage give up after 3s: the bug Istio's
 //!   fault-injection task finds) and as missing stars, and nobody else's page changes;
@@ -218,6 +220,30 @@ async fn bookinfo_behind_the_ingress_routed_by_yaml() -> anyhow::Result<()> {
         !v.contains_key("v2") && v.get("v3").copied().unwrap_or(0) > 0,
         "after a refused change the 50/50 v1/v3 split still holds: {v:?}"
     );
+
+    // Istio 0.5's RouteRules do the same as the VirtualServices (whose hosts they take
+    // over once those are gone).
+    cluster
+        .kubectl_ok([
+            "-n",
+            &n,
+            "delete",
+            "virtualservice",
+            "productpage",
+            "reviews",
+            "ratings",
+            "details",
+            "--ignore-not-found",
+        ])
+        .await?;
+    apply(cluster, &n, "route-rule-all-v1.yaml").await?;
+    all_go_to(30, &[], "v1").await?;
+    apply(cluster, &n, "route-rule-reviews-test-v2.yaml").await?;
+    all_go_to(20, &[("cookie", "user=jason")], "v2").await?;
+    all_go_to(20, &[("cookie", "user=mary")], "v1").await?;
+    cluster
+        .kubectl_ok(["-n", &n, "delete", "routerule", "--all"])
+        .await?;
 
     // Faults for jason, on reviews v2 (which calls ratings).
     apply(cluster, &n, "virtual-service-reviews-test-v2.yaml").await?;
