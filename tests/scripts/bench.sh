@@ -34,6 +34,8 @@ if ! bash tests/cluster/cluster.sh status >/dev/null 2>&1; then
 fi
 run citadel_secrets citadel secrets || echo "citadel secrets benchmark failed" >&2
 run pilot_k8s pilot k8s || echo "pilot k8s benchmark failed" >&2
+echo "==> cluster_demo" >&2
+BENCH_OUT="$OUT/cluster_demo.json" bash tests/cluster/bench-demo.sh || echo "cluster demo benchmark failed" >&2
 if [ "$started_cluster" = 1 ]; then
     bash tests/cluster/cluster.sh down
 fi
