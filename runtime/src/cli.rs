@@ -22,6 +22,13 @@ pub struct CommonArgs {
     /// Log level or filter directive, e.g. `info` or `info,pilot::xds=debug`.
     #[arg(long, default_value = "info", global = true)]
     pub log_level: String,
+
+    /// On SIGTERM, keep serving this long before shutting down (e.g. `5s`): on Kubernetes
+    /// the pod leaves its Service's endpoints when its deletion starts, and clients (the
+    /// sidecars) learn of it a moment later, so they keep reaching a pod that already stopped
+    /// unless it waits. A second signal still stops at once.
+    #[arg(long, value_name = "DURATION", default_value = "0s", global = true)]
+    pub shutdown_delay: mesh_proto::types::Duration,
 }
 
 /// Parses the command line of `C`, mirroring every long flag as an environment variable named
@@ -73,11 +80,12 @@ where
     let cli: C = parse(prefix);
     let common = cli.common();
     crate::logging::init(common.log_format, &common.log_level)?;
+    let delay = common.shutdown_delay.as_std();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let shutdown = crate::shutdown::on_signals();
+        let shutdown = crate::shutdown::on_signals_after(delay);
         let result = run(cli, shutdown).await;
         if let Err(e) = &result {
             tracing::error!(error = format!("{e:#}"), "exiting");
