@@ -1,6 +1,7 @@
 //! The objects of `manifests/install.yaml`, in the order `kubectl apply` creates them: the
-//! namespace, identities and their rights, settings, Services, Deployments with their
-//! disruption budgets, and last the admission webhooks (so nothing in the file is sent to a
+//! namespace, identities and their rights, settings, Mixer's default config
+//! ([`super::mixer_config`]), Services, Deployments with their disruption budgets, and last
+//! the admission webhooks (so nothing in the file is sent to a
 //! webhook whose server is not up yet): validation of Istio config, and sidecar injection
 //! for the pods of namespaces labelled `istio-injection=enabled`.
 //!
@@ -118,6 +119,9 @@ pub fn objects(opts: &InstallOptions) -> Vec<Value> {
         "Sidecar injection: policy, sidecar mode, values and template (Pilot's /inject \
          applies a change without a restart; pilot kube-inject --injection-config reads it too)",
     ));
+    // Mixer's default telemetry config (config.istio.io kinds of crds.yaml; no webhook sees
+    // them), before the Deployments so Mixer's first load has it.
+    out.extend(super::mixer_config::objects());
     out.extend(services());
     for deployment in [
         citadel(opts),

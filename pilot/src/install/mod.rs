@@ -8,8 +8,11 @@
 //!
 //! - [`names`]: the names, ports and labels of what is installed.
 //! - [`manifest`]: the objects, and the YAML file.
+//! - [`mixer_config`]: the default Mixer config (Istio 1.0's telemetry: Prometheus metrics,
+//!   access log, workload attributes from Kubernetes), from `manifests/install/mixer-config.yaml`.
 
 pub mod manifest;
+pub mod mixer_config;
 pub mod names;
 
 pub use manifest::{InstallOptions, install_yaml, objects};
