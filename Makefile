@@ -31,9 +31,10 @@ fmt: ## format the code
 build: ## build every crate
 	$(CARGO) build --workspace --locked
 
-manifests: ## regenerate manifests/crds.yaml and manifests/install.yaml (tests fail when they are stale)
+manifests: ## regenerate manifests/crds.yaml, install.yaml and telemetry.yaml (tests fail when they are stale)
 	$(CARGO) run -q --locked -p mesh-proto --bin gen-crds -- --out manifests/crds.yaml
 	$(CARGO) run -q --locked -p pilot -- manifest --out manifests/install.yaml
+	$(CARGO) run -q --locked -p pilot -- manifest --telemetry --out manifests/telemetry.yaml
 
 # The container images (images/images.yaml, images/README.md): OCI + docker-archive tars in
 # target/images/, from release binaries, or with PROFILE=dev from the test build's

@@ -56,7 +56,11 @@ pub async fn main(cli: Cli, shutdown: Shutdown) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Manifest(args)) => {
-            let yaml = install::install_yaml(&args.options());
+            let yaml = if args.telemetry {
+                install::mixer_config::telemetry_yaml()
+            } else {
+                install::install_yaml(&args.options())
+            };
             match &args.out {
                 Some(path) => std::fs::write(path, yaml)
                     .with_context(|| format!("cannot write {}", path.display()))?,

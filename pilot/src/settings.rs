@@ -76,6 +76,11 @@ pub struct ManifestArgs {
     /// Write to FILE instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+
+    /// Print manifests/telemetry.yaml (Mixer's default config, applied after the install)
+    /// instead of install.yaml.
+    #[arg(long)]
+    pub telemetry: bool,
 }
 
 impl ManifestArgs {

@@ -35,6 +35,8 @@ if [[ $(k get namespace istio-system -o 'jsonpath={.status.phase}' 2>/dev/null |
 fi
 k apply -f "$ROOT/manifests/crds.yaml" -f "$ROOT/manifests/install.yaml" >/dev/null
 k -n istio-system wait --for=condition=Available deployment --all --timeout="${TIMEOUT}s"
+step "Mixer's default telemetry config: kubectl apply -f manifests/telemetry.yaml"
+k apply -f "$ROOT/manifests/telemetry.yaml" >/dev/null
 
 step "sidecar injection for namespace $NS"
 k label namespace "$NS" istio-injection=enabled --overwrite

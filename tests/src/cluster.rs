@@ -479,8 +479,8 @@ impl Cluster {
     }
 
     /// `kubectl apply -f manifests/crds.yaml -f manifests/install.yaml`, then waits until
-    /// every Deployment of istio-system is Available; on a timeout the error has the pods
-    /// and events.
+    /// every Deployment of istio-system is Available (on a timeout the error has the pods
+    /// and events), then `kubectl apply -f manifests/telemetry.yaml`.
     pub async fn install_control_plane(&self) -> anyhow::Result<()> {
         let crds = self.root.join("manifests/crds.yaml");
         let install = self.root.join("manifests/install.yaml");
@@ -532,6 +532,11 @@ impl Cluster {
                 self.diagnose("istio-system").await
             );
         }
+        // Mixer's default config, whose CRDs the first apply created.
+        let telemetry = self.root.join("manifests/telemetry.yaml");
+        self.kubectl_ok([OsStr::new("apply"), OsStr::new("-f"), telemetry.as_os_str()])
+            .await
+            .context("kubectl apply of manifests/telemetry.yaml")?;
         Ok(())
     }
 

@@ -1,7 +1,6 @@
 //! The objects of `manifests/install.yaml`, in the order `kubectl apply` creates them: the
-//! namespace, identities and their rights, settings, Mixer's default config
-//! ([`super::mixer_config`]), Services, Deployments with their disruption budgets, and last
-//! the admission webhooks (so nothing in the file is sent to a
+//! namespace, identities and their rights, settings, Services, Deployments with their
+//! disruption budgets, and last the admission webhooks (so nothing in the file is sent to a
 //! webhook whose server is not up yet): validation of Istio config, and sidecar injection
 //! for the pods of namespaces labelled `istio-injection=enabled`.
 //!
@@ -119,9 +118,6 @@ pub fn objects(opts: &InstallOptions) -> Vec<Value> {
         "Sidecar injection: policy, sidecar mode, values and template (Pilot's /inject \
          applies a change without a restart; pilot kube-inject --injection-config reads it too)",
     ));
-    // Mixer's default telemetry config (config.istio.io kinds of crds.yaml; no webhook sees
-    // them), before the Deployments so Mixer's first load has it.
-    out.extend(super::mixer_config::objects());
     out.extend(services());
     for deployment in [
         citadel(opts),
@@ -464,7 +460,13 @@ fn component(opts: &InstallOptions, name: &str, binary: &str, ports: &[(&str, u1
         "imagePullPolicy": opts.pull_policy,
         // `pilot check` shows a crash-looping container's last log line.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "args": ["--config", "/etc/istio/settings/settings.yaml", "--log-format", "json"],
+        // --shutdown-delay: a deleted pod answers on for 5s, while the sidecars learn that it
+        // left the Service's endpoints (a policy Check to a pod already gone is a 403).
+        "args": [
+            "--config", "/etc/istio/settings/settings.yaml",
+            "--log-format", "json",
+            "--shutdown-delay", "5s",
+        ],
         "env": downward_env(),
         "ports": ports.iter().map(|(n, p)| json!({"name": n, "containerPort": p})).collect::<Vec<_>>(),
         "readinessProbe": http_probe("/ready", MONITORING_PORT, 5, 3),
