@@ -16,7 +16,10 @@
 //!   fault-injection task finds) and as missing stars, and nobody else's page changes;
 //! - `destination-rule-all-mtls` with a STRICT PeerAuthentication: the pages keep coming
 //!   through the ingress, a pod without a sidecar is refused, and the certificate a
-//!   sidecar presents is its workload's SPIFFE identity from Citadel.
+//!   sidecar presents is its workload's SPIFFE identity from Citadel;
+//! - continuity: under steady load through the ingress, deleting Pilot's pods, then
+//!   Mixer's and Citadel's, loses no page, and an endpoint change made while Pilot is gone
+//!   reaches the proxies once it is back.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -63,6 +66,98 @@ async fn page(headers: &[(&str, &str)]) -> anyhow::Result<(Duration, serde_json:
         resp.body
     );
     Ok((took, serde_json::from_str(&resp.body)?))
+}
+
+/// Requests to `/productpage` through the ingress one after another until stopped: how
+/// many were whole pages (200, details and reviews in them), and what went wrong with the
+/// others.
+struct Load {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<(u32, Vec<String>)>,
+}
+
+impl Load {
+    fn start() -> Load {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !*stopped.borrow_and_update() {
+                match page(&[]).await {
+                    Ok((_, p))
+                        if p["reviews"].get("error").is_none()
+                            && p["details"].get("error").is_none() =>
+                    {
+                        ok += 1
+                    }
+                    Ok((_, p)) => failed.push(format!("partial page: {p}")),
+                    Err(e) => failed.push(format!("{e:#}")),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (ok, failed)
+        });
+        Load { stop, task }
+    }
+
+    async fn stop(self) -> (u32, Vec<String>) {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap_or_default()
+    }
+}
+
+/// Until the Deployment `name` of istio-system has as many Ready pods, none of them being
+/// deleted, as it wants replicas.
+async fn rollout(cluster: &Cluster, name: &str) -> anyhow::Result<()> {
+    retry(
+        Duration::from_secs(180),
+        &format!("{name} back"),
+        || async {
+            let d: serde_json::Value = serde_json::from_str(
+                &cluster
+                    .kubectl_ok([
+                        "-n",
+                        "istio-system",
+                        "get",
+                        "deployment",
+                        name,
+                        "-o",
+                        "json",
+                    ])
+                    .await?,
+            )?;
+            let want = d["spec"]["replicas"].as_u64().unwrap_or(1);
+            let pods: serde_json::Value = serde_json::from_str(
+                &cluster
+                    .kubectl_ok([
+                        "-n",
+                        "istio-system",
+                        "get",
+                        "pods",
+                        "-l",
+                        &format!("app={name}"),
+                        "-o",
+                        "json",
+                    ])
+                    .await?,
+            )?;
+            let ready = pods["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .filter(|p| {
+                    p["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+                .count() as u64;
+            anyhow::ensure!(ready == want, "{ready} of {want} pods of {name} ready");
+            Ok(())
+        },
+    )
+    .await
 }
 
 /// Applies a file of manifests/bookinfo/ in `ns`.
@@ -346,6 +441,98 @@ async fn bookinfo_behind_the_ingress_routed_by_yaml() -> anyhow::Result<()> {
     let cert = served_certificate(&format!("{ip}:9080")).await?;
     let want = format!("URI:spiffe://cluster.local/ns/{n}/sa/bookinfo-reviews");
     assert!(cert.contains(&want), "reviews v1 presents: {cert}");
+
+    // Continuity: steady load through the ingress while the control plane's pods are
+    // deleted (Pilot's two at once, then Mixer's and Citadel's one by one): not one page
+    // lost. An endpoint change made while no Pilot runs reaches the proxies once it is back.
+    let load = Load::start();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster
+        .kubectl_ok([
+            "-n",
+            "istio-system",
+            "delete",
+            "pod",
+            "-l",
+            "app=istio-pilot",
+            "--wait=false",
+        ])
+        .await?;
+    cluster
+        .kubectl_ok([
+            "-n",
+            &n,
+            "scale",
+            "deployment",
+            "reviews-v2",
+            "--replicas=2",
+        ])
+        .await?;
+    rollout(cluster, "istio-pilot").await?;
+    for app in ["istio-policy", "istio-telemetry", "istio-citadel"] {
+        let pods = cluster
+            .kubectl_ok([
+                "-n",
+                "istio-system",
+                "get",
+                "pods",
+                "-l",
+                &format!("app={app}"),
+                "-o",
+                "name",
+            ])
+            .await?;
+        for pod in pods.lines().filter(|l| !l.is_empty()) {
+            cluster
+                .kubectl_ok(["-n", "istio-system", "delete", pod, "--wait=true"])
+                .await?;
+            rollout(cluster, app).await?;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ok, failed) = load.stop().await;
+    eprintln!("continuity: {ok} pages, {} lost", failed.len());
+    assert!(ok > 50, "the load made only {ok} requests");
+    assert!(
+        failed.is_empty(),
+        "pages lost while the control plane restarted: {failed:?}"
+    );
+    let client = cluster
+        .kubectl_ok([
+            "-n",
+            &n,
+            "get",
+            "pods",
+            "-l",
+            "app=productpage",
+            "-o",
+            "name",
+        ])
+        .await?;
+    let pf = cluster
+        .port_forward(&n, client.lines().next().unwrap_or_default(), 15000)
+        .await?;
+    let host = format!("outbound|9080|v2|reviews.{n}.svc.cluster.local");
+    retry(
+        Duration::from_secs(60),
+        "reviews v2's second pod in EDS",
+        || async {
+            let clusters =
+                mesh_tests::http_get(&format!("http://127.0.0.1:{}/clusters", pf.port), &[])
+                    .await?
+                    .body;
+            let hosts = clusters
+                .lines()
+                .filter(|l| {
+                    l.starts_with(&format!("{host}::")) && l.ends_with("::health_flags::healthy")
+                })
+                .count();
+            anyhow::ensure!(hosts == 2, "{hosts} healthy hosts of {host}");
+            Ok(())
+        },
+    )
+    .await?;
+    drop(pf);
 
     ns.cleanup().await?;
     Ok(())
