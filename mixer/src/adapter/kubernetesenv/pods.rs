@@ -111,7 +111,10 @@ impl Cached for Pod {
         state.remove_pod(&key);
         let controller = controller_of(self.owner_references());
         let info = pod_info(&self, controller.as_ref(), state);
-        if let Some(ip) = info.ip {
+        // A pod being deleted, or whose containers have all ended, no longer owns its IP:
+        // the node hands it to a new pod while the old object still shows it, and events of
+        // the two come in any order. Only a live pod is found by IP (as Istio's cache does).
+        if let Some(ip) = info.ip.filter(|_| owns_ip(&self)) {
             state.by_ip.insert(ip, key.clone());
         }
         if let Some(c) = controller {
@@ -239,6 +242,12 @@ fn key_of<K: Resource>(o: &K) -> Key {
 
 fn controller_of(owners: &[OwnerReference]) -> Option<OwnerReference> {
     owners.iter().find(|o| o.controller == Some(true)).cloned()
+}
+
+/// Whether `pod` still holds its `status.podIP`: not being deleted, not Succeeded or Failed.
+fn owns_ip(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    pod.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded" | "Failed"))
 }
 
 fn pod_info(pod: &Pod, controller: Option<&OwnerReference>, state: &State) -> PodInfo {
@@ -376,5 +385,29 @@ mod tests {
         moved.delete(&mut cache.state.write());
         assert!(cache.is_empty());
         assert!(cache.by_ip("127.1.0.4".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn an_ip_belongs_to_the_live_pod_not_the_one_going_away() {
+        let cache = KubePodCache::default();
+        let ip: IpAddr = "10.244.0.16".parse().unwrap();
+        // The new pod has the IP; then the old pod, being deleted, reports it too.
+        pod("ratings-v1-new", "10.244.0.16", "ratings-v1-abc", "abc")
+            .apply(&mut cache.state.write());
+        let mut old = pod("ratings-v1-old", "10.244.0.16", "ratings-v1-abc", "abc");
+        old.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default()),
+        );
+        old.clone().apply(&mut cache.state.write());
+        assert_eq!(cache.by_ip(ip).unwrap().name, "ratings-v1-new");
+        // The old one's deletion leaves the new one found.
+        old.delete(&mut cache.state.write());
+        assert_eq!(cache.by_ip(ip).unwrap().name, "ratings-v1-new");
+        // A finished pod does not own its IP either.
+        let mut done = pod("job-1", "10.244.0.17", "job-rs", "x");
+        done.status.get_or_insert_with(Default::default).phase = Some("Succeeded".into());
+        done.apply(&mut cache.state.write());
+        assert!(cache.by_ip("10.244.0.17".parse().unwrap()).is_none());
+        assert!(cache.by_name("ns", "job-1").is_some());
     }
 }
