@@ -16,14 +16,13 @@
 mod mixer_support;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mesh_proto::grpc::istio::mixer::v1::mixer_client::MixerClient;
 use mesh_proto::grpc::istio::mixer::v1::report_request::RepeatedAttributesSemantics;
 use mesh_proto::grpc::istio::mixer::v1::{CompressedAttributes, ReportRequest, StringMap};
 use mesh_proto::grpc::prost_types;
-use mesh_tests::{Envoy, Service, Upstream, free_port, http_get, workspace_binary};
+use mesh_tests::{Envoy, Upstream, free_port, http_get, workspace_binary};
 use mixer_support::{Mixer, envoy_bootstrap, ext_authz_filter, mixer_access_log, sample};
 use pilot::install::InstallOptions;
 use serde_json::{Value, json};
@@ -45,7 +44,7 @@ fn installed_mixer_config() -> String {
         .expect("manifests/telemetry.yaml")
 }
 
-/// Mixer on a directory holding only install.yaml's Mixer config.
+/// Mixer on a directory holding only manifests/telemetry.yaml.
 async fn start_mixer() -> Mixer {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -53,28 +52,7 @@ async fn start_mixer() -> Mixer {
         installed_mixer_config(),
     )
     .unwrap();
-    let grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let prometheus: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut svc = Service::start(
-        "mixer",
-        &[
-            "--config-dir",
-            dir.path().to_str().unwrap(),
-            "--grpc-addr",
-            &grpc.to_string(),
-            "--prometheus-addr",
-            &prometheus.to_string(),
-        ],
-    )
-    .await
-    .unwrap();
-    svc.wait_ready(Duration::from_secs(60)).await.unwrap();
-    Mixer {
-        svc,
-        grpc,
-        prometheus,
-        dir,
-    }
+    mixer_support::start_mixer_on(dir).await
 }
 
 /// The prometheus adapter's page (what Prometheus scrapes on 42422 in the install).

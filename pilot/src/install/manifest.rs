@@ -57,11 +57,16 @@ pub const HEADER: &str = "\
 
 /// install.yaml: [`HEADER`], then every object of [`objects`] as a YAML document.
 pub fn install_yaml(opts: &InstallOptions) -> String {
-    let mut out = String::from(HEADER);
-    for object in objects(opts) {
+    yaml_stream(HEADER, &objects(opts))
+}
+
+/// `header`, then each of `objects` as a YAML document.
+pub fn yaml_stream(header: &str, objects: &[Value]) -> String {
+    let mut out = String::from(header);
+    for object in objects {
         out.push_str("---\n");
         // A Value always serializes.
-        out.push_str(&yaml_serde::to_string(&object).unwrap_or_default());
+        out.push_str(&yaml_serde::to_string(object).unwrap_or_default());
     }
     out
 }

@@ -28,12 +28,7 @@ pub const TELEMETRY_HEADER: &str = "\
 
 /// telemetry.yaml: [`TELEMETRY_HEADER`], then every object of [`objects`].
 pub fn telemetry_yaml() -> String {
-    let mut out = String::from(TELEMETRY_HEADER);
-    for object in objects() {
-        out.push_str("---\n");
-        out.push_str(&yaml_serde::to_string(&object).unwrap_or_default());
-    }
-    out
+    super::manifest::yaml_stream(TELEMETRY_HEADER, &objects())
 }
 
 /// The objects of [`MIXER_CONFIG_YAML`], in its order, each in [`NAMESPACE`] and labelled

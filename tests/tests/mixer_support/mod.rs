@@ -46,6 +46,11 @@ pub async fn start_mixer(files: &[(&str, String)]) -> Mixer {
     for (name, yaml) in files {
         std::fs::write(dir.path().join(name), yaml).unwrap();
     }
+    start_mixer_on(dir).await
+}
+
+/// Starts Mixer on the config files of `dir` (kept with the returned [`Mixer`]).
+pub async fn start_mixer_on(dir: tempfile::TempDir) -> Mixer {
     let grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let prometheus: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let mut svc = Service::start(
