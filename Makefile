@@ -33,8 +33,8 @@ build: ## build every crate
 
 manifests: ## regenerate manifests/crds.yaml, install.yaml and telemetry.yaml (tests fail when they are stale)
 	$(CARGO) run -q --locked -p mesh-proto --bin gen-crds -- --out manifests/crds.yaml
-	$(CARGO) run -q --locked -p pilot -- manifest --out manifests/install.yaml
-	$(CARGO) run -q --locked -p pilot -- manifest --telemetry --out manifests/telemetry.yaml
+	$(CARGO) run -q --locked -p pilot --bin pilot -- manifest --out manifests/install.yaml
+	$(CARGO) run -q --locked -p pilot --bin pilot -- manifest --telemetry --out manifests/telemetry.yaml
 
 # The container images (images/images.yaml, images/README.md): OCI + docker-archive tars in
 # target/images/, from release binaries, or with PROFILE=dev from the test build's

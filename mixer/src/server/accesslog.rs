@@ -69,7 +69,19 @@ fn common<'a>(b: &mut DenseBag<'a>, vocab: &Vocabulary, c: &'a AccessLogCommon) 
     if let Some((ip, _)) = socket(&c.downstream_remote_address) {
         set(b, vocab, "source.ip", Value::IpAddress(ip));
     }
-    if let Some((ip, port)) = socket(&c.downstream_local_address) {
+    // A sidecar reporting its outbound call (`context.reporter.kind: outbound`) names the
+    // workload it called in the upstream address; downstream, it would name a service VIP
+    // or its own listener. Inbound, the workload is where the connection arrived.
+    let outbound = c
+        .custom_tags
+        .get("context.reporter.kind")
+        .is_some_and(|k| k == "outbound");
+    let destination = if outbound && c.upstream_remote_address.is_some() {
+        &c.upstream_remote_address
+    } else {
+        &c.downstream_local_address
+    };
+    if let Some((ip, port)) = socket(destination) {
         set(b, vocab, "destination.ip", Value::IpAddress(ip));
         set(b, vocab, "destination.port", Value::Int64(i64::from(port)));
     }
@@ -271,5 +283,60 @@ impl AccessLogService for AccessLog {
             report_message(&self.dispatcher, &cfg, &msg);
         }
         Ok(Response::new(StreamAccessLogsResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::core::v3::SocketAddress;
+    use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+
+    use super::*;
+    use crate::attribute::Bag;
+
+    fn addr(ip: &str, port: u32) -> Option<Address> {
+        Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: ip.into(),
+                port_specifier: Some(PortSpecifier::PortValue(port)),
+                ..Default::default()
+            })),
+        })
+    }
+
+    fn entry(reporter: &str) -> TcpAccessLogEntry {
+        TcpAccessLogEntry {
+            common_properties: Some(AccessLogCommon {
+                downstream_remote_address: addr("10.244.0.16", 41000),
+                // The service VIP the client dialled (outbound), or the pod (inbound).
+                downstream_local_address: addr("10.96.68.76", 9080),
+                upstream_remote_address: addr("10.244.0.12", 9080),
+                custom_tags: [("context.reporter.kind".to_string(), reporter.to_string())].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn destination_ip(v: &Vocabulary, b: &DenseBag<'_>) -> Option<String> {
+        match b.get(v.id("destination.ip")?)? {
+            Value::IpAddress(ip) => Some(ip.to_string()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn outbound_reports_name_the_upstream_workload_inbound_the_local_address() {
+        let v = Vocabulary::builtin();
+        let out = entry("outbound");
+        assert_eq!(
+            destination_ip(&v, &tcp_bag(&v, &out)).as_deref(),
+            Some("10.244.0.12")
+        );
+        let inb = entry("inbound");
+        assert_eq!(
+            destination_ip(&v, &tcp_bag(&v, &inb)).as_deref(),
+            Some("10.96.68.76")
+        );
     }
 }

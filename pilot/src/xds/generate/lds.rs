@@ -743,10 +743,12 @@ fn inbound_http_chain(
 ) -> FilterChain {
     let mut routes = inbound_routes(cluster);
     if let Some(svc) = service {
-        let extra = [
+        let mut extra = vec![
             ("context.reporter.kind", "inbound".to_string()),
             ("destination.namespace", proxy.namespace.clone()),
         ];
+        // The workload checked: Mixer's kubernetesenv finds its pod (labels, workload) by it.
+        extra.extend(mixer::pod_uid(proxy).map(|uid| ("destination.uid", uid)));
         if let Some(cfg) = mixer::check_settings(ctx, svc, &extra) {
             for vh in &mut routes.virtual_hosts {
                 for r in &mut vh.routes {

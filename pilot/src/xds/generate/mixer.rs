@@ -166,6 +166,14 @@ pub fn service_attributes(ctx: &PushContext, svc: &Service) -> Vec<(&'static str
     ]
 }
 
+/// The proxy's own workload as Mixer's `kubernetesenv` names a pod, `kubernetes://POD.NAMESPACE`
+/// (what Istio's sidecars sent as `source.uid` outbound and `destination.uid` inbound), when
+/// the node id names a pod.
+pub fn pod_uid(proxy: &Proxy) -> Option<String> {
+    let (pod, namespace) = proxy.id.rsplit_once('.')?;
+    (!pod.is_empty() && !namespace.is_empty()).then(|| format!("kubernetes://{}", proxy.id))
+}
+
 /// Adds the Mixer filter and access log that `side` gets to an HTTP filter chain (nothing
 /// when MeshConfig names no Mixer). `service` is the destination of an inbound listener.
 pub fn apply(
@@ -265,6 +273,9 @@ fn report_tags(
         Side::Inbound => {
             tags.push(literal("context.reporter.kind", "inbound"));
             tags.push(literal("destination.namespace", &proxy.namespace));
+            if let Some(uid) = pod_uid(proxy) {
+                tags.push(literal("destination.uid", &uid));
+            }
             if let Some(svc) = service {
                 for (k, v) in service_attributes(ctx, svc) {
                     tags.push(literal(k, &v));
@@ -274,6 +285,9 @@ fn report_tags(
         Side::Outbound | Side::Gateway => {
             tags.push(literal("context.reporter.kind", "outbound"));
             tags.push(literal("source.namespace", &proxy.namespace));
+            if let Some(uid) = pod_uid(proxy) {
+                tags.push(literal("source.uid", &uid));
+            }
             tags.push(CustomTag {
                 tag: "destination.service.host".into(),
                 r#type: Some(custom_tag::Type::Metadata(custom_tag::Metadata {
