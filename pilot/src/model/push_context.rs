@@ -44,6 +44,8 @@ pub struct PushContext {
     sidecars: Vec<Named<Sidecar>>,
     /// PeerAuthentications, ordered by namespace and name.
     peer_authentications: Vec<Named<mesh_proto::security::PeerAuthentication>>,
+    /// Authorization: AuthorizationPolicies and Istio 1.0 RBAC.
+    pub authz: Arc<super::authz::Authz>,
     /// The cluster DNS suffix (`cluster.local`).
     pub domain_suffix: String,
     /// Where config that does not say (`exportTo` empty) is exported: MeshConfig's
@@ -185,8 +187,10 @@ impl PushContext {
                 },
             ));
         }
+        let authz = Arc::new(super::authz::Authz::from_config(config, &mesh));
         PushContext {
             version,
+            authz,
             mesh,
             registry,
             destination_rules,

@@ -88,6 +88,11 @@ pub fn validate_spec(spec: &Spec) -> Vec<SpecError> {
         Spec::RouteRule(_) | Spec::DestinationPolicy(_) | Spec::EgressRule(_) => {
             crate::legacy::validate(&mut p, spec)
         }
+        Spec::AuthorizationPolicy(_)
+        | Spec::ServiceRole(_)
+        | Spec::ServiceRoleBinding(_)
+        | Spec::RbacConfig(_)
+        | Spec::ClusterRbacConfig(_) => crate::model::authz::validate(&mut p, spec),
         _ => {}
     }
     p.0

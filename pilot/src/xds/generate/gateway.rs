@@ -143,6 +143,7 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<Listener> {
                     http_chain(&format!("outbound_0.0.0.0_{port}"), rds(&s.route_name()));
                 strip_host_port(&mut chain);
                 mixer::apply(ctx, proxy, &mut chain, Side::Gateway, None);
+                super::authz::apply_http(ctx, proxy, &mut chain, None);
                 chain.filter_chain_match = Some(sni_match(s.hosts()));
                 chain.transport_socket = downstream_tls(s);
                 chains.add(chain, &s.gateway);
@@ -163,6 +164,7 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<Listener> {
             );
             strip_host_port(&mut chain);
             mixer::apply(ctx, proxy, &mut chain, Side::Gateway, None);
+            super::authz::apply_http(ctx, proxy, &mut chain, None);
             chains.add(chain, "http");
         }
         let chains = chains.into_chains();
@@ -287,6 +289,7 @@ fn passthrough_chains(ctx: &PushContext, proxy: &Proxy, s: &GatewayServer<'_>) -
             }
             let mut chain = tcp_chain(&cluster, &cluster);
             mixer::apply_tcp(ctx, proxy, &mut chain, Side::Gateway, None);
+            super::authz::apply_tcp(ctx, proxy, &mut chain, None);
             chain.filter_chain_match = Some(sni_match(snis.into_iter()));
             out.push(chain);
         }

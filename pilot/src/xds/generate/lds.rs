@@ -310,6 +310,7 @@ fn inbound_listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<InboundListener> {
         } else {
             let mut chain = tcp_chain(&ing.cluster, &ing.cluster);
             mixer::apply_tcp(ctx, proxy, &mut chain, Side::Inbound, service);
+            super::authz::apply_tcp(ctx, proxy, &mut chain, service);
             chain
         };
         let capture_none = !proxy.captures_traffic()
@@ -352,6 +353,7 @@ fn inbound_listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<InboundListener> {
         } else {
             let mut chain = tcp_chain(&cluster, &cluster);
             mixer::apply_tcp(ctx, proxy, &mut chain, Side::Inbound, Some(svc));
+            super::authz::apply_tcp(ctx, proxy, &mut chain, Some(svc));
             chain
         };
         let mut listener = unbound(name, &ep.address, ep.port, chain);
@@ -419,6 +421,9 @@ fn virtual_inbound(ctx: &PushContext, proxy: &Proxy, inbound: &[(u32, &Listener)
         filter_chains: vec![tcp_chain(INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH)],
         ..Default::default()
     };
+    for chain in &mut passthrough.filter_chains {
+        super::authz::apply_tcp(ctx, proxy, chain, None);
+    }
     super::mtls::secure_inbound(ctx, proxy, &mut passthrough, 0);
     inspect_tls |= has_tls_inspector(&passthrough);
     chains.extend(passthrough.filter_chains);
@@ -763,6 +768,7 @@ fn inbound_http_chain(
         RouteSpecifier::RouteConfig(routes),
     );
     mixer::apply(ctx, proxy, &mut chain, Side::Inbound, service);
+    super::authz::apply_http(ctx, proxy, &mut chain, service);
     chain
 }
 
