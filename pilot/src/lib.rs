@@ -168,7 +168,12 @@ pub async fn serve(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()>
         config,
         mesh: mesh_rx.borrow().clone(),
     };
-    let generation = xds::push::build(&inputs, Some(&metrics));
+    // JWKS of `jwksUri`s: fetched before the first push, then refreshed.
+    let fetcher = model::jwks_fetch::HttpFetcher::new().context("the JWKS client")?;
+    let jwks = model::jwks::JwksResolver::new(fetcher, settings.jwt_pub_key_refresh_interval);
+    let keys = jwks.resolve(&model::authn::jwks_uris(&inputs.config)).await;
+    tokio::spawn(jwks.clone().run(shutdown.clone()));
+    let generation = xds::push::build_with_jwks(&inputs, keys, Some(&metrics));
     let server = xds::XdsServer::new(
         generation,
         settings.push_concurrency,
@@ -185,6 +190,7 @@ pub async fn serve(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()>
         config_rx,
         mesh_rx,
         platform_rx,
+        Some(jwks),
         debounce,
         shutdown.clone(),
     ));

@@ -187,6 +187,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
     pub enable_status: Option<bool>,
 
+    /// How often the JWKS of RequestAuthentication and Policy `jwksUri`s are fetched again
+    /// (Istio's PILOT_JWT_PUB_KEY_REFRESH_INTERVAL) [default: 20m]. New keys are pushed to the
+    /// proxies inline; a failed fetch keeps the last good keys.
+    #[arg(long, value_name = "DURATION")]
+    pub jwt_pub_key_refresh_interval: Option<IstioDuration>,
+
     /// Load config without Pilot's semantic validation (tests only: lets config that Envoy
     /// refuses reach Envoy).
     #[arg(long, hide = true)]
@@ -264,6 +270,7 @@ struct FileSettings {
     injector_webhook_config: Option<String>,
     injection_config: Option<PathBuf>,
     enable_status: Option<bool>,
+    jwt_pub_key_refresh_interval: Option<IstioDuration>,
 }
 
 /// Pilot's settings, resolved from flags, environment, settings file and defaults.
@@ -282,6 +289,8 @@ pub struct Settings {
     pub enable_status: bool,
     /// The admission webhook, when a certificate and key are given.
     pub webhook: Option<WebhookSettings>,
+    /// How often `jwksUri`s are fetched again.
+    pub jwt_pub_key_refresh_interval: Duration,
 }
 
 /// Why the settings are unusable.
@@ -368,6 +377,12 @@ impl Settings {
             skip_validation: cli.skip_validation,
             enable_status: cli.enable_status.or(file.enable_status).unwrap_or(true),
             webhook,
+            jwt_pub_key_refresh_interval: cli
+                .jwt_pub_key_refresh_interval
+                .or(file.jwt_pub_key_refresh_interval)
+                .map(|d| d.as_std())
+                .filter(|d| !d.is_zero())
+                .unwrap_or(crate::model::jwks::DEFAULT_REFRESH),
         })
     }
 }
@@ -492,5 +507,20 @@ mod tests {
         assert!(e.contains("webhookCaBundle"), "{e}");
         let e = settings(&["--injector-webhook-config=x"], None).unwrap_err();
         assert!(e.contains("--webhook-ca-bundle"), "{e}");
+    }
+
+    #[test]
+    fn the_jwks_refresh_interval() {
+        let every =
+            |args: &[&str], file| settings(args, file).unwrap().jwt_pub_key_refresh_interval;
+        assert_eq!(every(&[], None), Duration::from_secs(20 * 60));
+        assert_eq!(
+            every(&["--jwt-pub-key-refresh-interval=2s"], None),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            every(&[], Some("jwtPubKeyRefreshInterval: 1m\n")),
+            Duration::from_secs(60)
+        );
     }
 }

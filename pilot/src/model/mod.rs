@@ -2,7 +2,10 @@
 //! that a generation of Envoy config is computed from. Nothing here knows where the data came
 //! from (a config directory or Kubernetes) or how it is served (xDS over gRPC).
 
+pub mod authn;
 pub mod authz;
+pub mod jwks;
+pub mod jwks_fetch;
 pub mod proxy;
 pub mod push_context;
 pub mod registry;

@@ -44,6 +44,8 @@ pub struct PushContext {
     sidecars: Vec<Named<Sidecar>>,
     /// PeerAuthentications, ordered by namespace and name.
     peer_authentications: Vec<Named<mesh_proto::security::PeerAuthentication>>,
+    /// RequestAuthentications and Istio 1.0 authentication Policies, with fetched JWKS.
+    pub authn: super::authn::AuthnIndex,
     /// Authorization: AuthorizationPolicies and Istio 1.0 RBAC.
     pub authz: Arc<super::authz::Authz>,
     /// The cluster DNS suffix (`cluster.local`).
@@ -200,6 +202,7 @@ impl PushContext {
             gateways,
             sidecars,
             peer_authentications,
+            authn: super::authn::AuthnIndex::from_config(config),
             domain_suffix,
             default_export,
         }
@@ -394,7 +397,8 @@ impl PushContext {
     /// The mutual TLS mode of `proxy`'s inbound `port` (a workload port), as Istio resolves
     /// PeerAuthentications: the port-level mode, else the mode of the policy whose selector
     /// picks the workload, else the namespace's policy without selector, else the root
-    /// namespace's; `UNSET` inherits from the next. `None` when nothing sets it.
+    /// namespace's; `UNSET` inherits from the next; then Istio 1.0's authentication Policy
+    /// (see [`super::authn`]). `None` when nothing sets it.
     pub fn peer_authentication_mode(
         &self,
         proxy: &Proxy,
@@ -427,6 +431,8 @@ impl PushContext {
             .or_else(|| workload.and_then(|p| set(p.spec.mtls.as_ref().and_then(|m| m.mode))))
             .or_else(|| namespace.and_then(|p| set(p.spec.mtls.as_ref().and_then(|m| m.mode))))
             .or_else(|| root.and_then(|p| set(p.spec.mtls.as_ref().and_then(|m| m.mode))))
+            // Istio 1.0's authentication Policy / MeshPolicy, when no PeerAuthentication says.
+            .or_else(|| self.authn.legacy_mtls_mode(&self.registry, proxy, port))
     }
 
     /// The outbound traffic policy of `proxy`: its Sidecar's, else the mesh's.

@@ -6,6 +6,7 @@
 //! problems is refused, its last good version keeps serving); `pilot validate -f FILE...`
 //! runs the same checks offline. Every problem names its field, from `spec`.
 
+mod authn;
 pub mod cabundle;
 #[cfg(test)]
 mod inject_fuzz;
@@ -93,6 +94,9 @@ pub fn validate_spec(spec: &Spec) -> Vec<SpecError> {
         | Spec::ServiceRoleBinding(_)
         | Spec::RbacConfig(_)
         | Spec::ClusterRbacConfig(_) => crate::model::authz::validate(&mut p, spec),
+        Spec::RequestAuthentication(ra) => authn::request_authentication(&mut p, ra),
+        Spec::AuthenticationPolicy(policy) => authn::policy(&mut p, policy, false),
+        Spec::MeshPolicy(policy) => authn::policy(&mut p, policy, true),
         _ => {}
     }
     p.0

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use super::cache::Generation;
 use super::server::{PushRequest, XdsServer};
 use crate::mesh::MeshConfig;
+use crate::model::jwks::{JwksResolver, JwksSet};
 use crate::model::service::Resolution;
 use crate::model::{PushContext, Registry};
 
@@ -83,13 +84,23 @@ pub type PlatformRx = watch::Receiver<Option<Arc<Registry>>>;
 
 /// Builds a generation from inputs.
 pub fn build(inputs: &Inputs, server_metrics: Option<&super::XdsMetrics>) -> Generation {
+    build_with_jwks(inputs, Arc::default(), server_metrics)
+}
+
+/// Builds a generation from inputs and the JWKS fetched for them.
+pub fn build_with_jwks(
+    inputs: &Inputs,
+    jwks: Arc<JwksSet>,
+    server_metrics: Option<&super::XdsMetrics>,
+) -> Generation {
     let started = Instant::now();
     let ctx = PushContext::new(
         next_version(),
         &inputs.config,
         inputs.registry.clone(),
         inputs.mesh.clone(),
-    );
+    )
+    .with_jwks(jwks);
     if let Some(m) = server_metrics {
         m.context_built(started.elapsed());
     }
@@ -141,25 +152,32 @@ pub fn classify(old: &Inputs, new: &Inputs) -> PushKind {
 }
 
 /// Runs the pipeline until `shutdown`: watches the config store and the mesh config, and
-/// pushes what changed to `server`.
+/// pushes what changed to `server`. With `jwks`, the `jwksUri`s of the config are fetched
+/// before a push needs them, and a refresh that finds new keys is a full push.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     server: XdsServer,
     mut inputs: Inputs,
     mut config_rx: watch::Receiver<Arc<Snapshot>>,
     mut mesh_rx: watch::Receiver<Arc<MeshConfig>>,
     platform_rx: Option<PlatformRx>,
+    jwks: Option<Arc<JwksResolver>>,
     debounce: Debounce,
     shutdown: Shutdown,
 ) {
     // In file mode a channel that never changes stands in for the platform.
     let (_keep, idle) = watch::channel(None);
     let mut platform_rx = platform_rx.unwrap_or(idle);
+    let (_keep_jwks, idle_jwks) = watch::channel(Arc::default());
+    let mut jwks_rx = jwks.as_ref().map_or(idle_jwks, |r| r.subscribe());
+    let mut keys: Arc<JwksSet> = jwks_rx.borrow_and_update().clone();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             r = config_rx.changed() => if r.is_err() { return },
             r = mesh_rx.changed() => if r.is_err() { return },
             r = platform_rx.changed() => if r.is_err() { return },
+            r = jwks_rx.changed() => if r.is_err() { return },
         }
         let first_change = Instant::now();
         loop {
@@ -169,6 +187,7 @@ pub async fn run(
                 r = config_rx.changed() => if r.is_err() { return },
                 r = mesh_rx.changed() => if r.is_err() { return },
                 r = platform_rx.changed() => if r.is_err() { return },
+                r = jwks_rx.changed() => if r.is_err() { return },
             }
             if first_change.elapsed() >= debounce.max {
                 break;
@@ -182,10 +201,24 @@ pub async fn run(
             config,
             mesh,
         };
-        match classify(&inputs, &next) {
+        jwks_rx.borrow_and_update();
+        let next_keys = match &jwks {
+            Some(r) => {
+                r.resolve(&crate::model::authn::jwks_uris(&next.config))
+                    .await
+            }
+            None => Arc::default(),
+        };
+        let kind = if next_keys != keys {
+            PushKind::Full
+        } else {
+            classify(&inputs, &next)
+        };
+        keys = next_keys;
+        match kind {
             PushKind::None => {}
             PushKind::Full => {
-                let generation = build(&next, Some(server.metrics()));
+                let generation = build_with_jwks(&next, keys.clone(), Some(server.metrics()));
                 tracing::info!(version = generation.version(), "full push");
                 server.push(
                     generation,
@@ -202,7 +235,8 @@ pub async fn run(
                     &next.config,
                     next.registry.clone(),
                     next.mesh.clone(),
-                );
+                )
+                .with_jwks(keys.clone());
                 let generation = server.current().with_new_endpoints(Arc::new(ctx), &hosts);
                 tracing::info!(version = generation.version(), hosts = ?hosts, "EDS push");
                 server.push(

@@ -144,6 +144,7 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<Listener> {
                 strip_host_port(&mut chain);
                 mixer::apply(ctx, proxy, &mut chain, Side::Gateway, None);
                 super::authz::apply_http(ctx, proxy, &mut chain, None);
+                super::authn::apply(ctx, proxy, &mut chain, 0);
                 chain.filter_chain_match = Some(sni_match(s.hosts()));
                 chain.transport_socket = downstream_tls(s);
                 chains.add(chain, &s.gateway);
@@ -165,6 +166,7 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<Listener> {
             strip_host_port(&mut chain);
             mixer::apply(ctx, proxy, &mut chain, Side::Gateway, None);
             super::authz::apply_http(ctx, proxy, &mut chain, None);
+            super::authn::apply(ctx, proxy, &mut chain, 0);
             chains.add(chain, "http");
         }
         let chains = chains.into_chains();

@@ -306,7 +306,9 @@ fn inbound_listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<InboundListener> {
             .find(|(_, _, ep)| ep.port == ing.port.number)
             .map(|(svc, _, _)| svc.as_ref());
         let chain = if protocol.is_http() {
-            inbound_http_chain(ctx, proxy, &name, &ing.cluster, service)
+            let mut chain = inbound_http_chain(ctx, proxy, &name, &ing.cluster, service);
+            super::authn::apply(ctx, proxy, &mut chain, ing.port.number);
+            chain
         } else {
             let mut chain = tcp_chain(&ing.cluster, &ing.cluster);
             mixer::apply_tcp(ctx, proxy, &mut chain, Side::Inbound, service);
@@ -349,7 +351,9 @@ fn inbound_listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<InboundListener> {
         }
         let cluster = inbound_cluster_name(port.number, &svc.hostname);
         let chain = if port.protocol.is_http() {
-            inbound_http_chain(ctx, proxy, &name, &cluster, Some(svc))
+            let mut chain = inbound_http_chain(ctx, proxy, &name, &cluster, Some(svc));
+            super::authn::apply(ctx, proxy, &mut chain, ep.port);
+            chain
         } else {
             let mut chain = tcp_chain(&cluster, &cluster);
             mixer::apply_tcp(ctx, proxy, &mut chain, Side::Inbound, Some(svc));

@@ -1,6 +1,7 @@
 //! Generation: the push context and a proxy in, Envoy resources out. Pure functions; caching
 //! and serving live elsewhere.
 
+pub mod authn;
 pub mod authz;
 pub mod cds;
 pub mod eds;
