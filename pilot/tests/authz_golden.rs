@@ -62,8 +62,16 @@ const WORKLOADS: [(&str, &str, &[(&str, &str)]); 3] = [
         "127.5.0.1",
         &[("app", "productpage"), ("version", "v1")],
     ),
-    ("ratings", "127.5.0.2", &[("app", "ratings"), ("version", "v1")]),
-    ("mongodb", "127.5.0.3", &[("app", "mongodb"), ("version", "v1")]),
+    (
+        "ratings",
+        "127.5.0.2",
+        &[("app", "ratings"), ("version", "v1")],
+    ),
+    (
+        "mongodb",
+        "127.5.0.3",
+        &[("app", "mongodb"), ("version", "v1")],
+    ),
 ];
 
 fn typed(any: Option<&envoy_types::pb::google::protobuf::Any>) -> Value {
@@ -95,7 +103,12 @@ fn dump(files: &[String]) -> Value {
         let tcp: Vec<Value> = network_filters(&rbac_configs(&policies, Target::Tcp))
             .iter()
             .map(|f| {
-                let Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(a)) = &f.config_type else {
+                let Some(
+                    envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(
+                        a,
+                    ),
+                ) = &f.config_type
+                else {
                     panic!("no typed config");
                 };
                 json!({"name": f.name, "typedConfig": typed(Some(a))})
