@@ -41,6 +41,7 @@ mod envoy;
 mod http;
 pub mod mesh;
 pub mod netns;
+pub mod prometheus;
 mod service;
 mod upstream;
 
@@ -71,5 +72,43 @@ pub fn free_port() -> u16 {
         if given.insert(port) {
             return port;
         }
+    }
+}
+
+/// A server binary the tests run for real; missing, the test fails and says how to get it.
+pub fn require(binary: &str) {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(binary).is_file()));
+    assert!(
+        found,
+        "{binary} is not installed: run `make deps` (tests/scripts/deps.sh installs it)"
+    );
+}
+
+/// Waits up to `wait` until something accepts TCP connections on 127.0.0.1:`port`; fails
+/// with `log` (the child's output) when the child exits first.
+pub async fn wait_port(
+    port: u16,
+    what: &str,
+    child: &mut tokio::process::Child,
+    log: &std::path::Path,
+    wait: std::time::Duration,
+) {
+    let deadline = std::time::Instant::now() + wait;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{what} exited with {status}:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not listen on {port}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
 }

@@ -14,6 +14,10 @@
 //! - ratings' fault delay (7s) and abort (500) for user jason show at productpage as a slow
 //!   page without reviews (reviews and productpage give up after 3s: the bug Istio's
 //!   fault-injection task finds) and as missing stars, and nobody else's page changes;
+//! - Mixer's policy samples: the deny-label rule turns reviews v3's calls to ratings into
+//!   403 while v2's keep their stars, and the ratings quota answers 429 past its rate; a
+//!   real Prometheus, scraping istio-telemetry as Istio's add-on does, has those calls in
+//!   `istio_requests_total` by source and destination workload, version and response code;
 //! - `destination-rule-all-mtls` with a STRICT PeerAuthentication: the pages keep coming
 //!   through the ingress, a pod without a sidecar is refused, and the certificate a
 //!   sidecar presents is its workload's SPIFFE identity from Citadel;
@@ -27,6 +31,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use mesh_tests::Cluster;
 use mesh_tests::cluster::{real_node_image, retry, served_certificate};
+use mesh_tests::prometheus::Prometheus;
 
 /// The ingress gateway's NodePort on the real node (`tests/cluster/node.sh`: node
 /// 10.250.0.2; install.yaml: http2 31380).
@@ -190,6 +195,195 @@ fn within_five_sigma(got: u32, n: u32, p: f64) -> bool {
     let mean = f64::from(n) * p;
     let sd = (f64::from(n) * p * (1.0 - p)).sqrt();
     (f64::from(got) - mean).abs() <= 5.0 * sd
+}
+
+/// What the ratings part of `count` pages (with `headers`) showed, by reviews version:
+/// `stars`, `status N` (ratings refused), `none` (a version that does not call ratings)
+/// or `error`.
+async fn ratings(
+    count: u32,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<BTreeMap<(String, String), u32>> {
+    let mut out = BTreeMap::new();
+    for _ in 0..count {
+        let key = match page(headers).await {
+            Ok((_, p)) => {
+                let r = &p["reviews"]["ratings"];
+                let shown = if r.is_null() {
+                    "none".to_string()
+                } else if r["ratings"].is_object() {
+                    "stars".to_string()
+                } else {
+                    format!("status {}", r["status"])
+                };
+                (
+                    p["reviews"]["version"].as_str().unwrap_or("?").to_string(),
+                    shown,
+                )
+            }
+            Err(e) => ("error".to_string(), format!("{e:#}")),
+        };
+        *out.entry(key).or_insert(0) += 1;
+    }
+    Ok(out)
+}
+
+/// `count` of `(version, shown)` in a [`ratings`] tally.
+fn tally(t: &BTreeMap<(String, String), u32>, version: &str, shown: &str) -> u32 {
+    t.get(&(version.to_string(), shown.to_string()))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Prometheus's `istio-mesh` job, as Istio's add-on has it: the endpoints of Service
+/// istio-telemetry's port `prometheus`. Debian's Prometheus is built without Kubernetes
+/// discovery, so the endpoints are read here, with kubectl, and given as static targets.
+async fn istio_mesh_job(cluster: &Cluster) -> anyhow::Result<String> {
+    let eps: serde_json::Value = serde_json::from_str(
+        &cluster
+            .kubectl_ok([
+                "-n",
+                "istio-system",
+                "get",
+                "endpoints",
+                "istio-telemetry",
+                "-o",
+                "json",
+            ])
+            .await?,
+    )?;
+    let mut targets = Vec::new();
+    for subset in eps["subsets"].as_array().into_iter().flatten() {
+        let port = subset["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "prometheus")
+            .and_then(|p| p["port"].as_u64());
+        for a in subset["addresses"].as_array().into_iter().flatten() {
+            if let (Some(ip), Some(port)) = (a["ip"].as_str(), port) {
+                targets.push(format!("\"{ip}:{port}\""));
+            }
+        }
+    }
+    anyhow::ensure!(
+        !targets.is_empty(),
+        "istio-telemetry has no ready endpoint: {eps}"
+    );
+    Ok(format!(
+        "- job_name: istio-mesh\n  static_configs:\n  - targets: [{}]\n",
+        targets.join(", ")
+    ))
+}
+
+/// Mixer's policy samples and telemetry, through the ingress: the deny-label rule turns
+/// reviews v3's calls to ratings into 403 while v2's go on; the ratings quota answers 429
+/// past one call a second; a real Prometheus, scraping istio-telemetry, counts those calls
+/// by source and destination workload, destination version and response code.
+async fn mixer_policy_and_telemetry(cluster: &Cluster, n: &str) -> anyhow::Result<()> {
+    let prometheus = Prometheus::with_scrape_configs(&istio_mesh_job(cluster).await?).await;
+
+    // Denial: v3 (half the traffic) loses its stars, v1 never had any; jason's v2 keeps them.
+    apply(cluster, n, "virtual-service-reviews-50-v3.yaml").await?;
+    apply(cluster, n, "mixer-rule-deny-label.yaml").await?;
+    let denied = retry(Duration::from_secs(60), "reviews v3 denied", || async {
+        let t = ratings(20, &[]).await?;
+        let v3 = tally(&t, "v3", "status 403");
+        anyhow::ensure!(
+            v3 > 0
+                && t.iter()
+                    .all(|((v, shown), _)| (v == "v3" && shown == "status 403")
+                        || (v == "v1" && shown == "none")),
+            "{t:?}"
+        );
+        Ok(v3)
+    })
+    .await?;
+    apply(cluster, n, "virtual-service-reviews-test-v2.yaml").await?;
+    retry(Duration::from_secs(60), "jason's v2 not denied", || async {
+        let t = ratings(5, &[("end-user", "jason")]).await?;
+        anyhow::ensure!(tally(&t, "v2", "stars") == 5, "{t:?}");
+        Ok(())
+    })
+    .await?;
+    let deny = cluster
+        .repo_root()
+        .join("manifests/bookinfo/mixer-rule-deny-label.yaml");
+    cluster
+        .kubectl_ok(["-n", n, "delete", "-f", deny.to_str().unwrap_or_default()])
+        .await?;
+
+    // The quota: one call a second from reviews to ratings in each istio-policy replica
+    // (memquota counts per replica), so a quick burst of jason's pages (v2, which calls
+    // ratings) shows both stars and 429.
+    let quota = std::fs::read_to_string(
+        cluster
+            .repo_root()
+            .join("manifests/bookinfo/mixer-rule-ratings-ratelimit.yaml"),
+    )?
+    .replace("namespace: default}", &format!("namespace: {n}}}"));
+    cluster
+        .kubectl_with_stdin(["apply", "-f", "-"], Some(quota.as_bytes()))
+        .await?;
+    let replicas = 2;
+    let limited = retry(Duration::from_secs(60), "ratings rate-limited", || async {
+        let start = std::time::Instant::now();
+        let t = ratings(20, &[("end-user", "jason")]).await?;
+        let secs = start.elapsed().as_secs() as u32 + 1;
+        let (stars, limited) = (tally(&t, "v2", "stars"), tally(&t, "v2", "status 429"));
+        anyhow::ensure!(
+            limited > 0 && stars > 0 && stars + limited == 20 && stars <= replicas * (secs + 1),
+            "{t:?} in {secs}s"
+        );
+        Ok(limited)
+    })
+    .await?;
+    cluster
+        .kubectl_with_stdin(["delete", "-f", "-"], Some(quota.as_bytes()))
+        .await?;
+    retry(Duration::from_secs(60), "the quota gone", || async {
+        let t = ratings(10, &[("end-user", "jason")]).await?;
+        anyhow::ensure!(tally(&t, "v2", "stars") == 10, "{t:?}");
+        Ok(())
+    })
+    .await?;
+
+    // Telemetry: the calls just made, as Prometheus has them.
+    let series = |workload: &str, code: u32| {
+        format!(
+            "sum(istio_requests_total{{reporter=\"destination\",source_workload=\"{workload}\",\
+             destination_workload=\"ratings-v1\",destination_version=\"v1\",\
+             destination_workload_namespace=\"{n}\",response_code=\"{code}\"}})"
+        )
+    };
+    let result = retry(
+        Duration::from_secs(60),
+        "the calls in Prometheus",
+        || async {
+            let got_denied = prometheus.sum(&series("reviews-v3", 403)).await?;
+            let got_limited = prometheus.sum(&series("reviews-v2", 429)).await?;
+            let got_ok = prometheus.sum(&series("reviews-v2", 200)).await?;
+            anyhow::ensure!(
+                got_denied >= f64::from(denied)
+                    && got_limited >= f64::from(limited)
+                    && got_ok >= 10.0,
+                "403 from v3: {got_denied} (made {denied}), 429 to v2: {got_limited} (made \
+             {limited}), 200 to v2: {got_ok}; targets {:?}",
+                prometheus.targets().await
+            );
+            eprintln!(
+                "prometheus: 403 from v3 {got_denied} (made {denied}), 429 to v2 {got_limited} \
+             (made {limited}), 200 to v2 {got_ok}"
+            );
+            Ok(())
+        },
+    )
+    .await;
+    if result.is_err() {
+        eprintln!("prometheus log:\n{}", prometheus.logs());
+    }
+    prometheus.stop().await;
+    result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,6 +573,11 @@ async fn bookinfo_behind_the_ingress_routed_by_yaml() -> anyhow::Result<()> {
     .await?;
     let (took, _) = page(&[]).await?;
     assert!(took < Duration::from_secs(2), "others wait too: {took:?}");
+    cluster
+        .kubectl_ok(["-n", &n, "delete", "virtualservice", "ratings"])
+        .await?;
+
+    mixer_policy_and_telemetry(cluster, &n).await?;
 
     // Mutual TLS, STRICT: meshed traffic goes on through the ingress (the gateway's own
     // certificate to productpage, the sidecars' to each other); plain text is refused.

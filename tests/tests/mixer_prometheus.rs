@@ -8,7 +8,8 @@ mod mixer_support;
 
 use std::time::{Duration, Instant};
 
-use mixer_support::{Prometheus, setup};
+use mesh_tests::prometheus::Prometheus;
+use mixer_support::setup;
 use serde_json::Value;
 
 /// The value of the one-sample result of an instant query (0 when empty).

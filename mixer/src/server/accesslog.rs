@@ -108,6 +108,36 @@ fn common<'a>(b: &mut DenseBag<'a>, vocab: &Vocabulary, c: &'a AccessLogCommon) 
     for (k, v) in &c.custom_tags {
         bag::set_text(b, vocab, k, v);
     }
+    // Outbound reports name the destination service by its host only (Pilot takes it from
+    // the upstream cluster's metadata); a Kubernetes host `NAME.NAMESPACE.svc.DOMAIN` gives
+    // the rest, as Istio's sidecars sent it.
+    if let Some((name, namespace)) = c
+        .custom_tags
+        .get("destination.service.host")
+        .and_then(|h| kubernetes_service(h))
+    {
+        for (attr, value) in [
+            ("destination.service.name", Cow::Borrowed(name)),
+            ("destination.service.namespace", Cow::Borrowed(namespace)),
+            (
+                "destination.service.uid",
+                Cow::Owned(format!("istio://{namespace}/services/{name}")),
+            ),
+        ] {
+            if !c.custom_tags.contains_key(attr) {
+                set(b, vocab, attr, Value::String(value));
+            }
+        }
+    }
+}
+
+/// `(name, namespace)` of a Kubernetes service host, `NAME.NAMESPACE.svc.DOMAIN`.
+fn kubernetes_service(host: &str) -> Option<(&str, &str)> {
+    let mut parts = host.splitn(4, '.');
+    let (name, namespace) = (parts.next()?, parts.next()?);
+    (parts.next()? == "svc" && parts.next().is_some_and(|d| !d.is_empty()))
+        .then_some((name, namespace))
+        .filter(|(n, ns)| !n.is_empty() && !ns.is_empty())
 }
 
 /// The bag of an HTTP entry.
@@ -323,6 +353,35 @@ mod tests {
             Value::IpAddress(ip) => Some(ip.to_string()),
             _ => None,
         }
+    }
+
+    #[test]
+    fn a_kubernetes_host_names_its_service() {
+        assert_eq!(
+            kubernetes_service("ratings.default.svc.cluster.local"),
+            Some(("ratings", "default"))
+        );
+        assert_eq!(kubernetes_service("example.com"), None);
+        assert_eq!(kubernetes_service("a.b.svc"), None);
+        assert_eq!(kubernetes_service("a.b.c.d"), None);
+        let v = Vocabulary::builtin();
+        let mut e = entry("outbound");
+        if let Some(c) = e.common_properties.as_mut() {
+            c.custom_tags.insert(
+                "destination.service.host".into(),
+                "ratings.bookinfo.svc.cluster.local".into(),
+            );
+        }
+        let b = tcp_bag(&v, &e);
+        let text = |name: &str| match v.id(name).and_then(|id| b.get(id)) {
+            Some(Value::String(s)) => Some(s.to_string()),
+            _ => None,
+        };
+        assert_eq!(text("destination.service.name").as_deref(), Some("ratings"));
+        assert_eq!(
+            text("destination.service.uid").as_deref(),
+            Some("istio://bookinfo/services/ratings")
+        );
     }
 
     #[test]

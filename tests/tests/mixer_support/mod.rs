@@ -7,11 +7,10 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use mesh_tests::{Envoy, Service, Upstream, free_port, http_get, repo_root};
+use mesh_tests::{Envoy, Service, Upstream, free_port, http_get, repo_root, require, wait_port};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
@@ -300,37 +299,9 @@ impl Setup {
     }
 }
 
-/// A server binary the tests run for real; missing, the test fails and says how to get it.
-pub fn require(binary: &str) {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(binary).is_file()));
-    assert!(
-        found,
-        "{binary} is not installed: run `make deps` (tests/scripts/deps.sh installs it)"
-    );
-}
-
 /// Kills a child process by pid (SIGKILL) and reaps it.
 async fn kill(child: &mut Child) {
     let _ = child.kill().await;
-}
-
-/// Waits until something accepts TCP connections on `port`.
-async fn wait_port(port: u16, what: &str, child: &mut Child, log: &Path) {
-    let deadline = Instant::now() + WAIT;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "{what} exited with {status}:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 /// A `redis-server` on 127.0.0.1, without persistence, in its own temp directory.
@@ -366,7 +337,7 @@ impl Redis {
             .kill_on_drop(true)
             .spawn()
             .expect("start redis-server");
-        wait_port(port, "redis-server", &mut child, &log).await;
+        wait_port(port, "redis-server", &mut child, &log, WAIT).await;
         Redis { child, port, dir }
     }
 
@@ -376,96 +347,6 @@ impl Redis {
     }
 
     /// Stops it (SIGKILL by pid: a crash, as far as clients can tell).
-    pub async fn stop(mut self) {
-        kill(&mut self.child).await;
-    }
-}
-
-/// A `prometheus` server scraping `targets` every second, with its storage in a temp dir.
-pub struct Prometheus {
-    child: Child,
-    pub addr: SocketAddr,
-    dir: tempfile::TempDir,
-}
-
-// === impl Prometheus ===
-
-impl Prometheus {
-    pub async fn start(targets: &[SocketAddr]) -> Prometheus {
-        require("prometheus");
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("prometheus.yml");
-        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n- job_name: istio-mesh\n  scrape_interval: 1s\n  static_configs:\n  - targets: [{}]\n",
-                targets.join(", ")
-            ),
-        )
-        .unwrap();
-        let port = free_port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let log = dir.path().join("prometheus.log");
-        let mut child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start prometheus");
-        wait_port(port, "prometheus", &mut child, &log).await;
-        Prometheus { child, addr, dir }
-    }
-
-    /// Prometheus's log so far.
-    pub fn logs(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
-    }
-
-    /// Runs an instant query: the `data.result` array.
-    pub async fn query(&self, promql: &str) -> anyhow::Result<Vec<Value>> {
-        let mut url = format!("http://{}/api/v1/query?query=", self.addr);
-        for b in promql.bytes() {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                url.push(b as char);
-            } else {
-                url.push_str(&format!("%{b:02X}"));
-            }
-        }
-        let r = http_get(&url, &[]).await?;
-        let v = r.json()?;
-        anyhow::ensure!(v["status"] == "success", "query {promql}: {}", r.body);
-        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
-    }
-
-    /// The health of its scrape targets (`/api/v1/targets`): (url, health, last error).
-    pub async fn targets(&self) -> anyhow::Result<Vec<(String, String, String)>> {
-        let v = http_get(&format!("http://{}/api/v1/targets", self.addr), &[])
-            .await?
-            .json()?;
-        Ok(v["data"]["activeTargets"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|t| {
-                (
-                    t["scrapeUrl"].as_str().unwrap_or_default().to_string(),
-                    t["health"].as_str().unwrap_or_default().to_string(),
-                    t["lastError"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect())
-    }
-
-    /// Stops it by pid.
     pub async fn stop(mut self) {
         kill(&mut self.child).await;
     }
