@@ -55,8 +55,15 @@ fn samples() -> Vec<(String, Vec<String>)> {
     out
 }
 
-/// The workloads: name, IP, labels.
-const WORKLOADS: [(&str, &str, &[(&str, &str)]); 3] = [
+/// A workload: name, IP, labels.
+type Workload = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
+/// The workloads.
+const WORKLOADS: [Workload; 3] = [
     (
         "productpage",
         "127.5.0.1",

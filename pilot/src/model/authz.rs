@@ -281,7 +281,7 @@ impl Rbac1 {
     fn enabled_for(&self, svc: &Service) -> bool {
         let listed = |t: &Option<mesh_proto::rbac::RbacTarget>| {
             t.as_ref().is_some_and(|t| {
-                t.namespaces.iter().any(|n| *n == svc.namespace)
+                t.namespaces.contains(&svc.namespace)
                     || t.services.iter().any(|s| glob_matches(s, &svc.hostname))
             })
         };

@@ -263,8 +263,8 @@ fn source_ids(s: &Source, drop_http: bool) -> Result<Vec<Principal>, AuthzError>
     let namespace = |v: &str| Ok(authenticated(namespace_matcher(v)));
     let account = |v: &str| Ok(authenticated(service_account_matcher(v)));
     let domain = |v: &str| Ok(authenticated(trust_domain_matcher(v)));
-    let direct = |v: &str| Ok(ip_id(v, false)?);
-    let remote = |v: &str| Ok(ip_id(v, true)?);
+    let direct = |v: &str| ip_id(v, false);
+    let remote = |v: &str| ip_id(v, true);
     let request = |v: &str| Ok(request_principal(v));
     field(&s.principals, false, &peer)?;
     field(&s.not_principals, true, &peer)?;
