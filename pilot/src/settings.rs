@@ -430,6 +430,12 @@ pub fn watched_kinds() -> Vec<(Kind, String)> {
     .map(|k| (k, "v1alpha3".to_string()))
     // Mutual TLS between sidecars (security.istio.io).
     .chain([(Kind::PeerAuthentication, "v1beta1".to_string())])
+    // Request authentication (JWT), and Istio 1.0's authentication policies.
+    .chain([
+        (Kind::RequestAuthentication, "v1beta1".to_string()),
+        (Kind::AuthenticationPolicy, "v1alpha1".to_string()),
+        (Kind::MeshPolicy, "v1alpha1".to_string()),
+    ])
     // The routing API of Istio 0.5-0.7, converted into the same model.
     .chain(
         [Kind::RouteRule, Kind::DestinationPolicy, Kind::EgressRule]

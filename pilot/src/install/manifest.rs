@@ -258,6 +258,7 @@ fn rbac() -> Vec<Value> {
     let (networking, networking_status) = plurals(&pilot_kinds(NETWORKING_GROUP));
     let (legacy, legacy_status) = plurals(&pilot_kinds(CONFIG_GROUP));
     let (security, security_status) = plurals(&pilot_kinds(SECURITY_GROUP));
+    let (authentication, authentication_status) = plurals(&pilot_kinds(AUTHENTICATION_GROUP));
     let (mixer, mixer_status) = plurals(&mixer_kinds());
     let mut out = Vec::new();
     out.extend(cluster_role(
@@ -277,6 +278,8 @@ fn rbac() -> Vec<Value> {
             rule(&[CONFIG_GROUP], legacy_status, &["patch"]),
             rule(&[SECURITY_GROUP], security, &["list", "watch"]),
             rule(&[SECURITY_GROUP], security_status, &["patch"]),
+            rule(&[AUTHENTICATION_GROUP], authentication, &["list", "watch"]),
+            rule(&[AUTHENTICATION_GROUP], authentication_status, &["patch"]),
             // The caBundle of its own webhook configurations, and no other.
             json!({
                 "apiGroups": ["admissionregistration.k8s.io"],
