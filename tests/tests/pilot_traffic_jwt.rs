@@ -119,7 +119,8 @@ fn jwks_of(signers: &[&Signer]) -> String {
 
 // === the issuer's key server ===
 
-/// Serves the key set it holds at any path (503 while it holds none), counting requests.
+/// Serves the key set it holds at any path (503 while it holds none), and at
+/// `/.well-known/openid-configuration` a discovery document naming `/jwks`; counts requests.
 struct JwksServer {
     addr: SocketAddr,
     body: Arc<Mutex<Option<String>>>,
@@ -147,7 +148,13 @@ impl JwksServer {
                         }
                     }
                     f.fetch_add(1, Ordering::SeqCst);
-                    let current = b.lock().unwrap().clone();
+                    let request = String::from_utf8_lossy(&buf);
+                    let path = request.split_whitespace().nth(1).unwrap_or("/");
+                    let current = if path.ends_with("/.well-known/openid-configuration") {
+                        Some(json!({"issuer": format!("http://{addr}"), "jwks_uri": format!("http://{addr}/jwks")}).to_string())
+                    } else {
+                        b.lock().unwrap().clone()
+                    };
                     let (status, text) = match current {
                         Some(t) => ("200 OK", t),
                         None => ("503 Service Unavailable", "down".to_string()),
@@ -202,6 +209,20 @@ spec:
     audiences: [{audience}]
     jwksUri: {uri}
     outputClaimToHeaders: [{{header: x-jwt-sub, claim: sub}}]
+"#
+    )
+}
+
+/// A RequestAuthentication for `issuer` with neither `jwks` nor `jwksUri`.
+fn discovered(issuer: &str) -> String {
+    format!(
+        r#"apiVersion: security.istio.io/v1beta1
+kind: RequestAuthentication
+metadata: {{name: discovered, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  jwtRules:
+  - issuer: {issuer}
 "#
     )
 }
@@ -551,5 +572,20 @@ spec:
         ],
     )
     .await;
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn an_issuer_without_a_jwks_uri_has_its_keys_discovered() {
+    let key = Signer::new("k1");
+    let other = Signer::new("other");
+    let jwks = JwksServer::start(Some(jwks_of(&[&key]))).await;
+    let issuer = format!("http://{}", jwks.addr);
+    let s = Setup::start(&[("ra.yaml", discovered(&issuer))]).await;
+    let valid = key.token(&claims("alice", json!({"iss": issuer})));
+    let forged = other.token(&claims("alice", json!({"iss": issuer})));
+    assert_eq!(s.status(Some(&valid)).await, 200, "{}", s.envoy.logs());
+    assert_eq!(s.status(Some(&forged)).await, 401);
+    assert_eq!(s.status(None).await, 200);
     s.finish().await;
 }

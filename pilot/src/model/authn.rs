@@ -27,7 +27,7 @@ use mesh_proto::security::{JwtRule, RequestAuthentication};
 use mesh_proto::{Kind, Spec};
 use mesh_runtime::Snapshot;
 
-use super::jwks::{DEFAULT_TIMEOUT, FAKE_JWKS, JwksSet};
+use super::jwks::{DEFAULT_TIMEOUT, FAKE_JWKS, JwksSet, discovery_uri};
 use super::proxy::Proxy;
 use super::push_context::{Named, PushContext};
 use super::registry::Registry;
@@ -259,14 +259,19 @@ impl AuthnIndex {
         if let Some(inline) = jwks {
             return inline.to_string();
         }
-        let Some(uri) = uri.filter(|u| !u.is_empty()) else {
+        let Some(uri) = uri
+            .filter(|u| !u.is_empty())
+            .map(str::to_string)
+            .or_else(|| discovery_uri(issuer))
+        else {
             tracing::warn!(
                 policy = %origin,
                 %issuer,
-                "no jwks or jwksUri (OpenID discovery is not supported): tokens of this issuer are refused"
+                "no jwks or jwksUri, and the issuer is no URL to discover them at: tokens of this issuer are refused"
             );
             return FAKE_JWKS.to_string();
         };
+        let uri = uri.as_str();
         match self.jwks.get(uri) {
             Some(keys) => keys.to_string(),
             None => {
@@ -338,26 +343,37 @@ impl AuthnIndex {
     }
 }
 
-/// Every `jwksUri` the config names (RequestAuthentication rules without inline `jwks`,
-/// Istio 1.0 origins and peers), with the shortest fetch timeout a rule asks for.
+/// Every `jwksUri` the config names (RequestAuthentication rules and Istio 1.0 origins
+/// without inline `jwks`; the issuer's discovery document for those without either), with
+/// the shortest fetch timeout a rule asks for.
 pub fn jwks_uris(config: &Snapshot) -> BTreeMap<String, Duration> {
     let mut out: BTreeMap<String, Duration> = BTreeMap::new();
-    let mut add = |uri: &Option<String>, inline: &Option<String>, timeout: Option<Duration>| {
-        let Some(uri) = uri.as_ref().filter(|u| !u.is_empty()) else {
-            return;
+    let mut add =
+        |issuer: &str, uri: &Option<String>, inline: &Option<String>, timeout: Option<Duration>| {
+            if inline.is_some() {
+                return;
+            }
+            let Some(uri) = uri
+                .clone()
+                .filter(|u| !u.is_empty())
+                .or_else(|| discovery_uri(issuer))
+            else {
+                return;
+            };
+            let t = timeout.filter(|t| !t.is_zero()).unwrap_or(DEFAULT_TIMEOUT);
+            out.entry(uri)
+                .and_modify(|old| *old = (*old).min(t))
+                .or_insert(t);
         };
-        if inline.is_some() {
-            return;
-        }
-        let t = timeout.filter(|t| !t.is_zero()).unwrap_or(DEFAULT_TIMEOUT);
-        out.entry(uri.clone())
-            .and_modify(|old| *old = (*old).min(t))
-            .or_insert(t);
-    };
     for obj in config.of_kind(&Kind::RequestAuthentication) {
         if let Spec::RequestAuthentication(ra) = &obj.spec {
             for r in &ra.jwt_rules {
-                add(&r.jwks_uri, &r.jwks, r.timeout.as_ref().map(|d| d.0));
+                add(
+                    &r.issuer,
+                    &r.jwks_uri,
+                    &r.jwks,
+                    r.timeout.as_ref().map(|d| d.0),
+                );
             }
         }
     }
@@ -366,10 +382,8 @@ pub fn jwks_uris(config: &Snapshot) -> BTreeMap<String, Duration> {
             let (Spec::AuthenticationPolicy(p) | Spec::MeshPolicy(p)) = &obj.spec else {
                 continue;
             };
-            let origins = p.origins.iter().filter_map(|o| o.jwt.as_ref());
-            let peers = p.peers.iter().filter_map(|o| o.jwt.as_ref());
-            for jwt in origins.chain(peers) {
-                add(&jwt.jwks_uri, &jwt.jwks, None);
+            for jwt in p.origins.iter().filter_map(|o| o.jwt.as_ref()) {
+                add(&jwt.issuer, &jwt.jwks_uri, &jwt.jwks, None);
             }
         }
     }

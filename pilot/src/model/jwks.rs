@@ -9,6 +9,10 @@
 //! never been fetched gets [`FAKE_JWKS`], a key nobody holds, so tokens of that issuer are
 //! refused (fail closed) rather than accepted unchecked, and that is logged.
 //!
+//! A rule that names neither `jwks` nor `jwksUri` has its keys found as Istio finds them, by
+//! OpenID discovery: the issuer's [`discovery_uri`] is fetched (its key in the set is that
+//! URI) and the `jwks_uri` it names is fetched in turn.
+//!
 //! The resolver knows no HTTP client: it fetches through a [`JwksFetcher`]
 //! ([`super::jwks_fetch::HttpFetcher`] in Pilot, a fake in tests).
 
@@ -33,6 +37,20 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// its keys could never be fetched.
 pub const FAKE_JWKS: &str = r#"{"keys":[{"kty":"RSA","alg":"RS256","use":"sig","kid":"mesh-unfetched","e":"AQAB","n":"rDz0PF3Mga5JiQ21lulydXQJ9g8aetp_IStG5toCXqVNtmKGesr6OHgInACuaLoh5iQHNT_nXokR2ju61bF1ujYSwIa_ThH5xxXKy4YqGd2kY3nvUA09dXh16Z1TJlx9ikvvZ7fc1641c1yXnMTnigP8VHTQo-S53CwjXU4CL_8CUTTz_SKDrPRaWbBk1D6K0LF7y-8PurVOtu_KweMQwXQE404Iq2l0JlsEXsr5J0DHRQx0mOchA2TVG4mF-jZNe37_nNrLE-YgtuMH_ZzHw0MqsTxRkk9huK4f34ofyPFQD_Ol-QN4aqa54CkvXOz-LwJ0kB7Ki_c9be41xH8tZQ"}]}"#;
 
+/// What an OpenID discovery document's URI ends with.
+pub const DISCOVERY_SUFFIX: &str = "/.well-known/openid-configuration";
+
+/// The OpenID discovery document of `issuer` (an `http(s)` URL), where its `jwks_uri` is
+/// found; `None` for an issuer that is not a URL.
+pub fn discovery_uri(issuer: &str) -> Option<String> {
+    let base = issuer.trim_end_matches('/');
+    let host = base
+        .strip_prefix("https://")
+        .or_else(|| base.strip_prefix("http://"))?;
+    (!host.is_empty() && !host.contains(char::is_whitespace))
+        .then(|| format!("{base}{DISCOVERY_SUFFIX}"))
+}
+
 /// Why a key set could not be had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JwksError {
@@ -51,6 +69,9 @@ pub enum JwksError {
     /// The HTTP client could not be built.
     #[error("JWKS client: {0}")]
     Client(String),
+    /// An OpenID discovery document without a `jwks_uri`.
+    #[error("{uri}: not an OpenID discovery document with a jwks_uri")]
+    NotDiscovery { uri: String },
     /// The body is not a JSON Web Key Set.
     #[error("{uri}: not a JWKS: {reason}")]
     NotJwks { uri: String, reason: String },
@@ -248,12 +269,21 @@ impl JwksResolver {
             .collect()
     }
 
+    /// Fetches a JWKS URI, or a discovery document and then the JWKS it names.
     async fn fetch_checked(&self, uri: &str, timeout: Duration) -> Result<String, JwksError> {
-        let body = self.fetcher.fetch(uri, timeout).await?;
-        check_jwks(&body).map_err(|reason| JwksError::NotJwks {
-            uri: uri.to_string(),
-            reason,
-        })?;
+        let mut body = self.fetcher.fetch(uri, timeout).await?;
+        let mut from = uri.to_string();
+        if uri.ends_with(DISCOVERY_SUFFIX) {
+            let jwks_uri = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|doc| Some(doc.get("jwks_uri")?.as_str()?.to_string()))
+                .ok_or_else(|| JwksError::NotDiscovery {
+                    uri: uri.to_string(),
+                })?;
+            body = self.fetcher.fetch(&jwks_uri, timeout).await?;
+            from = jwks_uri;
+        }
+        check_jwks(&body).map_err(|reason| JwksError::NotJwks { uri: from, reason })?;
         Ok(body)
     }
 
@@ -436,6 +466,24 @@ mod tests {
         table.set("http://down/jwks", Ok(A));
         let set = resolver.refresh_now().await;
         assert_eq!(set.get("http://down/jwks"), Some(A));
+    }
+
+    #[tokio::test]
+    async fn discovery_documents_lead_to_the_keys() {
+        let (table, resolver) = setup();
+        let doc = discovery_uri("https://issuer.example/").unwrap();
+        assert_eq!(
+            doc,
+            "https://issuer.example/.well-known/openid-configuration"
+        );
+        assert_eq!(discovery_uri("accounts"), None);
+        table.set(&doc, Ok(r#"{"jwks_uri": "https://issuer.example/keys"}"#));
+        table.set("https://issuer.example/keys", Ok(A));
+        let set = resolver.resolve(&wanted([doc.as_str()])).await;
+        assert_eq!(set.get(&doc), Some(A));
+        table.set(&doc, Ok(r#"{"issuer": "x"}"#));
+        resolver.refresh_now().await;
+        assert!(resolver.errors()[&doc].contains("jwks_uri"));
     }
 
     #[tokio::test]
