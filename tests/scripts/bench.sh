@@ -16,6 +16,7 @@ run() { # name, package, bench
 
 run runtime mesh-runtime config_store
 run pilot pilot xds
+run pilot_authz pilot authz
 run pilot_inject pilot inject
 run pilot_agent pilot agent
 run mixer mixer check
