@@ -44,7 +44,7 @@ fn policy(i: usize) -> String {
     } else {
         format!("  selector: {{matchLabels: {{app: {app}}}}}\n")
     };
-    let action = if i % 3 == 0 { "DENY" } else { "ALLOW" };
+    let action = if i.is_multiple_of(3) { "DENY" } else { "ALLOW" };
     format!(
         "apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
