@@ -535,6 +535,20 @@ async fn policy_changes_take_effect_and_invalid_ones_are_refused() {
         ],
     )
     .await;
+
+    // Its trigger rule: /health needs no token (one that is sent is still checked).
+    let triggered = legacy_policy(&jwks.uri()).replace(
+        "      jwksUri:",
+        "      triggerRules: [{excludedPaths: [{exact: /health}]}]\n      jwksUri:",
+    );
+    s.pilot.write("policy.yaml", &triggered).unwrap();
+    eventually("the trigger rule", WAIT, || async {
+        Ok(s.get("/health", None).await?.status == 200)
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.status(None).await, 401);
+    assert_eq!(s.get("/health", Some(&expired)).await.unwrap().status, 401);
     s.finish().await;
 }
 

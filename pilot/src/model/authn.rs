@@ -60,6 +60,9 @@ pub struct JwtPolicy {
     pub rules: Vec<ResolvedJwt>,
     /// A valid token from one of `rules` is required (Istio 1.0 `origins`).
     pub required: bool,
+    /// Where `required` holds (Istio 1.0 `triggerRules`, when the policy has one origin with
+    /// one trigger rule): on the other paths a token that is present must still be valid.
+    pub trigger: Option<v1alpha1::TriggerRule>,
 }
 
 /// Authentication config of a push, indexed.
@@ -164,6 +167,18 @@ impl AuthnIndex {
                 }
             }
             if !jwts.is_empty() && policy.spec.origin_is_optional != Some(true) {
+                out.trigger = match jwts.as_slice() {
+                    [only] if only.trigger_rules.len() == 1 => only.trigger_rules.first().cloned(),
+                    _ => {
+                        if jwts.iter().any(|j| !j.trigger_rules.is_empty()) {
+                            tracing::warn!(
+                                policy = %origin,
+                                "triggerRules are applied with one origin and one rule only: a token is required on every path"
+                            );
+                        }
+                        None
+                    }
+                };
                 if policy.spec.principal_binding != Some(PrincipalBinding::UseOrigin) {
                     tracing::debug!(
                         policy = %origin,

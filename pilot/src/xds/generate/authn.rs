@@ -50,6 +50,8 @@ use envoy_types::pb::envoy::extensions::filters::http::lua::v3::Lua;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, http_filter,
 };
+use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher;
+use mesh_proto::authentication::StringMatch;
 use prost::Message;
 
 use crate::model::authn::{JwtPolicy, ResolvedJwt};
@@ -196,21 +198,60 @@ pub fn jwt_authn(policy: &JwtPolicy) -> JwtAuthentication {
         .enumerate()
         .map(|(i, r)| (provider_name(i), provider(r)))
         .collect();
+    let n = policy.rules.len();
+    let rule = |path: PathSpecifier, required: bool| RequirementRule {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(path),
+            ..Default::default()
+        }),
+        requirement_type: Some(RequirementType::Requires(requirement(n, required))),
+    };
+    // The first rule whose path matches decides. Istio 1.0's trigger rule: excluded paths
+    // need no token, then included ones (all paths when none are listed) need one.
+    let mut rules = Vec::new();
+    match policy.trigger.as_ref().filter(|_| policy.required) {
+        Some(trigger) => {
+            rules.extend(trigger.excluded_paths.iter().map(|m| rule(path(m), false)));
+            rules.extend(trigger.included_paths.iter().map(|m| rule(path(m), true)));
+            let everywhere = trigger.included_paths.is_empty();
+            rules.push(rule(PathSpecifier::Prefix("/".into()), everywhere));
+        }
+        None => rules.push(rule(PathSpecifier::Prefix("/".into()), policy.required)),
+    }
     JwtAuthentication {
         providers,
-        rules: vec![RequirementRule {
-            r#match: Some(RouteMatch {
-                path_specifier: Some(PathSpecifier::Prefix("/".into())),
-                ..Default::default()
-            }),
-            requirement_type: Some(RequirementType::Requires(requirement(
-                policy.rules.len(),
-                policy.required,
-            ))),
-        }],
+        rules,
         bypass_cors_preflight: true,
         ..Default::default()
     }
+}
+
+/// A trigger rule's path match as a route match (RE2 for suffixes and regexes).
+fn path(m: &StringMatch) -> PathSpecifier {
+    let regex = |r: String| {
+        PathSpecifier::SafeRegex(RegexMatcher {
+            regex: r,
+            ..Default::default()
+        })
+    };
+    match m {
+        StringMatch::Exact(p) => PathSpecifier::Path(p.clone()),
+        StringMatch::Prefix(p) => PathSpecifier::Prefix(p.clone()),
+        StringMatch::Suffix(s) => regex(format!(".*{}", regex_escape(s))),
+        StringMatch::Regex(r) => regex(r.clone()),
+    }
+}
+
+/// `s` as an RE2 literal.
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if r"\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn provider(r: &ResolvedJwt) -> JwtProvider {

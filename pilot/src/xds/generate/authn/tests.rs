@@ -326,6 +326,69 @@ fn istio_1_0_origins_require_a_token_on_their_targets() {
     assert_eq!(show(requirement_of(&cfg)), "any(p0, missing)");
 }
 
+const LEGACY_TRIGGERED: &str = "apiVersion: authentication.istio.io/v1alpha1
+kind: Policy
+metadata: {name: default, namespace: default}
+spec:
+  origins:
+  - jwt:
+      issuer: https://legacy
+      jwksUri: https://legacy/jwks
+      triggerRules:
+      - excludedPaths: [{exact: /health}, {suffix: .png}]
+        includedPaths: [{prefix: /api}]
+  principalBinding: USE_ORIGIN
+";
+
+/// Each requirement rule as `MATCH => REQUIREMENT`.
+fn rules_of(cfg: &JwtAuthentication) -> Vec<String> {
+    use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+    cfg.rules
+        .iter()
+        .map(|r| {
+            let m = match r.r#match.as_ref().and_then(|m| m.path_specifier.as_ref()) {
+                Some(PathSpecifier::Path(p)) => format!("={p}"),
+                Some(PathSpecifier::Prefix(p)) => format!("{p}*"),
+                Some(PathSpecifier::SafeRegex(r)) => format!("~{}", r.regex),
+                other => format!("{other:?}"),
+            };
+            let req = match &r.requirement_type {
+                Some(RequirementType::Requires(req)) => show(req),
+                other => format!("{other:?}"),
+            };
+            format!("{m} => {req}")
+        })
+        .collect()
+}
+
+#[test]
+fn an_istio_1_0_trigger_rule_limits_where_a_token_is_required() {
+    let cfg = inbound_jwt(&ctx(LEGACY_TRIGGERED), &reviews()).unwrap();
+    assert_eq!(
+        rules_of(&cfg),
+        [
+            "=/health => any(p0, missing)",
+            "~.*\\.png => any(p0, missing)",
+            "/api* => p0",
+            "/* => any(p0, missing)",
+        ]
+    );
+    // No included paths: required everywhere but the excluded ones.
+    let everywhere = LEGACY_TRIGGERED.replace("\n        includedPaths: [{prefix: /api}]", "");
+    let cfg = inbound_jwt(&ctx(&everywhere), &reviews()).unwrap();
+    assert_eq!(
+        rules_of(&cfg),
+        [
+            "=/health => any(p0, missing)",
+            "~.*\\.png => any(p0, missing)",
+            "/* => p0",
+        ]
+    );
+    // Without trigger rules, one rule for every path.
+    let cfg = inbound_jwt(&ctx(LEGACY_ORIGINS), &reviews()).unwrap();
+    assert_eq!(rules_of(&cfg), ["/* => p0"]);
+}
+
 #[test]
 fn istio_1_0_policies_give_the_mtls_mode_when_no_peer_authentication_does() {
     let mesh_strict = "apiVersion: authentication.istio.io/v1alpha1
@@ -397,6 +460,10 @@ fn golden_cases() -> Vec<(&'static str, String)> {
             ),
         ),
         ("istio-1.0-policy-origins", LEGACY_ORIGINS.to_string()),
+        (
+            "istio-1.0-policy-trigger-rules",
+            LEGACY_TRIGGERED.to_string(),
+        ),
     ]
 }
 
