@@ -12,7 +12,8 @@
 //! `origins` and USE_ORIGIN requires a token. Policy edits and invalid policies take effect
 //! (or are refused) without restarting anything. The request principal reaches
 //! AuthorizationPolicy's `requestPrincipals` and `request.auth.claims` through the metadata
-//! contract of `pilot::xds::generate::authn`.
+//! contract of `pilot::xds::generate::authn`. An ingress gateway picked by a root-namespace
+//! policy checks tokens on its own HTTP listener.
 
 mod pilot_traffic_support;
 
@@ -25,7 +26,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mesh_tests::mesh::{Pilot, eventually};
 use mesh_tests::{Envoy, HttpResponse, Upstream, free_port, http_get};
-use pilot_traffic_support::inbound_sidecar;
+use pilot_traffic_support::{inbound_sidecar, service_entry};
 use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, SigningKey as _};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -602,4 +603,80 @@ async fn an_issuer_without_a_jwks_uri_has_its_keys_discovered() {
     assert_eq!(s.status(Some(&forged)).await, 401);
     assert_eq!(s.status(None).await, 200);
     s.finish().await;
+}
+
+#[tokio::test]
+async fn the_ingress_gateway_checks_tokens() {
+    const ROUTER: &str =
+        "router~127.0.0.72~istio-ingressgateway-1.istio-system~istio-system.svc.cluster.local";
+    let key = Signer::new("k1");
+    let jwks = JwksServer::start(Some(jwks_of(&[&key]))).await;
+    let app = Upstream::start("reviews-v1", "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let port = free_port();
+    let gateway = format!(
+        r#"apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata: {{name: ingress}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {{name: reviews}}
+spec:
+  hosts: ["*"]
+  gateways: [ingress]
+  http:
+  - route: [{{destination: {{host: reviews, port: {{number: 9080}}}}}}]
+"#
+    );
+    let ra = request_authentication(&jwks.uri(), "reviews")
+        .replace("namespace: default", "namespace: istio-system")
+        .replace("app: reviews", "istio: ingressgateway");
+    let pilot = Pilot::start(
+        &[
+            (
+                "reviews.yaml",
+                &service_entry("reviews", &[(app.addr(), "v1")]),
+            ),
+            ("gateway.yaml", &gateway),
+            ("ra.yaml", &ra),
+        ],
+        "",
+        &["--jwt-pub-key-refresh-interval", "1s"],
+    )
+    .await
+    .unwrap();
+    let envoy = pilot
+        .sidecar(ROUTER, &["--label", "istio=ingressgateway"])
+        .await
+        .unwrap();
+    let get = |token: Option<String>| async move {
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("host", "bookinfo.example.com")];
+        if let Some(b) = &bearer {
+            headers.push(("authorization", b.as_str()));
+        }
+        http_get(&format!("http://127.0.0.1:{port}/"), &headers)
+            .await
+            .map(|r| r.status.as_u16())
+    };
+    let valid = key.token(&claims("alice", json!({})));
+    let expired = key.token(&claims(
+        "alice",
+        json!({"exp": now() - 3600, "iat": now() - 7200}),
+    ));
+    eventually("the gateway routes", WAIT, || async {
+        Ok(get(None).await? == 200)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", envoy.logs()));
+    assert_eq!(get(Some(valid)).await.unwrap(), 200, "{}", envoy.logs());
+    assert_eq!(get(Some(expired)).await.unwrap(), 401);
+    envoy.stop().await.unwrap();
 }
