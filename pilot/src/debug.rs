@@ -1,5 +1,6 @@
 //! Pilot's debug pages: `/debug/syncz`, `/debug/adsz`, `/debug/registryz`, `/debug/meshz`,
-//! `/debug/injectz` and
+//! `/debug/injectz`, `/debug/analyzez` (Istio's analysis messages about the config in force,
+//! see [`crate::model::analysis`]) and
 //! `/debug/config_dump?proxyID=...` (what a proxy is sent, as JSON in the shape of Envoy's
 //! admin `/config_dump`: see [`crate::xds::dump`]).
 
@@ -58,6 +59,7 @@ pub fn routes(server: XdsServer) -> Router {
         .route("/debug/syncz", get(syncz))
         .route("/debug/adsz", get(adsz))
         .route("/debug/registryz", get(registryz))
+        .route("/debug/analyzez", get(analyzez))
         .route("/debug/config_dump", get(config_dump))
         .with_state(server)
 }
@@ -123,6 +125,14 @@ async fn adsz(State(server): State<XdsServer>) -> Json<Value> {
         })
         .collect();
     Json(json!({"version": server.current().version(), "connections": conns}))
+}
+
+/// `/debug/analyzez`: what the analysis finds in the config in force, `{"version",
+/// "messages": [{level, code, name, kind, namespace, object, field, message}]}`.
+async fn analyzez(State(server): State<XdsServer>) -> Json<Value> {
+    let generation = server.current();
+    let messages = crate::model::analysis::analyze(&generation.ctx);
+    Json(json!({"version": generation.version(), "messages": messages}))
 }
 
 fn humantime(t: std::time::SystemTime) -> u64 {

@@ -9,6 +9,8 @@
 //! - `virtual-service-reviews-test-v2` sends user jason to v2 and everyone else to v1;
 //! - the 80/20 and 50/50 splits land within five standard deviations of their weights;
 //! - an invalid VirtualService is refused by the webhook and the traffic does not change;
+//!   one routing to a subset nobody defines gets 503 from Envoy (`NC`), and `pilot check`
+//!   names it (IST0101);
 //! - Istio 0.5's RouteRules `route-rule-all-v1` and `route-rule-reviews-test-v2` (jason by
 //!   cookie) route the same;
 //! - ratings' fault delay (7s) and abort (500) for user jason show at productpage as a slow
@@ -509,6 +511,68 @@ async fn bookinfo_behind_the_ingress_routed_by_yaml() -> anyhow::Result<()> {
         !v.contains_key("v2") && v.get("v3").copied().unwrap_or(0) > 0,
         "after a refused change the 50/50 v1/v3 split still holds: {v:?}"
     );
+
+    // A route to a subset no DestinationRule defines: the webhook lets it in (it is valid on
+    // its own), Envoy answers its requests 503 for a cluster it was never sent (`NC`,
+    // cluster_not_found; the Envoy of Istio 1.0 flagged it `NR`), and `pilot check` names
+    // the VirtualService, the field and the subset (IST0101).
+    let missing = format!(
+        "apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\n\
+         metadata: {{name: reviews, namespace: {n}}}\nspec:\n  hosts: [reviews]\n  http:\n  \
+         - route:\n    - destination: {{host: reviews, subset: v9}}\n"
+    );
+    cluster
+        .kubectl_with_stdin(["apply", "-f", "-"], Some(missing.as_bytes()))
+        .await?;
+    retry(Duration::from_secs(60), "reviews answered 503", || async {
+        let (_, p) = page(&[]).await?;
+        anyhow::ensure!(
+            p["reviews"]["error"].as_str() == Some("reviews answered 503"),
+            "{p}"
+        );
+        Ok(())
+    })
+    .await?;
+    let pilot = mesh_tests::workspace_binary("pilot")?;
+    let check = tokio::process::Command::new(&pilot)
+        .args(["check", "--kubeconfig"])
+        .arg(cluster.kubeconfig())
+        .output()
+        .await?;
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        said.contains(&format!(
+            "Error [IST0101] (VirtualService {n}/reviews) spec.http[0].route[0].destination: \
+             Referenced host+subset in destinationrule not found: \"reviews+v9\""
+        )),
+        "pilot check does not name the missing subset:\n{said}"
+    );
+    let client = cluster
+        .kubectl_ok([
+            "-n",
+            &n,
+            "get",
+            "pods",
+            "-l",
+            "app=productpage",
+            "-o",
+            "name",
+        ])
+        .await?;
+    let pf = cluster
+        .port_forward(&n, client.lines().next().unwrap_or_default(), 15000)
+        .await?;
+    let stats = mesh_tests::http_get(&format!("http://127.0.0.1:{}/stats", pf.port), &[])
+        .await?
+        .body;
+    drop(pf);
+    let not_found: u64 = stats
+        .lines()
+        .filter(|l| l.contains(".no_cluster: "))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(not_found > 0, "no request counted as no_cluster:\n{stats}");
+    apply(cluster, &n, "virtual-service-reviews-50-v3.yaml").await?;
 
     // Istio 0.5's RouteRules do the same as the VirtualServices (whose hosts they take
     // over once those are gone).

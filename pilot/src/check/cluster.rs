@@ -870,7 +870,46 @@ pub async fn pilot(ctx: &Ctx) -> Vec<CheckResult> {
         ),
         Err(e) => CheckResult::warn(mesh_name, format!("/debug/meshz: {e}")),
     };
-    vec![ready, syncz, mesh]
+    let analysis_name = "the config in force has no broken references (IST0101)";
+    let analysis = match ctx
+        .service_get(names::PILOT, names::MONITORING_PORT, "/debug/analyzez")
+        .await
+        .and_then(|text| analysis_messages(&text))
+    {
+        Ok(messages) if messages.is_empty() => CheckResult::ok(analysis_name),
+        Ok(messages) => CheckResult::warn(
+            analysis_name,
+            format!("{} problem(s): {}", messages.len(), listed(&messages)),
+        ),
+        Err(e) => CheckResult::warn(analysis_name, format!("/debug/analyzez: {e}")),
+    };
+    vec![ready, syncz, mesh, analysis]
+}
+
+/// The messages of `/debug/analyzez`, in Istio's one-line form.
+pub fn analysis_messages(text: &str) -> Result<Vec<String>, CheckError> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| CheckError::Missing(format!("not JSON: {e}")))?;
+    let messages = value
+        .get("messages")
+        .and_then(|m| m.as_array())
+        .ok_or_else(|| CheckError::Missing("no \"messages\" list".into()))?;
+    Ok(messages
+        .iter()
+        .map(|m| {
+            let s = |k: &str| m.get(k).and_then(|v| v.as_str()).unwrap_or("?");
+            format!(
+                "{} [{}] ({} {}/{}) {}: {}",
+                s("level"),
+                s("code"),
+                s("kind"),
+                s("namespace"),
+                s("object"),
+                s("field"),
+                s("message")
+            )
+        })
+        .collect())
 }
 
 /// Why Pilot refused the MeshConfig file as it is now (`/debug/meshz`), if it did.

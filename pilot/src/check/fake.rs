@@ -270,7 +270,38 @@ fn healthy() -> Fake {
         ),
         json!({"file": "/etc/istio/config/mesh", "refused": null}),
     );
+    f.put(analyzez(), json!({"version": "7", "messages": []}));
     f
+}
+
+fn analyzez() -> String {
+    format!(
+        "/api/v1/namespaces/{NS}/services/http:{}:15014/proxy/debug/analyzez",
+        names::PILOT
+    )
+}
+
+#[tokio::test]
+async fn a_route_to_a_missing_subset_is_a_warning_naming_it() {
+    let mut f = healthy();
+    f.put(
+        analyzez(),
+        json!({"version": "8", "messages": [{
+            "level": "Error", "code": "IST0101", "name": "ReferencedResourceNotFound",
+            "kind": "VirtualService", "namespace": "default", "object": "reviews",
+            "field": "spec.http[0].route[0].destination",
+            "message": "Referenced host+subset in destinationrule not found: \"reviews+v9\""}]}),
+    );
+    let out = text(&run(f, GroupKind::POST).await);
+    assert!(
+        out.contains(
+            "⚠ the config in force has no broken references (IST0101): 1 problem(s): Error \
+             [IST0101] (VirtualService default/reviews) spec.http[0].route[0].destination: \
+             Referenced host+subset in destinationrule not found: \"reviews+v9\""
+        ),
+        "{out}"
+    );
+    assert!(out.contains("Status check results are ✔ ("), "{out}");
 }
 
 async fn run(fake: Fake, plan: &[GroupKind]) -> Vec<Group> {
@@ -287,7 +318,7 @@ async fn a_healthy_install_passes() {
     let groups = run(healthy(), GroupKind::POST).await;
     let out = text(&groups);
     assert!(
-        out.ends_with("Status check results are ✔ (22 passed)\n"),
+        out.ends_with("Status check results are ✔ (23 passed)\n"),
         "{out}"
     );
     for line in [

@@ -2,6 +2,7 @@
 //! that a generation of Envoy config is computed from. Nothing here knows where the data came
 //! from (a config directory or Kubernetes) or how it is served (xDS over gRPC).
 
+pub mod analysis;
 pub mod authn;
 pub mod authz;
 pub mod jwks;

@@ -249,6 +249,11 @@ impl PushContext {
             .or_else(|| rules.iter().find(visible))
     }
 
+    /// Every VirtualService, delegates included, by namespace and name.
+    pub fn all_virtual_services(&self) -> impl Iterator<Item = &Named<VirtualService>> {
+        self.all_virtual_services.values()
+    }
+
     /// The subset of `service` named `subset`, for a proxy in `namespace`.
     pub fn subset(&self, namespace: &str, service: &Service, subset: &str) -> Option<&Subset> {
         self.destination_rule(namespace, service)?

@@ -1,0 +1,189 @@
+//! Cross-object analysis of the config in force, as Istio's `istioctl analyze` does it for
+//! the mistakes that silently break traffic: a VirtualService routing to a subset that no
+//! DestinationRule defines (its requests get 503 from Envoy, for a cluster it was never
+//! sent), or to a host the registry does not know. Messages use Istio's codes and names
+//! (IST0101 `ReferencedResourceNotFound`), and are served on `/debug/analyzez` and by
+//! `pilot check`.
+
+use serde::Serialize;
+
+use mesh_proto::networking::{Destination, VirtualService};
+
+use super::PushContext;
+use super::push_context::Named;
+
+/// Istio's code for a reference to something that does not exist.
+pub const REFERENCED_RESOURCE_NOT_FOUND: (&str, &str) = ("IST0101", "ReferencedResourceNotFound");
+
+/// How bad a message is (Istio's levels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum Level {
+    Error,
+    Warning,
+    Info,
+}
+
+/// One finding about one object.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Message {
+    pub level: Level,
+    pub code: &'static str,
+    pub name: &'static str,
+    /// The object's kind, namespace and name.
+    pub kind: &'static str,
+    pub namespace: String,
+    pub object: String,
+    /// Where in the object (e.g. `spec.http[0].route[1].destination`).
+    pub field: String,
+    pub message: String,
+}
+
+// === impl Message ===
+
+impl Message {
+    /// Istio's one-line form: `Error [IST0101] (VirtualService default/reviews) ...`.
+    pub fn render(&self) -> String {
+        format!(
+            "{:?} [{}] ({} {}/{}) {}: {}",
+            self.level, self.code, self.kind, self.namespace, self.object, self.field, self.message
+        )
+    }
+}
+
+/// Every finding about the config of `ctx`, sorted.
+pub fn analyze(ctx: &PushContext) -> Vec<Message> {
+    let mut out = Vec::new();
+    for vs in ctx.all_virtual_services() {
+        virtual_service(ctx, vs, &mut out);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The destinations of a VirtualService, with where they are.
+fn destinations(vs: &VirtualService) -> Vec<(String, &Destination)> {
+    let mut out = Vec::new();
+    for (i, r) in vs.http.iter().enumerate() {
+        for (j, d) in r.route.iter().enumerate() {
+            out.push((
+                format!("spec.http[{i}].route[{j}].destination"),
+                &d.destination,
+            ));
+        }
+        if let Some(m) = &r.mirror {
+            out.push((format!("spec.http[{i}].mirror"), m));
+        }
+        for (j, m) in r.mirrors.iter().enumerate() {
+            out.push((
+                format!("spec.http[{i}].mirrors[{j}].destination"),
+                &m.destination,
+            ));
+        }
+    }
+    for (i, r) in vs.tls.iter().enumerate() {
+        for (j, d) in r.route.iter().enumerate() {
+            out.push((
+                format!("spec.tls[{i}].route[{j}].destination"),
+                &d.destination,
+            ));
+        }
+    }
+    for (i, r) in vs.tcp.iter().enumerate() {
+        for (j, d) in r.route.iter().enumerate() {
+            out.push((
+                format!("spec.tcp[{i}].route[{j}].destination"),
+                &d.destination,
+            ));
+        }
+    }
+    out
+}
+
+fn virtual_service(ctx: &PushContext, vs: &Named<VirtualService>, out: &mut Vec<Message>) {
+    let (code, name) = REFERENCED_RESOURCE_NOT_FOUND;
+    let msg = |field: String, message: String| Message {
+        level: Level::Error,
+        code,
+        name,
+        kind: "VirtualService",
+        namespace: vs.namespace.clone(),
+        object: vs.name.clone(),
+        field,
+        message,
+    };
+    for (field, d) in destinations(&vs.spec) {
+        let host = ctx.resolve(&d.host, &vs.namespace);
+        let Some(service) = ctx.registry.service(&host) else {
+            out.push(msg(
+                field,
+                format!("Referenced host not found: {:?}", d.host),
+            ));
+            continue;
+        };
+        let Some(subset) = d.subset.as_deref().filter(|s| !s.is_empty()) else {
+            continue;
+        };
+        if ctx.subset(&vs.namespace, service, subset).is_none() {
+            out.push(msg(
+                field,
+                format!(
+                    "Referenced host+subset in destinationrule not found: \"{}+{subset}\"",
+                    d.host
+                ),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil;
+
+    #[test]
+    fn a_missing_subset_and_an_unknown_host_are_named() {
+        let ctx = testutil::push_context(
+            "apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: 50
+    - destination: {host: reviews, subset: v9}
+      weight: 50
+  - route:
+    - destination: {host: nowhere}
+",
+        );
+        let got: Vec<String> = analyze(&ctx).iter().map(Message::render).collect();
+        assert_eq!(
+            got,
+            [
+                "Error [IST0101] (VirtualService default/reviews) spec.http[0].route[1].destination: \
+                 Referenced host+subset in destinationrule not found: \"reviews+v9\"",
+                "Error [IST0101] (VirtualService default/reviews) spec.http[1].route[0].destination: \
+                 Referenced host not found: \"nowhere\"",
+            ]
+        );
+    }
+}
