@@ -220,3 +220,32 @@ async fn mixer_config_changes_apply_and_a_bad_update_keeps_the_last_good_rule() 
     })
     .await;
 }
+
+/// Envoy holds its access-log stream to Mixer open for as long as it runs: a Mixer told to
+/// stop (SIGTERM) ends that stream itself after taking in what arrived, and exits cleanly,
+/// instead of waiting on the stream until it is killed.
+#[tokio::test]
+async fn mixer_stops_promptly_while_envoy_holds_its_access_log_stream() {
+    let s = setup().await;
+    let resp = http_get(&format!("{}/", s.url), &[("host", "svc")])
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200, "{resp:?}");
+    // The report arrived, so the stream is open.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let metrics_url = format!("http://{}/metrics", s.mixer.prometheus);
+    loop {
+        let body = http_get(&metrics_url, &[]).await.unwrap().body;
+        if sample(&body, "istio_requests_total", &[("response_code", "200")]) >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no report reached Mixer:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logs = s.mixer.svc.logs();
+    let status = s.mixer.svc.stop().await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(status.success(), "Mixer exited with {status}; log:\n{logs}");
+}

@@ -20,6 +20,7 @@ use envoy_types::pb::envoy::service::accesslog::v3::{
     StreamAccessLogsMessage, StreamAccessLogsResponse,
 };
 use futures::StreamExt;
+use mesh_runtime::Shutdown;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::bag::{self, set, set_str};
@@ -28,10 +29,19 @@ use crate::config::Resolved;
 use crate::dispatch::Dispatcher;
 
 /// The access-log service.
+///
+/// Envoy keeps one access-log stream open for as long as it runs, so a draining Mixer ends
+/// its streams itself once `shutdown` fires (after taking in what has already arrived):
+/// otherwise the gRPC server's graceful stop would wait for them until the pod's grace
+/// period is over. Envoy opens a new stream, to another replica, for its next entries.
 #[derive(Debug, Clone)]
 pub struct AccessLog {
     dispatcher: Arc<Dispatcher>,
+    shutdown: Shutdown,
 }
+
+/// How long a draining stream waits for entries still on their way before it ends.
+const DRAIN_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 
 const METHODS: &[&str] = &[
     "", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
@@ -287,8 +297,21 @@ pub fn report_message(dispatcher: &Dispatcher, cfg: &Resolved, msg: &StreamAcces
 // === impl AccessLog ===
 
 impl AccessLog {
-    pub fn new(dispatcher: Arc<Dispatcher>) -> Self {
-        Self { dispatcher }
+    pub fn new(dispatcher: Arc<Dispatcher>, shutdown: Shutdown) -> Self {
+        Self {
+            dispatcher,
+            shutdown,
+        }
+    }
+
+    fn take(&self, msg: Result<StreamAccessLogsMessage, Status>) -> Result<(), Status> {
+        let msg = msg.map_err(|e| {
+            self.dispatcher.metrics.malformed("accesslog");
+            Status::invalid_argument(format!("bad access-log message: {e}"))
+        })?;
+        let cfg = self.dispatcher.config();
+        report_message(&self.dispatcher, &cfg, &msg);
+        Ok(())
     }
 }
 
@@ -299,18 +322,20 @@ impl AccessLogService for AccessLog {
         request: Request<Streaming<StreamAccessLogsMessage>>,
     ) -> Result<Response<StreamAccessLogsResponse>, Status> {
         let mut stream = request.into_inner();
-        while let Some(msg) = stream.next().await {
-            let msg = match msg {
-                Ok(m) => m,
-                Err(e) => {
-                    self.dispatcher.metrics.malformed("accesslog");
-                    return Err(Status::invalid_argument(format!(
-                        "bad access-log message: {e}"
-                    )));
+        loop {
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(msg) => self.take(msg)?,
+                    None => break,
+                },
+                () = self.shutdown.cancelled() => {
+                    // Draining: what has arrived is reported, then the stream ends.
+                    while let Ok(Some(msg)) = tokio::time::timeout(DRAIN_IDLE, stream.next()).await {
+                        self.take(msg)?;
+                    }
+                    break;
                 }
-            };
-            let cfg = self.dispatcher.config();
-            report_message(&self.dispatcher, &cfg, &msg);
+            }
         }
         Ok(Response::new(StreamAccessLogsResponse {}))
     }

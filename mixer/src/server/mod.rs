@@ -62,6 +62,7 @@ pub async fn serve(
         )))
         .add_service(AccessLogServiceServer::new(accesslog::AccessLog::new(
             dispatcher.clone(),
+            shutdown.clone(),
         )))
         .add_service(RateLimitServiceServer::new(ratelimit::RateLimit::new(
             dispatcher.clone(),
