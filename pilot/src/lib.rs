@@ -171,6 +171,7 @@ pub async fn serve(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()>
     // JWKS of `jwksUri`s: fetched before the first push, then refreshed.
     let fetcher = model::jwks_fetch::HttpFetcher::new().context("the JWKS client")?;
     let jwks = model::jwks::JwksResolver::new(fetcher, settings.jwt_pub_key_refresh_interval);
+    jwks.register_metrics(&mut base.registry);
     let keys = jwks.resolve(&model::authn::jwks_uris(&inputs.config)).await;
     tokio::spawn(jwks.clone().run(shutdown.clone()));
     let generation = xds::push::build_with_jwks(&inputs, keys, Some(&metrics));

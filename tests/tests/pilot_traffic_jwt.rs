@@ -447,6 +447,25 @@ async fn rotated_keys_are_picked_up_and_an_unreachable_issuer_keeps_the_last_goo
     .unwrap();
     assert_eq!(s.status(Some(&new_token)).await, 200, "{}", s.envoy.logs());
     assert_eq!(s.status(Some(&old_token)).await, 401);
+    // Counted as Istio counts them.
+    let metrics = http_get(&format!("{}/metrics", s.pilot.http_base()), &[])
+        .await
+        .unwrap()
+        .body;
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        value("pilot_jwks_resolver_network_fetch_success_total") >= 2,
+        "{metrics}"
+    );
+    assert!(
+        value("pilot_jwks_resolver_network_fetch_fail_total") >= 3,
+        "{metrics}"
+    );
     s.finish().await;
 }
 

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mesh_runtime::Shutdown;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 
 /// Istio's `PILOT_JWT_PUB_KEY_REFRESH_INTERVAL` default.
@@ -152,6 +153,8 @@ pub struct JwksResolver {
     refresh: Duration,
     entries: Mutex<BTreeMap<String, Entry>>,
     published: watch::Sender<Arc<JwksSet>>,
+    fetched: Counter,
+    failed: Counter,
 }
 
 impl fmt::Debug for JwksResolver {
@@ -174,7 +177,24 @@ impl JwksResolver {
             refresh,
             entries: Mutex::new(BTreeMap::new()),
             published,
+            fetched: Counter::default(),
+            failed: Counter::default(),
         })
+    }
+
+    /// Registers Istio's fetch counters, `pilot_jwks_resolver_network_fetch_success_total`
+    /// and `pilot_jwks_resolver_network_fetch_fail_total`.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "pilot_jwks_resolver_network_fetch_success",
+            "JWKS fetches that got a key set",
+            self.fetched.clone(),
+        );
+        registry.register(
+            "pilot_jwks_resolver_network_fetch_fail",
+            "JWKS fetches that failed (the last good keys stay)",
+            self.failed.clone(),
+        );
     }
 
     /// The key sets as last published.
@@ -271,6 +291,15 @@ impl JwksResolver {
 
     /// Fetches a JWKS URI, or a discovery document and then the JWKS it names.
     async fn fetch_checked(&self, uri: &str, timeout: Duration) -> Result<String, JwksError> {
+        let result = self.fetch_checked_once(uri, timeout).await;
+        match &result {
+            Ok(_) => self.fetched.inc(),
+            Err(_) => self.failed.inc(),
+        };
+        result
+    }
+
+    async fn fetch_checked_once(&self, uri: &str, timeout: Duration) -> Result<String, JwksError> {
         let mut body = self.fetcher.fetch(uri, timeout).await?;
         let mut from = uri.to_string();
         if uri.ends_with(DISCOVERY_SUFFIX) {
@@ -449,6 +478,7 @@ mod tests {
         resolver.resolve(&wanted(["http://a/jwks"])).await;
         table.set("http://a/jwks", Err("connection refused"));
         let set = resolver.refresh_now().await;
+        assert_eq!((resolver.fetched.get(), resolver.failed.get()), (1, 1));
         assert_eq!(set.get("http://a/jwks"), Some(A));
         assert!(resolver.errors()["http://a/jwks"].contains("connection refused"));
         // Not a JWKS any more: also a failure.

@@ -6,8 +6,32 @@
 use mesh_proto::authentication::{self as v1alpha1, StringMatch};
 use mesh_proto::security::{JwtRule, RequestAuthentication};
 
+use mesh_proto::{Spec, SpecError};
+use mesh_runtime::config::ConfigObject;
+
 use super::{Problems, check_duration, check_regex};
 use crate::model::jwks::check_jwks;
+
+/// Istio's naming rules of the 1.0 policies: a Policy without targets is its namespace's
+/// policy and must be named `default`; the MeshPolicy is named `default`.
+pub(super) fn names(obj: &ConfigObject) -> Vec<SpecError> {
+    let mut p = Problems::default();
+    let name = obj.key.name.as_str();
+    match &obj.spec {
+        Spec::AuthenticationPolicy(policy) if policy.targets.is_empty() && name != "default" => {
+            p.add(
+                "metadata.name",
+                format!("a Policy without targets applies to its namespace and must be named \"default\", not {name:?}"),
+            )
+        }
+        Spec::MeshPolicy(_) if name != "default" => p.add(
+            "metadata.name",
+            format!("the MeshPolicy must be named \"default\", not {name:?}"),
+        ),
+        _ => {}
+    }
+    p.0
+}
 
 /// A RequestAuthentication.
 pub(super) fn request_authentication(p: &mut Problems, ra: &RequestAuthentication) {
@@ -327,6 +351,44 @@ mod tests {
                 .any(|p| p.contains("only one of jwks and jwksUri")),
             "{got:?}"
         );
+    }
+
+    #[test]
+    fn istio_1_0_policies_without_targets_are_named_default() {
+        let text = "apiVersion: authentication.istio.io/v1alpha1
+kind: Policy
+metadata: {name: mtls, namespace: default}
+spec:
+  peers: [{mtls: {}}]
+---
+apiVersion: authentication.istio.io/v1alpha1
+kind: Policy
+metadata: {name: reviews, namespace: default}
+spec:
+  targets: [{name: reviews}]
+---
+apiVersion: authentication.istio.io/v1alpha1
+kind: Policy
+metadata: {name: default, namespace: default}
+spec: {}
+---
+apiVersion: authentication.istio.io/v1alpha1
+kind: MeshPolicy
+metadata: {name: mesh}
+spec: {}
+";
+        let results = mesh_runtime::config::parse_file(std::path::Path::new("p.yaml"), text);
+        let errors: Vec<String> =
+            mesh_runtime::config::validate(results, Some(&super::super::PilotValidator))
+                .into_iter()
+                .filter_map(|r| r.err().map(|e| e.to_string()))
+                .collect();
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert!(
+            errors[0].contains("mtls") && errors[0].contains("metadata.name"),
+            "{errors:?}"
+        );
+        assert!(errors[1].contains("MeshPolicy"), "{errors:?}");
     }
 
     #[test]

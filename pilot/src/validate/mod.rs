@@ -44,7 +44,9 @@ pub struct PilotValidator;
 
 impl Validator for PilotValidator {
     fn validate(&self, obj: &ConfigObject) -> Vec<SpecError> {
-        validate_spec(&obj.spec)
+        let mut problems = validate_spec(&obj.spec);
+        problems.extend(authn::names(obj));
+        problems
     }
 }
 
