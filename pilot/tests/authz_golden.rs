@@ -98,7 +98,7 @@ fn dump(files: &[String]) -> Value {
     for (name, ip, labels) in WORKLOADS {
         let proxy = mk_sidecar("default", ip).labels(labels).build();
         let policies = workload_policies(&ctx, &proxy, None);
-        let http: Vec<Value> = http_filters(&rbac_configs(&policies, Target::Http))
+        let http: Vec<Value> = http_filters(rbac_configs(&policies, Target::Http))
             .iter()
             .map(|f| {
                 let Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(a)) = &f.config_type else {
@@ -107,7 +107,7 @@ fn dump(files: &[String]) -> Value {
                 json!({"name": f.name, "typedConfig": typed(Some(a))})
             })
             .collect();
-        let tcp: Vec<Value> = network_filters(&rbac_configs(&policies, Target::Tcp))
+        let tcp: Vec<Value> = network_filters(rbac_configs(&policies, Target::Tcp))
             .iter()
             .map(|f| {
                 let Some(

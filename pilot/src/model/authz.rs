@@ -27,6 +27,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use mesh_proto::rbac::{
     AccessRule, EnforcementMode, RbacConfig, RbacMode, ServiceRole, ServiceRoleBinding, Subject,
@@ -76,7 +77,7 @@ pub struct Applied {
     pub name: String,
     pub effect: Effect,
     /// A request matches the policy when it matches any rule.
-    pub rules: Vec<Rule>,
+    pub rules: Arc<Vec<Rule>>,
     /// Evaluated and counted only (Istio 1.0's PERMISSIVE enforcement).
     pub shadow: bool,
     /// Why the policy cannot be translated: the workload then denies everything.
@@ -121,6 +122,8 @@ struct Scoped {
     namespace: String,
     name: String,
     spec: AuthorizationPolicy,
+    /// Its rules, shared with every workload it applies to.
+    rules: Arc<Vec<Rule>>,
     /// The first validation problem, if any (the config store refuses such objects; this is
     /// the last line of defence, so a policy is never half-enforced).
     error: Option<String>,
@@ -155,6 +158,7 @@ impl Authz {
                     namespace: obj.key.namespace.clone(),
                     name: obj.key.name.clone(),
                     spec: ap.clone(),
+                    rules: Arc::new(ap.rules.clone()),
                     error: problems.0.first().map(|e| e.to_string()),
                 });
             }
@@ -269,7 +273,7 @@ fn applied(p: &Scoped) -> Applied {
     Applied {
         name,
         effect,
-        rules: p.spec.rules.clone(),
+        rules: p.rules.clone(),
         shadow: false,
         error,
     }
@@ -312,14 +316,14 @@ impl Rbac1 {
         let mut out = vec![Applied {
             name: format!("ns[{namespace}]-rbac-on"),
             effect: Effect::Allow,
-            rules: Vec::new(),
+            rules: Arc::default(),
             shadow: config_shadow,
             error: None,
         }];
         for (name, binding) in self.bindings.get(namespace).into_iter().flatten() {
             let (rules, error) = match self.binding_rules(namespace, binding, labels, &on) {
-                Ok(rules) => (rules, None),
-                Err(e) => (Vec::new(), Some(e.to_string())),
+                Ok(rules) => (Arc::new(rules), None),
+                Err(e) => (Arc::default(), Some(e.to_string())),
             };
             out.push(Applied {
                 name: format!("ns[{namespace}]-rbac[{name}]"),

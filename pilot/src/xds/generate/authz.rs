@@ -727,19 +727,19 @@ fn not_rule(p: Permission) -> Permission {
 // === filters ===
 
 /// The HTTP RBAC filters of `configs`.
-pub fn http_filters(configs: &[RbacConfig]) -> Vec<HttpFilter> {
+pub fn http_filters(configs: Vec<RbacConfig>) -> Vec<HttpFilter> {
     configs
-        .iter()
+        .into_iter()
         .map(|c| HttpFilter {
             name: HTTP_RBAC.into(),
             config_type: Some(http_filter::ConfigType::TypedConfig(any(&HttpRbac {
-                rules: c.rules.clone(),
-                shadow_rules: c.shadow.clone(),
                 shadow_rules_stat_prefix: if c.shadow.is_some() {
                     "istio_dry_run_allow_".into()
                 } else {
                     String::new()
                 },
+                rules: c.rules,
+                shadow_rules: c.shadow,
                 ..Default::default()
             }))),
             ..Default::default()
@@ -748,20 +748,20 @@ pub fn http_filters(configs: &[RbacConfig]) -> Vec<HttpFilter> {
 }
 
 /// The network RBAC filters of `configs`.
-pub fn network_filters(configs: &[RbacConfig]) -> Vec<Filter> {
+pub fn network_filters(configs: Vec<RbacConfig>) -> Vec<Filter> {
     configs
-        .iter()
+        .into_iter()
         .map(|c| Filter {
             name: NETWORK_RBAC.into(),
             config_type: Some(ConfigType::TypedConfig(any(&NetworkRbac {
-                rules: c.rules.clone(),
-                shadow_rules: c.shadow.clone(),
                 stat_prefix: "tcp.".into(),
                 shadow_rules_stat_prefix: if c.shadow.is_some() {
                     "istio_dry_run_allow_".into()
                 } else {
                     String::new()
                 },
+                rules: c.rules,
+                shadow_rules: c.shadow,
                 ..Default::default()
             }))),
         })
@@ -777,7 +777,7 @@ pub fn apply_http(
     service: Option<&Service>,
 ) {
     let configs = rbac_configs(&workload_policies(ctx, proxy, service), Target::Http);
-    let filters = http_filters(&configs);
+    let filters = http_filters(configs);
     let normalization = PathNormalization::from_mesh(&ctx.mesh);
     for f in &mut chain.filters {
         let Some(ConfigType::TypedConfig(cfg)) = &mut f.config_type else {
@@ -813,7 +813,7 @@ pub fn apply_tcp(
     if configs.is_empty() {
         return;
     }
-    let mut filters = network_filters(&configs);
+    let mut filters = network_filters(configs);
     filters.append(&mut chain.filters);
     chain.filters = filters;
 }

@@ -14,7 +14,7 @@ fn policy(name: &str, effect: Effect, rules: &[&str]) -> Applied {
     Applied {
         name: name.into(),
         effect,
-        rules: rules.iter().map(|r| rule(r)).collect(),
+        rules: std::sync::Arc::new(rules.iter().map(|r| rule(r)).collect()),
         shadow: false,
         error: None,
     }
