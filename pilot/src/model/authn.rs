@@ -171,7 +171,8 @@ impl AuthnIndex {
                     [only] if only.trigger_rules.len() == 1 => only.trigger_rules.first().cloned(),
                     _ => {
                         if jwts.iter().any(|j| !j.trigger_rules.is_empty()) {
-                            tracing::warn!(
+                            // Said once per push by `jwks_uris`; per proxy only in debug.
+                            tracing::debug!(
                                 policy = %origin,
                                 "triggerRules are applied with one origin and one rule only: a token is required on every path"
                             );
@@ -279,23 +280,15 @@ impl AuthnIndex {
             .map(str::to_string)
             .or_else(|| discovery_uri(issuer))
         else {
-            tracing::warn!(
-                policy = %origin,
-                %issuer,
-                "no jwks or jwksUri, and the issuer is no URL to discover them at: tokens of this issuer are refused"
-            );
+            tracing::debug!(%origin, %issuer, "no key source: the provider refuses every token");
             return FAKE_JWKS.to_string();
         };
         let uri = uri.as_str();
         match self.jwks.get(uri) {
             Some(keys) => keys.to_string(),
+            // The resolver said so when the fetch failed; per proxy only in debug.
             None => {
-                tracing::warn!(
-                    policy = %origin,
-                    %issuer,
-                    %uri,
-                    "JWKS not fetched: tokens of this issuer are refused until it is"
-                );
+                tracing::debug!(%origin, %issuer, %uri, "JWKS never fetched: the provider refuses every token");
                 FAKE_JWKS.to_string()
             }
         }
@@ -360,26 +353,33 @@ impl AuthnIndex {
 
 /// Every `jwksUri` the config names (RequestAuthentication rules and Istio 1.0 origins
 /// without inline `jwks`; the issuer's discovery document for those without either), with
-/// the shortest fetch timeout a rule asks for.
+/// the shortest fetch timeout a rule asks for. Called once per push, it also logs what the
+/// config asks that cannot be done (once per push rather than once per proxy).
 pub fn jwks_uris(config: &Snapshot) -> BTreeMap<String, Duration> {
     let mut out: BTreeMap<String, Duration> = BTreeMap::new();
-    let mut add =
-        |issuer: &str, uri: &Option<String>, inline: &Option<String>, timeout: Option<Duration>| {
-            if inline.is_some() {
-                return;
-            }
-            let Some(uri) = uri
-                .clone()
-                .filter(|u| !u.is_empty())
-                .or_else(|| discovery_uri(issuer))
-            else {
-                return;
-            };
-            let t = timeout.filter(|t| !t.is_zero()).unwrap_or(DEFAULT_TIMEOUT);
-            out.entry(uri)
-                .and_modify(|old| *old = (*old).min(t))
-                .or_insert(t);
+    let mut add = |issuer: &str,
+                   uri: &Option<String>,
+                   inline: &Option<String>,
+                   timeout: Option<Duration>| {
+        if inline.is_some() {
+            return;
+        }
+        let Some(uri) = uri
+            .clone()
+            .filter(|u| !u.is_empty())
+            .or_else(|| discovery_uri(issuer))
+        else {
+            tracing::warn!(
+                %issuer,
+                "no jwks or jwksUri, and the issuer is no URL to discover them at: its tokens are refused"
+            );
+            return;
         };
+        let t = timeout.filter(|t| !t.is_zero()).unwrap_or(DEFAULT_TIMEOUT);
+        out.entry(uri)
+            .and_modify(|old| *old = (*old).min(t))
+            .or_insert(t);
+    };
     for obj in config.of_kind(&Kind::RequestAuthentication) {
         if let Spec::RequestAuthentication(ra) = &obj.spec {
             for r in &ra.jwt_rules {
@@ -397,8 +397,16 @@ pub fn jwks_uris(config: &Snapshot) -> BTreeMap<String, Duration> {
             let (Spec::AuthenticationPolicy(p) | Spec::MeshPolicy(p)) = &obj.spec else {
                 continue;
             };
-            for jwt in p.origins.iter().filter_map(|o| o.jwt.as_ref()) {
+            let jwts: Vec<_> = p.origins.iter().filter_map(|o| o.jwt.as_ref()).collect();
+            for jwt in &jwts {
                 add(&jwt.issuer, &jwt.jwks_uri, &jwt.jwks, None);
+            }
+            let triggered = jwts.iter().filter(|j| !j.trigger_rules.is_empty()).count();
+            if triggered > 0 && !(jwts.len() == 1 && jwts[0].trigger_rules.len() == 1) {
+                tracing::warn!(
+                    policy = %format!("{}/{}", obj.key.namespace, obj.key.name),
+                    "triggerRules are applied with one origin and one rule only: a token is required on every path"
+                );
             }
         }
     }
