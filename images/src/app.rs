@@ -543,6 +543,28 @@ fn parse_url(url: &str) -> Result<(String, u16, String, String), Error> {
 }
 
 /// `GET url` with `headers`, over a new HTTP/1.1 connection, all within `timeout`.
+/// A JSON line of `count` calls of which `took` (sorted here) answered 2xx: how many, and
+/// the nearest-rank percentiles 50, 90 and 99 and the maximum, in microseconds.
+pub fn latency_summary(count: u32, took: &mut [Duration]) -> Value {
+    took.sort();
+    let at = |q: f64| -> Option<u128> {
+        if took.is_empty() {
+            return None;
+        }
+        // Nearest rank: the smallest value with at least q of the samples at or below it.
+        let rank = ((q * took.len() as f64).ceil() as usize).clamp(1, took.len());
+        Some(took[rank - 1].as_micros())
+    };
+    json!({
+        "count": count,
+        "ok": took.len(),
+        "p50_us": at(0.50),
+        "p90_us": at(0.90),
+        "p99_us": at(0.99),
+        "max_us": took.last().map(Duration::as_micros),
+    })
+}
+
 pub async fn get(
     url: &str,
     headers: &[(String, String)],
@@ -635,6 +657,20 @@ pub async fn run(config: Config) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_percentiles_are_nearest_rank() {
+        let mut took: Vec<Duration> = (1..=100).rev().map(Duration::from_micros).collect();
+        let s = latency_summary(101, &mut took);
+        assert_eq!(s["count"], 101);
+        assert_eq!(s["ok"], 100);
+        assert_eq!(s["p50_us"], 50);
+        assert_eq!(s["p90_us"], 90);
+        assert_eq!(s["p99_us"], 99);
+        assert_eq!(s["max_us"], 100);
+        let none = latency_summary(3, &mut []);
+        assert!(none["p50_us"].is_null(), "{none}");
+    }
 
     fn config(service: Service, version: &str) -> Config {
         Config {
