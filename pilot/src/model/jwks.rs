@@ -30,6 +30,9 @@ use tokio::sync::watch;
 /// Istio's `PILOT_JWT_PUB_KEY_REFRESH_INTERVAL` default.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(20 * 60);
 
+/// The first retry of a failed fetch, between refreshes (then doubling up to the interval).
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+
 /// How long a fetch may take when the rule gives no `timeout` (Istio's default).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -151,6 +154,8 @@ struct Entry {
 pub struct JwksResolver {
     fetcher: Arc<dyn JwksFetcher>,
     refresh: Duration,
+    /// The first retry of a failed fetch between refreshes.
+    retry: Duration,
     entries: Mutex<BTreeMap<String, Entry>>,
     published: watch::Sender<Arc<JwksSet>>,
     fetched: Counter,
@@ -171,10 +176,20 @@ impl fmt::Debug for JwksResolver {
 impl JwksResolver {
     /// A resolver fetching through `fetcher`, refreshing every `refresh`.
     pub fn new(fetcher: Arc<dyn JwksFetcher>, refresh: Duration) -> Arc<Self> {
+        Self::with_retry(fetcher, refresh, RETRY_FIRST)
+    }
+
+    /// A resolver whose first retry of a failed fetch comes after `retry` (tests).
+    pub fn with_retry(
+        fetcher: Arc<dyn JwksFetcher>,
+        refresh: Duration,
+        retry: Duration,
+    ) -> Arc<Self> {
         let (published, _) = watch::channel(Arc::new(JwksSet::default()));
         Arc::new(Self {
             fetcher,
             refresh,
+            retry,
             entries: Mutex::new(BTreeMap::new()),
             published,
             fetched: Counter::default(),
@@ -270,15 +285,61 @@ impl JwksResolver {
         self.publish()
     }
 
-    /// Refreshes every interval until `shutdown`.
+    /// Refreshes every interval until `shutdown`. Between refreshes, URIs whose last fetch
+    /// failed are tried again after [`RETRY_FIRST`] (1s), doubling up to the interval, so an
+    /// issuer that was down (its tokens refused, or its old keys kept) is caught up with soon
+    /// after it answers rather than a whole interval later.
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
+        let mut next_refresh = tokio::time::Instant::now() + self.refresh;
+        let mut retry = self.retry;
         loop {
+            let failing = self.lock().values().any(|e| e.error.is_some());
+            if !failing {
+                retry = self.retry;
+            }
+            let wake = if failing {
+                next_refresh.min(tokio::time::Instant::now() + retry)
+            } else {
+                next_refresh
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(self.refresh) => {}
+                _ = tokio::time::sleep_until(wake) => {}
             }
-            self.refresh_now().await;
+            if tokio::time::Instant::now() >= next_refresh {
+                self.refresh_now().await;
+                next_refresh = tokio::time::Instant::now() + self.refresh;
+                retry = self.retry;
+            } else {
+                self.refresh_failed().await;
+                retry = (retry * 2).min(self.refresh);
+            }
         }
+    }
+
+    /// Fetches again the URIs whose last fetch failed.
+    pub async fn refresh_failed(&self) -> Arc<JwksSet> {
+        let failed: Vec<(String, Duration)> = self
+            .lock()
+            .iter()
+            .filter(|(_, e)| e.error.is_some())
+            .map(|(u, e)| (u.clone(), e.timeout))
+            .collect();
+        let fetched = futures::future::join_all(
+            failed
+                .iter()
+                .map(|(uri, timeout)| self.fetch_checked(uri, *timeout)),
+        )
+        .await;
+        {
+            let mut entries = self.lock();
+            for ((uri, _), result) in failed.into_iter().zip(fetched) {
+                if let Some(entry) = entries.get_mut(&uri) {
+                    record(&uri, entry, result);
+                }
+            }
+        }
+        self.publish()
     }
 
     /// Why the last fetch of each URI failed (those whose last fetch failed).
@@ -514,6 +575,45 @@ mod tests {
         table.set(&doc, Ok(r#"{"issuer": "x"}"#));
         resolver.refresh_now().await;
         assert!(resolver.errors()[&doc].contains("jwks_uri"));
+    }
+
+    #[tokio::test]
+    async fn failed_fetches_are_retried_before_the_next_refresh() {
+        let table = Arc::new(Table::default());
+        let resolver = JwksResolver::with_retry(
+            table.clone(),
+            Duration::from_secs(3600),
+            Duration::from_millis(10),
+        );
+        table.set("http://a/jwks", Ok(A));
+        resolver
+            .resolve(&wanted(["http://a/jwks", "http://down/jwks"]))
+            .await;
+        let shutdown = Shutdown::default();
+        let task = tokio::spawn(resolver.clone().run(shutdown.clone()));
+        table.fetches.lock().unwrap().clear();
+        // Retries after 10ms, 20ms, 40ms...: only the failing URI, long before the hour.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let fetches = table.fetches.lock().unwrap().clone();
+        assert!(fetches.len() >= 3, "{fetches:?}");
+        assert!(
+            fetches.iter().all(|u| u == "http://down/jwks"),
+            "{fetches:?}"
+        );
+        table.set("http://down/jwks", Ok(B));
+        for _ in 0..100 {
+            if resolver.current().get("http://down/jwks").is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(resolver.current().get("http://down/jwks"), Some(B));
+        // Nothing fails any more: quiet until the refresh.
+        let n = table.fetches.lock().unwrap().len();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(table.fetches.lock().unwrap().len(), n);
+        shutdown.cancel();
+        task.await.unwrap();
     }
 
     #[tokio::test]
