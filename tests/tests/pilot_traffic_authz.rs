@@ -604,6 +604,23 @@ async fn istio_1_0_rbac_samples_behave_as_istios_docs_say() {
     )
     .await;
 
+    // A binding to a role that does not exist cannot be translated: the workload fails
+    // closed (denies everything, productpage's open GET included) until it is fixed.
+    s.pilot
+        .write(
+            "dangling.yaml",
+            "apiVersion: rbac.istio.io/v1alpha1\nkind: ServiceRoleBinding\nmetadata: {name: dangling, namespace: default}\nspec:\n  subjects: [{user: '*'}]\n  roleRef: {kind: ServiceRole, name: nowhere}\n",
+        )
+        .unwrap();
+    s.expect(productpage, "GET", "/", &all("403")).await;
+    let dump = s.server.config_dump(false).await.unwrap().to_string();
+    assert!(
+        dump.contains("fail-closed: ns[default]-rbac[dangling]"),
+        "no fail-closed policy in the server's config"
+    );
+    s.pilot.remove("dangling.yaml").unwrap();
+    s.expect(productpage, "GET", "/", &all("200")).await;
+
     // RBAC off again: everything passes.
     s.pilot.remove("rbac-config-ON.yaml").unwrap();
     s.expect(ratings, "GET", "/", &all("200")).await;

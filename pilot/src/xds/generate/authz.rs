@@ -28,7 +28,8 @@
 //!   `request.auth.presenter`, and `request.auth.claims`, each claim a list of strings.
 //!   Without a verified token none is there, and nothing that needs one matches.
 //! - **Fail closed.** When a policy of the workload cannot be translated, the workload gets a
-//!   single ALLOW filter without policies (deny all), and the reason is logged.
+//!   single filter denying everything, whose one policy is named `fail-closed: REASON` (seen
+//!   in `/debug/config_dump` and Envoy's RBAC log), and the reason is logged.
 
 use std::collections::HashMap;
 
@@ -121,16 +122,31 @@ pub fn rbac_configs(policies: &WorkloadPolicies, target: Target) -> Vec<RbacConf
         Ok(configs) => configs,
         Err(reason) => {
             tracing::warn!(%reason, "authorization policy cannot be translated: denying all");
-            vec![deny_all()]
+            vec![deny_all(&reason)]
         }
     }
 }
 
-/// A filter that denies everything: ALLOW without policies.
-fn deny_all() -> RbacConfig {
+/// A filter that denies everything, its one policy named after `reason` (so
+/// `/debug/config_dump` and Envoy's RBAC log say why).
+fn deny_all(reason: &str) -> RbacConfig {
+    let mut name = format!("fail-closed: {reason}");
+    if name.len() > 300 {
+        let mut cut = 300;
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        name.truncate(cut);
+    }
+    let everything = Policy {
+        permissions: vec![perm(permission::Rule::Any(true))],
+        principals: vec![id(principal::Identifier::Any(true))],
+        ..Default::default()
+    };
     RbacConfig {
         rules: Some(Rbac {
-            action: RbacAction::Allow as i32,
+            action: RbacAction::Deny as i32,
+            policies: HashMap::from([(name, everything)]),
             ..Default::default()
         }),
         shadow: None,

@@ -125,7 +125,15 @@ fn a_policy_that_cannot_be_translated_denies_everything() {
     let w = workload(vec![broken, policy("allow-all", Effect::Allow, &["{}"])]);
     for target in [Target::Http, Target::Tcp] {
         let configs = rbac_configs(&w, target);
-        assert_eq!(actions(&configs), [(RbacAction::Allow as i32, 0)]);
+        assert_eq!(actions(&configs), [(RbacAction::Deny as i32, 1)]);
+        let policies = &configs[0].rules.as_ref().unwrap().policies;
+        let (name, p) = policies.iter().next().unwrap();
+        assert_eq!(
+            name,
+            "fail-closed: broken: roleRef: ServiceRole x/y does not exist"
+        );
+        assert_eq!(p.principals[0].identifier, Some(Identifier::Any(true)));
+        assert_eq!(p.permissions[0].rule, Some(permission::Rule::Any(true)));
     }
 }
 
