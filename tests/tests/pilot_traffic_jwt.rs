@@ -14,6 +14,9 @@
 //! AuthorizationPolicy's `requestPrincipals` and `request.auth.claims` through the metadata
 //! contract of `pilot::xds::generate::authn`. An ingress gateway picked by a root-namespace
 //! policy checks tokens on its own HTTP listener.
+//!
+//! Istio 1.0's MeshPolicy `peers` (no JWT there) make the workload's inbound STRICT or
+//! PERMISSIVE mutual TLS with Citadel's certificates, like a PeerAuthentication.
 
 mod pilot_traffic_support;
 
@@ -26,7 +29,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mesh_tests::mesh::{Pilot, eventually};
 use mesh_tests::{Envoy, HttpResponse, Upstream, free_port, http_get};
-use pilot_traffic_support::{inbound_sidecar, service_entry};
+use pilot_traffic_support::{
+    cert_meta, citadel, inbound_sidecar, service_entry, strict_mtls_reviews,
+};
 use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, SigningKey as _};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -698,4 +703,96 @@ spec:
     assert_eq!(get(Some(valid)).await.unwrap(), 200, "{}", envoy.logs());
     assert_eq!(get(Some(expired)).await.unwrap(), 401);
     envoy.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_istio_1_0_mesh_policy_sets_mutual_tls() {
+    const SERVER_IP: &str = "127.0.0.73";
+    const SERVER: &str = "sidecar~127.0.0.73~reviews-v1-1.default~default.svc.cluster.local";
+    const CLIENT: &str = "sidecar~127.0.0.74~productpage-1.default~default.svc.cluster.local";
+    let mesh_policy = |mtls: &str| {
+        format!(
+            "apiVersion: authentication.istio.io/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: default}}\nspec:\n  peers: [{{mtls: {mtls}}}]\n"
+        )
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (_citadel, secrets) = citadel(tmp.path()).await;
+    let app = Upstream::start("reviews-v1", "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let inbound = free_port();
+    // The mutual TLS mesh of the PeerAuthentication tests, the MeshPolicy instead.
+    let mut files: Vec<(&str, String)> = strict_mtls_reviews(SERVER_IP, inbound, app.addr().port())
+        .into_iter()
+        .filter(|(name, _)| *name != "peer.yaml")
+        .collect();
+    files.push(("mesh-policy.yaml", mesh_policy("{}")));
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let pilot = Pilot::start(&refs, "", &[]).await.unwrap();
+    let port = free_port();
+    let mut args: Vec<String> = [
+        "--meta",
+        "INTERCEPTION_MODE=NONE",
+        "--meta",
+        &format!("PROXY_HTTP_PORT={port}"),
+        "--label",
+        "app=productpage",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(cert_meta(&secrets, "productpage", "CLIENT"));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let client = pilot.sidecar(CLIENT, &refs).await.unwrap();
+    let mut args: Vec<String> = ["--meta", "INTERCEPTION_MODE=NONE", "--label", "app=reviews"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(cert_meta(&secrets, "reviews", "SERVER"));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = pilot.sidecar(SERVER, &refs).await.unwrap();
+
+    let through_mesh = || async {
+        http_get(
+            &format!("http://127.0.0.1:{port}/"),
+            &[("host", "reviews:9080")],
+        )
+        .await
+    };
+    let plain = || async {
+        http_get(
+            &format!("http://{SERVER_IP}:{inbound}/"),
+            &[("host", "reviews:9080")],
+        )
+        .await
+    };
+    eventually("mutual TLS through both sidecars", WAIT, || async {
+        Ok(through_mesh().await?.status == 200)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}\nclient:\n{}\nserver:\n{}",
+            client.logs(),
+            server.logs()
+        )
+    });
+    // STRICT: plain text to the workload's port is refused.
+    assert!(
+        plain().await.is_err(),
+        "plain text passed a STRICT MeshPolicy"
+    );
+
+    // PERMISSIVE: both.
+    pilot
+        .write("mesh-policy.yaml", &mesh_policy("{mode: PERMISSIVE}"))
+        .unwrap();
+    eventually("plain text under PERMISSIVE", WAIT, || async {
+        Ok(plain().await?.status == 200)
+    })
+    .await
+    .unwrap();
+    assert_eq!(through_mesh().await.unwrap().status, 200);
+    client.stop().await.unwrap();
+    server.stop().await.unwrap();
 }
