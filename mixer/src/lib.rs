@@ -144,18 +144,36 @@ pub async fn run(mut cli: Cli, shutdown: Shutdown) -> anyhow::Result<()> {
         }),
     );
     let prom_server = monitoring::serve(prom, prom_app, shutdown.clone());
+    let grpc_bound = grpc
+        .local_addr()
+        .context("reading the gRPC server's address")?;
     let grpc_server = server::serve(grpc, dispatcher.clone(), shutdown.clone());
 
     let store_rx = base.store.subscribe();
     let configz_dispatcher = dispatcher.clone();
-    let routes = axum::Router::new().route(
-        "/debug/configz",
-        get(move || {
-            let snap = store_rx.borrow().clone();
-            let resolved = configz_dispatcher.config();
-            async move { Json(configz(&snap, &resolved.to_json())) }
-        }),
-    );
+    let routes = axum::Router::new()
+        .route(
+            "/debug/configz",
+            get(move || {
+                let snap = store_rx.borrow().clone();
+                let resolved = configz_dispatcher.config();
+                async move { Json(configz(&snap, &resolved.to_json())) }
+            }),
+        )
+        .route(
+            "/live",
+            get(move || async move {
+                use axum::response::IntoResponse as _;
+                match server::live::check(grpc_bound).await {
+                    Ok(report) => Json(report).into_response(),
+                    Err(e) => (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        format!("{e}\n"),
+                    )
+                        .into_response(),
+                }
+            }),
+        );
     let app = monitoring::router(base.readiness, Arc::new(base.registry)).merge(routes);
     let monitoring_server = monitoring::serve(http, app, shutdown);
     tokio::try_join!(

@@ -9,6 +9,7 @@ pub mod bag;
 pub mod compressed;
 pub mod dictionary;
 pub mod ext_authz;
+pub mod live;
 pub mod mixer_v1;
 pub mod ratelimit;
 

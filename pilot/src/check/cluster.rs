@@ -1026,13 +1026,48 @@ impl SyncSummary {
 
 // --- mixer ---
 
-/// Both of Mixer's roles answer `/ready`.
-///
-/// A Mixer `Check` over gRPC would need a port-forward to port 9091, which takes kube's `ws`
-/// feature (not enabled in this workspace) and a tonic channel over the forwarded stream;
-/// `/ready` through the service proxy is enough to know that Mixer serves.
+/// Both of Mixer's roles answer `/ready`, and answer a real Check: Mixer's `/live` sends an
+/// ext_authz Check to its own gRPC port and says what came back (the API server's service
+/// proxy cannot carry gRPC, so the check is made from inside the pod).
 pub async fn mixer(ctx: &Ctx) -> Vec<CheckResult> {
-    join_all([names::POLICY, names::TELEMETRY].map(|s| ready(ctx, s))).await
+    let mut out = Vec::new();
+    for service in [names::POLICY, names::TELEMETRY] {
+        let ready = ready(ctx, service).await;
+        let failed = ready.is_fail();
+        out.push(ready);
+        if !failed {
+            out.push(answers_check(ctx, service).await);
+        }
+    }
+    out
+}
+
+async fn answers_check(ctx: &Ctx, service: &str) -> CheckResult {
+    let name = format!("{service} answers a Check (/live)");
+    match ctx
+        .service_get(service, names::MONITORING_PORT, "/live")
+        .await
+        .and_then(|text| live_answer(&text))
+    {
+        Ok(why) => CheckResult::ok(format!("{name}: {why}")),
+        Err(e) => CheckResult::fail(
+            name,
+            reason(&e),
+            ctx.kubectl(&format!("logs deployment/{service}")),
+        ),
+    }
+}
+
+/// What Mixer's `/live` says: `{"addr", "code", "millis"}`.
+pub fn live_answer(text: &str) -> Result<String, CheckError> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|_| CheckError::Missing(text.trim().to_string()))?;
+    let code = value
+        .get("code")
+        .and_then(|c| c.as_i64())
+        .ok_or_else(|| CheckError::Missing(format!("no \"code\" in {text}")))?;
+    let millis = value.get("millis").and_then(|m| m.as_u64()).unwrap_or(0);
+    Ok(format!("code {code} in {millis} ms"))
 }
 
 #[cfg(test)]

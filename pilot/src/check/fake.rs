@@ -254,6 +254,12 @@ fn healthy() -> Fake {
             Value::String("ok\n".into()),
         );
     }
+    for svc in [names::POLICY, names::TELEMETRY] {
+        f.put(
+            format!("/api/v1/namespaces/{NS}/services/http:{svc}:15014/proxy/live"),
+            json!({"addr": "127.0.0.1:9091", "code": 0, "millis": 3}),
+        );
+    }
     f.put(
         format!(
             "/api/v1/namespaces/{NS}/services/http:{}:15014/proxy/debug/syncz",
@@ -318,7 +324,7 @@ async fn a_healthy_install_passes() {
     let groups = run(healthy(), GroupKind::POST).await;
     let out = text(&groups);
     assert!(
-        out.ends_with("Status check results are ✔ (23 passed)\n"),
+        out.ends_with("Status check results are ✔ (25 passed)\n"),
         "{out}"
     );
     for line in [
@@ -326,6 +332,7 @@ async fn a_healthy_install_passes() {
         "✔ deployment istio-pilot is available",
         "✔ the caBundle of webhook validation.istio.io verifies Pilot's serving certificate for istio-pilot.istio-system.svc",
         "✔ istio-telemetry is ready (/ready)",
+        "✔ istio-policy answers a Check (/live): code 0 in 3 ms",
         "✔ proxies are in sync with Pilot (1 connected, all synced)",
     ] {
         assert!(out.contains(line), "{line:?} not in\n{out}");
@@ -495,6 +502,26 @@ async fn pre_install() {
     );
     assert!(
         out.contains("Status check results are ✖ (3 failed, 10 passed)"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_mixer_that_does_not_answer_checks_fails() {
+    let mut f = healthy();
+    f.put(
+        format!(
+            "/api/v1/namespaces/{NS}/services/http:{}:15014/proxy/live",
+            names::POLICY
+        ),
+        Value::String("Check to 127.0.0.1:9091 failed: status: Unavailable\n".into()),
+    );
+    let out = text(&run(f, GroupKind::POST).await);
+    assert!(
+        out.contains(
+            "✖ istio-policy answers a Check (/live): Check to 127.0.0.1:9091 failed: status: \
+             Unavailable"
+        ),
         "{out}"
     );
 }
