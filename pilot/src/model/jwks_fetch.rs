@@ -18,6 +18,9 @@ use super::jwks::{JwksError, JwksFetcher};
 /// The largest JWKS body read; an issuer's key set is a few KiB.
 const MAX_BODY: usize = 1 << 20;
 
+/// Redirects followed before giving up (Go's client, which Istio fetches with, follows 10).
+const MAX_REDIRECTS: usize = 10;
+
 /// Fetches JWKS URIs over HTTP(S), verifying servers against the system's roots.
 #[derive(Clone)]
 pub struct HttpFetcher {
@@ -56,40 +59,75 @@ impl HttpFetcher {
         Ok(Arc::new(Self { client }))
     }
 
+    /// GETs `uri`, following up to [`MAX_REDIRECTS`] redirects (as Go's client does for
+    /// Istio).
     async fn get(&self, uri: &str) -> Result<String, JwksError> {
-        let fail = |reason: String| JwksError::Fetch {
-            uri: uri.to_string(),
-            reason,
-        };
-        let parsed: hyper::Uri = uri.parse().map_err(|e| JwksError::InvalidUri {
-            uri: uri.to_string(),
-            reason: format!("{e}"),
-        })?;
-        if !matches!(parsed.scheme_str(), Some("http" | "https")) {
-            return Err(JwksError::InvalidUri {
-                uri: uri.to_string(),
-                reason: "not http or https".into(),
-            });
+        let mut current = parse(uri)?;
+        for _ in 0..=MAX_REDIRECTS {
+            let shown = current.to_string();
+            let fail = |reason: String| JwksError::Fetch {
+                uri: shown.clone(),
+                reason,
+            };
+            let resp = self
+                .client
+                .get(current.clone())
+                .await
+                .map_err(|e| fail(error_chain(&e)))?;
+            let status = resp.status();
+            if status.is_redirection() {
+                let location = resp
+                    .headers()
+                    .get(hyper::header::LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .ok_or_else(|| fail(format!("status {status} without a location")))?;
+                current = redirect_target(&current, location)?;
+                continue;
+            }
+            if !status.is_success() {
+                return Err(JwksError::Status {
+                    uri: shown,
+                    status: status.as_u16(),
+                });
+            }
+            let body = Limited::new(resp.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| fail(format!("reading the body: {e}")))?
+                .to_bytes();
+            return String::from_utf8(body.to_vec())
+                .map_err(|_| fail("the body is not UTF-8".into()));
         }
-        let resp = self
-            .client
-            .get(parsed)
-            .await
-            .map_err(|e| fail(error_chain(&e)))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(JwksError::Status {
-                uri: uri.to_string(),
-                status: status.as_u16(),
-            });
-        }
-        let body = Limited::new(resp.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| fail(format!("reading the body: {e}")))?
-            .to_bytes();
-        String::from_utf8(body.to_vec()).map_err(|_| fail("the body is not UTF-8".into()))
+        Err(JwksError::Fetch {
+            uri: uri.to_string(),
+            reason: format!("more than {MAX_REDIRECTS} redirects"),
+        })
     }
+}
+
+/// An `http(s)` URI.
+fn parse(uri: &str) -> Result<hyper::Uri, JwksError> {
+    let parsed: hyper::Uri = uri.parse().map_err(|e| JwksError::InvalidUri {
+        uri: uri.to_string(),
+        reason: format!("{e}"),
+    })?;
+    if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.authority().is_none() {
+        return Err(JwksError::InvalidUri {
+            uri: uri.to_string(),
+            reason: "not an http or https URL".into(),
+        });
+    }
+    Ok(parsed)
+}
+
+/// Where a redirect's `location` (absolute, or a path on the same server) leads from `from`.
+fn redirect_target(from: &hyper::Uri, location: &str) -> Result<hyper::Uri, JwksError> {
+    if location.starts_with('/') && !location.starts_with("//") {
+        let scheme = from.scheme_str().unwrap_or("http");
+        let authority = from.authority().map(|a| a.as_str()).unwrap_or("");
+        return parse(&format!("{scheme}://{authority}{location}"));
+    }
+    parse(location)
 }
 
 impl JwksFetcher for HttpFetcher {
@@ -126,7 +164,7 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// One HTTP/1.1 answer per connection.
+    /// One HTTP/1.1 answer per connection (`status` may carry more header lines).
     async fn serve(status: &'static str, body: &'static str) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -153,6 +191,26 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(got, r#"{"keys":[]}"#);
+    }
+
+    #[tokio::test]
+    async fn redirects_are_followed() {
+        let target = serve("200 OK", r#"{"keys":[]}"#).await;
+        let redirect: &'static str =
+            Box::leak(format!("302 Found\r\nlocation: {target}").into_boxed_str());
+        let first = serve(redirect, "").await;
+        let f = HttpFetcher::new().unwrap();
+        assert_eq!(
+            f.fetch(&first, Duration::from_secs(5)).await.unwrap(),
+            r#"{"keys":[]}"#
+        );
+        assert_eq!(
+            redirect_target(&"http://a:1/x".parse().unwrap(), "/keys")
+                .unwrap()
+                .to_string(),
+            "http://a:1/keys"
+        );
+        assert!(redirect_target(&"http://a/x".parse().unwrap(), "ftp://b/").is_err());
     }
 
     #[tokio::test]
