@@ -25,7 +25,8 @@
 //!   sidecar presents is its workload's SPIFFE identity from Citadel;
 //! - continuity: under steady load through the ingress, deleting Pilot's pods, then
 //!   Mixer's and Citadel's, loses no page, and an endpoint change made while Pilot is gone
-//!   reaches the proxies once it is back.
+//!   reaches the proxies once it is back; an upgrade (install.yaml re-applied with changed
+//!   settings) rolls every control-plane Deployment, gateways included, losing no page.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -796,6 +797,66 @@ async fn bookinfo_behind_the_ingress_routed_by_yaml() -> anyhow::Result<()> {
     )
     .await?;
     drop(pf);
+
+    // An upgrade: install.yaml re-applied with changed settings (every Deployment's
+    // settings checksum changes, as `make manifests` writes it when a settings file does)
+    // rolls every Deployment of the control plane, the gateways included, under the same
+    // steady load through the ingress: not one page lost.
+    let install = std::fs::read_to_string(cluster.repo_root().join("manifests/install.yaml"))?;
+    let upgraded = install.replace("checksum/settings: ", "checksum/settings: upgraded-");
+    anyhow::ensure!(
+        upgraded != install,
+        "install.yaml has no settings checksums"
+    );
+    let load = Load::start();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster
+        .kubectl_with_stdin(["apply", "-f", "-"], Some(upgraded.as_bytes()))
+        .await?;
+    let deployments = [
+        "istio-pilot",
+        "istio-policy",
+        "istio-telemetry",
+        "istio-citadel",
+        "istio-ingressgateway",
+        "istio-egressgateway",
+    ];
+    for d in deployments {
+        cluster
+            .kubectl_ok([
+                "-n",
+                "istio-system",
+                "rollout",
+                "status",
+                &format!("deployment/{d}"),
+                "--timeout=180s",
+            ])
+            .await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ok, failed) = load.stop().await;
+    eprintln!("upgrade: {ok} pages, {} lost", failed.len());
+    assert!(ok > 50, "the load made only {ok} requests");
+    assert!(
+        failed.is_empty(),
+        "pages lost while install.yaml rolled the control plane: {failed:?}"
+    );
+    let rolled = cluster
+        .kubectl_ok([
+            "-n",
+            "istio-system",
+            "get",
+            "pods",
+            "-l",
+            "app=istio-ingressgateway",
+            "-o",
+            "jsonpath={.items[*].metadata.annotations.checksum/settings}",
+        ])
+        .await?;
+    assert!(
+        rolled.contains("upgraded-"),
+        "the ingress gateway did not roll: {rolled}"
+    );
 
     ns.cleanup().await?;
     Ok(())

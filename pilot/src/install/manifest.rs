@@ -631,6 +631,9 @@ fn citadel(opts: &InstallOptions) -> Value {
     )
 }
 
+/// How long a stopping gateway keeps serving before Envoy gets SIGTERM.
+const GATEWAY_STOP_DELAY_S: u32 = 5;
+
 /// A gateway: an init container writes Envoy's bootstrap (`pilot bootstrap`, node type
 /// `router`, the pod's labels as node metadata) into a volume, and Envoy runs from it. The
 /// bootstrap's status listener (15021) answers the readiness probe.
@@ -678,6 +681,11 @@ fn gateway(opts: &InstallOptions, name: &str, istio: &str, account: &str) -> Val
             {"name": "status-port", "containerPort": STATUS_PORT},
         ],
         "readinessProbe": http_probe("/healthz/ready", STATUS_PORT, 2, 30),
+        // Envoy stops at SIGTERM without draining. A terminating pod leaves its Service's
+        // endpoints at once, but the nodes' kube-proxy takes a moment to stop sending it new
+        // connections: the gateway serves on for those seconds before it is told to stop,
+        // so a rolling update loses nothing.
+        "lifecycle": {"preStop": {"sleep": {"seconds": GATEWAY_STOP_DELAY_S}}},
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
         "securityContext": restricted(),
         "volumeMounts": [
