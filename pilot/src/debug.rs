@@ -1,6 +1,6 @@
 //! Pilot's debug pages: `/debug/syncz`, `/debug/adsz`, `/debug/registryz`, `/debug/meshz`,
-//! `/debug/injectz`, `/debug/analyzez` (Istio's analysis messages about the config in force,
-//! see [`crate::model::analysis`]) and
+//! `/debug/injectz`, `/debug/jwksz`, `/debug/analyzez` (Istio's analysis messages about the
+//! config in force, see [`crate::model::analysis`]) and
 //! `/debug/config_dump?proxyID=...` (what a proxy is sent, as JSON in the shape of Envoy's
 //! admin `/config_dump`: see [`crate::xds::dump`]).
 
@@ -265,4 +265,16 @@ async fn config_dump(State(server): State<XdsServer>, Query(q): Query<DumpQuery>
         ],
     }))
     .into_response()
+}
+
+/// `/debug/jwksz`: the `jwksUri`s the config names, the key ids Pilot holds for each (what
+/// proxies get inline) and why the last fetch failed.
+pub fn jwks_routes(resolver: std::sync::Arc<crate::model::jwks::JwksResolver>) -> Router {
+    Router::new().route(
+        "/debug/jwksz",
+        get(move || {
+            let status = resolver.status();
+            async move { Json(status) }
+        }),
+    )
 }

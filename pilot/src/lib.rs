@@ -191,7 +191,7 @@ pub async fn serve(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()>
         config_rx,
         mesh_rx,
         platform_rx,
-        Some(jwks),
+        Some(jwks.clone()),
         debounce,
         shutdown.clone(),
     ));
@@ -235,7 +235,8 @@ pub async fn serve(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()>
 
     let routes = debug::routes(server.clone())
         .merge(debug::mesh_routes(settings.mesh.clone(), mesh_refused))
-        .merge(debug::inject_routes(injector));
+        .merge(debug::inject_routes(injector))
+        .merge(debug::jwks_routes(jwks));
     let store = Arc::clone(&base.store);
     base.serve_monitoring(http, routes, shutdown.clone())
         .await?;

@@ -452,6 +452,16 @@ async fn rotated_keys_are_picked_up_and_an_unreachable_issuer_keeps_the_last_goo
     .unwrap();
     assert_eq!(s.status(Some(&new_token)).await, 200, "{}", s.envoy.logs());
     assert_eq!(s.status(Some(&old_token)).await, 401);
+    // /debug/jwksz says which keys proxies have and why the last fetch failed.
+    let jwksz = s.pilot.debug("/debug/jwksz").await.unwrap();
+    assert_eq!(jwksz["uris"][0]["uri"], jwks.uri(), "{jwksz}");
+    assert_eq!(jwksz["uris"][0]["kids"], json!(["new"]), "{jwksz}");
+    assert!(
+        jwksz["uris"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("503")),
+        "{jwksz}"
+    );
     // Counted as Istio counts them.
     let metrics = http_get(&format!("{}/metrics", s.pilot.http_base()), &[])
         .await

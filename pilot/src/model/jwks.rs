@@ -342,6 +342,38 @@ impl JwksResolver {
         self.publish()
     }
 
+    /// What `/debug/jwksz` shows: the refresh interval, and for each URI the config names the
+    /// key ids of the keys held (what proxies get inline; none: they get [`FAKE_JWKS`]) and
+    /// why the last fetch failed (`null` when it did not).
+    pub fn status(&self) -> serde_json::Value {
+        let uris: Vec<serde_json::Value> = self
+            .lock()
+            .iter()
+            .map(|(uri, e)| {
+                let kids: Option<Vec<String>> = e.keys.as_ref().map(|k| {
+                    serde_json::from_str::<serde_json::Value>(k)
+                        .ok()
+                        .and_then(|v| v.get("keys")?.as_array().cloned())
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|key| {
+                            key.get("kid")
+                                .and_then(|k| k.as_str())
+                                .unwrap_or("")
+                                .to_string()
+                        })
+                        .collect()
+                });
+                serde_json::json!({
+                    "uri": uri,
+                    "kids": kids,
+                    "error": e.error.as_ref().map(|e| e.to_string()),
+                })
+            })
+            .collect();
+        serde_json::json!({"refreshIntervalSeconds": self.refresh.as_secs(), "uris": uris})
+    }
+
     /// Why the last fetch of each URI failed (those whose last fetch failed).
     pub fn errors(&self) -> BTreeMap<String, String> {
         self.lock()
@@ -547,6 +579,18 @@ mod tests {
         let set = resolver.refresh_now().await;
         assert_eq!(set.get("http://a/jwks"), Some(A));
         assert!(resolver.errors()["http://a/jwks"].contains("not a JWKS"));
+        let status = resolver.status();
+        assert_eq!(
+            status["uris"][0]["kids"],
+            serde_json::json!(["a"]),
+            "{status}"
+        );
+        assert!(
+            status["uris"][0]["error"]
+                .as_str()
+                .unwrap()
+                .contains("not a JWKS")
+        );
     }
 
     #[tokio::test]
