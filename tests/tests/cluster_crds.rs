@@ -49,7 +49,30 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Applies each file into `ns` (documents naming another namespace are moved there), checks
 /// kubectl reports every document applied; returns the failures, one line per file.
+/// Removes the mesh-wide singletons some files define (Istio 1.0's MeshPolicy `default`
+/// and (Cluster)RbacConfig `default`), which the namespace's cleanup does not reach: left
+/// behind, they would turn on STRICT mutual TLS or RBAC for every later test.
+async fn remove_mesh_wide(cluster: &Cluster) -> Option<String> {
+    cluster
+        .kubectl_ok([
+            "delete",
+            "meshpolicies.authentication.istio.io,clusterrbacconfigs.rbac.istio.io,rbacconfigs.rbac.istio.io",
+            "--all",
+            "-A",
+            "--ignore-not-found",
+        ])
+        .await
+        .err()
+        .map(|e| format!("removing mesh-wide objects: {e:#}"))
+}
+
 async fn apply_files(cluster: &Cluster, ns: &str, root: &Path, files: &[PathBuf]) -> Vec<String> {
+    let mut failures = apply_each(cluster, ns, root, files).await;
+    failures.extend(remove_mesh_wide(cluster).await);
+    failures
+}
+
+async fn apply_each(cluster: &Cluster, ns: &str, root: &Path, files: &[PathBuf]) -> Vec<String> {
     let mut failures = Vec::new();
     for file in files {
         let shown = file
