@@ -451,8 +451,19 @@ fn the_installed_config_is_istio_1_0s_default_config() {
         return;
     };
     // Object for object, spec for spec (Istio's file also has two DestinationRules, which
-    // are not Mixer config).
-    assert_eq!(specs(&installed_mixer_config()), specs(&istio));
+    // are not Mixer config). One addition of ours: the kubernetes instance also looks pods
+    // up by `destination.ip` (as Istio 1.1's does), for stock Envoy's TCP checks, which
+    // carry no uid.
+    let mut ours = specs(&installed_mixer_config());
+    let attributes = ours
+        .get_mut("\"kubernetes\"/\"attributes\"")
+        .and_then(Value::as_object_mut)
+        .expect("the kubernetes instance");
+    assert_eq!(
+        attributes.remove("destination_ip"),
+        Some(json!("destination.ip | ip(\"0.0.0.0\")"))
+    );
+    assert_eq!(ours, specs(&istio));
 }
 
 #[test]
