@@ -200,6 +200,28 @@ fn within_five_sigma(got: u32, n: u32, p: f64) -> bool {
     (f64::from(got) - mean).abs() <= 5.0 * sd
 }
 
+/// A port-forward to the admin port (15000) of productpage's sidecar in `ns`.
+async fn productpage_admin(
+    cluster: &Cluster,
+    ns: &str,
+) -> anyhow::Result<mesh_tests::cluster::PortForward> {
+    let pods = cluster
+        .kubectl_ok([
+            "-n",
+            ns,
+            "get",
+            "pods",
+            "-l",
+            "app=productpage",
+            "-o",
+            "name",
+        ])
+        .await?;
+    cluster
+        .port_forward(ns, pods.lines().next().unwrap_or_default(), 15000)
+        .await
+}
+
 /// What the ratings part of `count` pages (with `headers`) showed, by reviews version:
 /// `stars`, `status N` (ratings refused), `none` (a version that does not call ratings)
 /// or `error`.
@@ -548,21 +570,7 @@ async fn bookinfo_behind_the_ingress_routed_by_yaml() -> anyhow::Result<()> {
         )),
         "pilot check does not name the missing subset:\n{said}"
     );
-    let client = cluster
-        .kubectl_ok([
-            "-n",
-            &n,
-            "get",
-            "pods",
-            "-l",
-            "app=productpage",
-            "-o",
-            "name",
-        ])
-        .await?;
-    let pf = cluster
-        .port_forward(&n, client.lines().next().unwrap_or_default(), 15000)
-        .await?;
+    let pf = productpage_admin(cluster, &n).await?;
     let stats = mesh_tests::http_get(&format!("http://127.0.0.1:{}/stats", pf.port), &[])
         .await?
         .body;
@@ -761,21 +769,7 @@ async fn bookinfo_behind_the_ingress_routed_by_yaml() -> anyhow::Result<()> {
         failed.is_empty(),
         "pages lost while the control plane restarted: {failed:?}"
     );
-    let client = cluster
-        .kubectl_ok([
-            "-n",
-            &n,
-            "get",
-            "pods",
-            "-l",
-            "app=productpage",
-            "-o",
-            "name",
-        ])
-        .await?;
-    let pf = cluster
-        .port_forward(&n, client.lines().next().unwrap_or_default(), 15000)
-        .await?;
+    let pf = productpage_admin(cluster, &n).await?;
     let host = format!("outbound|9080|v2|reviews.{n}.svc.cluster.local");
     retry(
         Duration::from_secs(60),
