@@ -89,6 +89,21 @@ pub async fn run(mut cli: Cli, shutdown: Shutdown) -> anyhow::Result<()> {
         env,
         metrics.clone(),
     );
+    // On Kubernetes the rbac adapter's kinds (rbac.istio.io) are watched by a store of their
+    // own, so that Mixer's readiness never waits on them (a cluster whose ClusterRole does
+    // not let Mixer read them only leaves rbac handlers without policy).
+    let rbac_store = match &source {
+        ConfigSource::Kubernetes(_) => {
+            let store = source
+                .open(adapter::rbac::watched_kinds(), None, shutdown.clone())
+                .await
+                .context("opening the config store of the rbac adapter")?;
+            compiler.set_rbac_store(store.subscribe());
+            Some(store)
+        }
+        ConfigSource::Directory(_) => None,
+    };
+    let mut rbac_rx = rbac_store.as_ref().map(|s| s.subscribe());
     let mut rx = base.store.subscribe();
     let first = rx.borrow_and_update().clone();
     let dispatcher = Arc::new(Dispatcher::new(compiler.compile(&first), metrics));
@@ -109,10 +124,18 @@ pub async fn run(mut cli: Cli, shutdown: Shutdown) -> anyhow::Result<()> {
         let dispatcher = dispatcher.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let _rbac_store = rbac_store;
             loop {
+                let rbac_changed = async {
+                    match rbac_rx.as_mut() {
+                        Some(r) => r.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     r = rx.changed() => if r.is_err() { return },
+                    ok = rbac_changed => if !ok { return },
                 }
                 let snap = rx.borrow_and_update().clone();
                 dispatcher.update(compiler.compile(&snap));

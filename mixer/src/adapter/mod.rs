@@ -14,6 +14,7 @@ pub mod memquota;
 pub mod noop;
 pub mod opa;
 pub mod prometheus;
+pub mod rbac;
 mod record;
 pub mod redisquota;
 pub mod stdio;
@@ -182,6 +183,10 @@ pub trait Handler: Send + Sync + fmt::Debug {
 
     /// Handles a batch of report instances (on the handler's own task).
     fn report(&self, _batch: &[OwnedInstance]) {}
+
+    /// Sees the config-store snapshot of each config Mixer compiles (before that config
+    /// serves), for adapters that read other kinds of the store (`rbac`).
+    fn observe_config(&self, _snapshot: &mesh_runtime::Snapshot) {}
 }
 
 /// The adapters this Mixer has, and the templates each supports.
@@ -191,6 +196,7 @@ pub const ADAPTERS: &[(&str, &[&str])] = &[
     ("memquota", &["quota"]),
     ("redisquota", &["quota"]),
     ("opa", &["authorization"]),
+    ("rbac", &["authorization"]),
     ("prometheus", &["metric"]),
     ("stdio", &["logentry", "metric"]),
     ("kubernetesenv", &["kubernetes"]),
@@ -217,7 +223,6 @@ pub const UNSUPPORTED_ADAPTERS: &[&str] = &[
     "cloudwatch",
     "dogstatsd",
     "fluentd",
-    "rbac",
     "servicecontrol",
     "signalfx",
     "solarwinds",
@@ -250,6 +255,7 @@ pub fn build(
         "memquota" => Arc::new(memquota::MemQuota::build(params)?),
         "redisquota" => Arc::new(redisquota::RedisQuota::build(params, env)?),
         "opa" => Arc::new(opa::Opa::build(params)?),
+        "rbac" => Arc::new(rbac::Rbac::build(params)?),
         "prometheus" => Arc::new(prometheus::Prometheus::build(params, env)?),
         "stdio" => Arc::new(stdio::Stdio::build(params)?),
         "kubernetesenv" => Arc::new(kubernetesenv::KubernetesEnv::build(params)?),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use mesh_proto::Spec;
 use mesh_runtime::{ConfigKey, ConfigObject, LoadError, Snapshot};
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::templates::{self, Field, KUBERNETES_OUTPUT, Variety};
 use super::{
@@ -52,6 +52,9 @@ pub struct Compiler {
     metrics: Arc<Metrics>,
     last_good: HashMap<ConfigKey, Arc<ConfigObject>>,
     handlers: HashMap<String, Arc<HandlerEntry>>,
+    /// Where the `rbac.istio.io` kinds come from when the compiled store does not watch
+    /// them (on Kubernetes, a store of their own).
+    rbac_store: Option<watch::Receiver<Arc<Snapshot>>>,
 }
 
 /// True for the kinds Mixer reads.
@@ -144,7 +147,15 @@ impl Compiler {
             metrics,
             last_good: HashMap::new(),
             handlers: HashMap::new(),
+            rbac_store: None,
         }
+    }
+
+    /// Hands handlers ([`Handler::observe_config`](crate::adapter::Handler::observe_config))
+    /// the snapshots of `rx` instead of the compiled ones: the store that holds the
+    /// `rbac.istio.io` kinds, when it is not the one compiled.
+    pub fn set_rbac_store(&mut self, rx: watch::Receiver<Arc<Snapshot>>) {
+        self.rbac_store = Some(rx);
     }
 
     /// Compiles `snap`.
@@ -234,6 +245,12 @@ impl Compiler {
         }
         // Handlers no longer in config are retired (their tasks stop once unused).
         self.handlers = kept;
+        // Adapters that read other kinds of the store (rbac) see it before this config serves.
+        let rbac_snapshot = self.rbac_store.as_ref().map(|rx| rx.borrow().clone());
+        let view: &Snapshot = rbac_snapshot.as_deref().unwrap_or(snap);
+        for h in &handlers {
+            h.handler.observe_config(view);
+        }
 
         // Rules.
         let mut rules = Vec::new();
