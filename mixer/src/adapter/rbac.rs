@@ -25,7 +25,8 @@
 //!   entry of `subject.properties`, e.g. `source.namespace` or
 //!   `request.auth.claims[iss]`, matched like services) is given and all given ones hold.
 //! - Allowed is OK; anything else PERMISSION_DENIED, naming the namespace and service. Both
-//!   answers may be cached `cacheDuration` or 1,000,000,000 uses, as in Istio.
+//!   answers may be cached `cacheDuration` or 1,000,000,000 uses, as in Istio. Until the store has loaded the RBAC kinds, checks are UNAVAILABLE
+//!   (and not cacheable).
 //!
 //! The RbacConfig (a ClusterRbacConfig `default`, else an RbacConfig `default`) decides
 //! where this is enforced: `OFF` nowhere, `ON` everywhere, `ON_WITH_INCLUSION` for the listed
@@ -228,12 +229,18 @@ fn check_store_url(url: &str) -> Result<(), AdapterError> {
 impl Handler for Rbac {
     fn check(&self, instance: &InstanceValues<'_>) -> CheckResult {
         let policy = self.policy();
-        let status = if !policy.loaded {
-            Status::new(
-                code::UNAVAILABLE,
-                "RBAC: the config store's ServiceRoles and ServiceRoleBindings are not loaded yet",
-            )
-        } else {
+        if !policy.loaded {
+            // Not a decision: nothing may cache it.
+            return CheckResult {
+                status: Status::new(
+                    code::UNAVAILABLE,
+                    "RBAC: the config store's ServiceRoles and ServiceRoleBindings are not loaded yet",
+                ),
+                valid_duration: Duration::ZERO,
+                valid_use_count: 0,
+            };
+        }
+        let status = {
             let request = Request::from_instance(instance);
             match policy.decide(&request) {
                 Ok(Decision::Allowed { .. } | Decision::NotEnforced) => Status::default(),
@@ -1347,8 +1354,10 @@ mod tests {
                     .collect(),
             })
         };
-        // Nothing observed yet.
-        assert_eq!(check("alice").status.code, code::UNAVAILABLE);
+        // Nothing observed yet: not a decision, not to be cached.
+        let unavailable = check("alice");
+        assert_eq!(unavailable.status.code, code::UNAVAILABLE);
+        assert_eq!(unavailable.valid_duration, Duration::ZERO);
         let snapshot = |objs: Vec<ConfigObject>| {
             Snapshot::new(
                 1,
