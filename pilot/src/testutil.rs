@@ -19,6 +19,7 @@ use crate::xds::Generation;
 use crate::xds::push::Inputs;
 
 pub mod golden;
+pub mod meshgen;
 
 /// `pilot/tests/fixtures/NAME`.
 pub fn fixture(name: &str) -> PathBuf {
