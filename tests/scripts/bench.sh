@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # `make bench`: runs every benchmark; each writes target/bench/<name>.json, and this merges them
-# into target/bench/report.json (one object of named figures). Benchmarks that need the local
-# Kubernetes start it (tests/cluster/cluster.sh up) and leave it as they found it.
+# into target/bench/report.json (one object of named figures; a curve is an object with its
+# points, which tests/scripts/plot.py draws as target/bench/<name>.svg). Benchmarks that need
+# the local Kubernetes start it (tests/cluster/cluster.sh up) and leave it as they found it.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUT="$ROOT/target/bench"
 mkdir -p "$OUT"
-rm -f "$OUT"/*.json
+rm -f "$OUT"/*.json "$OUT"/*.svg
 cd "$ROOT"
 
 run() { # name, package, bench
@@ -17,6 +18,7 @@ run() { # name, package, bench
 run runtime mesh-runtime config_store
 run pilot pilot xds
 run pilot_authz pilot authz
+run pilot_scale pilot scale
 run pilot_inject pilot inject
 run pilot_agent pilot agent
 run mixer mixer check
@@ -55,3 +57,5 @@ with open(os.path.join(out, "report.json"), "w") as f:
     f.write("\n")
 print(json.dumps(report, indent=2, sort_keys=True))
 PY
+
+python3 tests/scripts/plot.py "$OUT/report.json" "$OUT" >&2
