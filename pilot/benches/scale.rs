@@ -517,7 +517,7 @@ async fn main() {
     // A real Pilot per mesh size and scope with `base` clients; at `proxies_at` services,
     // more. A point whose syncing would take longer than the budget (by the generation time
     // above) is left out, as are those past the RSS limit.
-    let mut rss_idle = Vec::new();
+    let mut rss_idle = BTreeMap::new();
     let rss_limit_mb = env("PILOT_SCALE_RSS_LIMIT_MB", 16000) as f64;
     for &s in &services {
         for (scoped, name) in SCOPES {
@@ -531,9 +531,7 @@ async fn main() {
             eprintln!("pilot at {s} services, {name}, {base} clients");
             let mut pilot = Pilot::start(mesh(s, scoped)).await;
             let idle = pilot.rss_kb();
-            if !scoped {
-                rss_idle.push(point(s, mb(idle)));
-            }
+            rss_idle.entry(s).or_insert_with(|| point(s, mb(idle)));
             if !pilot.connect(base).await {
                 continue;
             }
@@ -611,6 +609,7 @@ async fn main() {
         let [open, scoped] = figures.remove(figure).unwrap_or_default();
         json!({SCOPES[0].1: open, SCOPES[1].1: scoped})
     };
+    let rss = series("rss");
     let report = json!({
         "pilot_scale_gen_us_per_proxy": {
             "title": "Pilot: generation per proxy (CDS+LDS+RDS+EDS, in process)",
@@ -629,9 +628,9 @@ async fn main() {
             "title": format!("Pilot: memory with {base} ADS clients ({conns})"),
             "x": "services", "y": "RSS, MiB",
             "series": {
-                format!("{} ({base} clients)", SCOPES[0].1): series("rss")[SCOPES[0].1].clone(),
-                format!("{} ({base} clients)", SCOPES[1].1): series("rss")[SCOPES[1].1].clone(),
-                "idle (no client)": rss_idle,
+                format!("{} ({base} clients)", SCOPES[0].1): rss[SCOPES[0].1],
+                format!("{} ({base} clients)", SCOPES[1].1): rss[SCOPES[1].1],
+                "idle (no client)": rss_idle.into_values().collect::<Vec<_>>(),
             },
         },
         "pilot_scale_rss_mb_vs_proxies": {

@@ -54,15 +54,16 @@ def nice_step(span, count=5):
 
 
 def fmt(v):
+    """A number in at most 3 or 4 significant digits: 0.123, 12.3, 1,234, 12.3k, 1.5M."""
     if v == 0:
         return "0"
     a = abs(v)
     if a >= 1e6:
-        return f"{v / 1e6:g}M"
+        return f"{v / 1e6:.3g}M"
     if a >= 1e4:
-        return f"{v / 1e3:g}k"
-    if a >= 1:
-        return f"{v:,.0f}" if v == round(v) else f"{v:g}"
+        return f"{v / 1e3:.3g}k"
+    if a >= 100:
+        return f"{v:,.0f}"
     return f"{v:.3g}"
 
 
@@ -79,6 +80,9 @@ class Axis:
                 lo = min(lo, 0)
             if hi == lo:
                 hi = lo + (abs(lo) or 1)
+            if zero:
+                # The y axis: room above the highest point for its label.
+                hi += (hi - lo) * 0.08
             step = nice_step(hi - lo)
             self.lo = math.floor(lo / step) * step
             self.hi = math.ceil(hi / step) * step
@@ -201,9 +205,25 @@ def svg(key, value, lines):
     named = [k for k in lines if k]
     if len(named) > 1 or (named and len(lines) == 1):
         width = 24 + 7 * max(len(k) for k in named)
-        lx, ly = LEFT + 10, TOP + 10
+        height = 8 + 18 * len(named)
+        # The corner (top left, top right, bottom right) covering the fewest points.
+        pixels = [(x.pos(a), y.pos(b)) for pts in lines.values() for a, b in pts]
+        corners = [
+            (LEFT + 10, TOP + 10),
+            (W - RIGHT - 10 - width, TOP + 10),
+            (W - RIGHT - 10 - width, H - BOTTOM - 10 - height),
+        ]
+
+        def covered(c):
+            return sum(
+                1
+                for px, py in pixels
+                if c[0] - 30 <= px <= c[0] + width + 10 and c[1] - 20 <= py <= c[1] + height + 20
+            )
+
+        lx, ly = min(corners, key=covered)
         o.append(
-            f'<rect x="{lx}" y="{ly}" width="{width}" height="{8 + 18 * len(named)}" '
+            f'<rect x="{lx}" y="{ly}" width="{width}" height="{height}" '
             'fill="white" fill-opacity="0.9" stroke="#999999"/>'
         )
         for n, name in enumerate(lines):
