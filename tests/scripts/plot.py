@@ -137,12 +137,25 @@ def marker(kind, x, y, color):
 
 
 def svg(key, value, lines):
+    # Legend entries laid out in rows under the title; the plot starts below them.
+    legend = {}
+    named = [k for k in lines if k]
+    top = TOP
+    if named:
+        lx, ly = LEFT, TOP + 2
+        for name in named:
+            width = 34 + 7 * len(name)
+            if lx + width > W - RIGHT and lx > LEFT:
+                lx, ly = LEFT, ly + 18
+            legend[name] = (lx, ly)
+            lx += width + 12
+        top = ly + 16
     xs = [p[0] for pts in lines.values() for p in pts]
     ys = [p[1] for pts in lines.values() for p in pts]
     xlog = min(xs) > 0 and max(xs) / min(xs) > 10
     ylog = min(ys) > 0 and max(ys) / min(ys) > 100
     x = Axis(min(xs), max(xs), xlog, LEFT, W - RIGHT)
-    y = Axis(min(ys), max(ys), ylog, H - BOTTOM, TOP, zero=True)
+    y = Axis(min(ys), max(ys), ylog, H - BOTTOM, top, zero=True)
     title = value.get("title") or key
     o = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
@@ -155,13 +168,13 @@ def svg(key, value, lines):
     # Grid and ticks.
     for v in x.minor():
         px = x.pos(v)
-        o.append(f'<line x1="{px:.1f}" y1="{TOP}" x2="{px:.1f}" y2="{H - BOTTOM}" stroke="#f0f0f0"/>')
+        o.append(f'<line x1="{px:.1f}" y1="{top}" x2="{px:.1f}" y2="{H - BOTTOM}" stroke="#f0f0f0"/>')
     for v in y.minor():
         py = y.pos(v)
         o.append(f'<line x1="{LEFT}" y1="{py:.1f}" x2="{W - RIGHT}" y2="{py:.1f}" stroke="#f0f0f0"/>')
     for v in x.ticks():
         px = x.pos(v)
-        o.append(f'<line x1="{px:.1f}" y1="{TOP}" x2="{px:.1f}" y2="{H - BOTTOM}" stroke="#dddddd"/>')
+        o.append(f'<line x1="{px:.1f}" y1="{top}" x2="{px:.1f}" y2="{H - BOTTOM}" stroke="#dddddd"/>')
         o.append(f'<line x1="{px:.1f}" y1="{H - BOTTOM}" x2="{px:.1f}" y2="{H - BOTTOM + 5}" stroke="black"/>')
         o.append(f'<text x="{px:.1f}" y="{H - BOTTOM + 19}" text-anchor="middle">{fmt(v)}</text>')
     for v in y.ticks():
@@ -170,14 +183,14 @@ def svg(key, value, lines):
         o.append(f'<line x1="{LEFT - 5}" y1="{py:.1f}" x2="{LEFT}" y2="{py:.1f}" stroke="black"/>')
         o.append(f'<text x="{LEFT - 8}" y="{py + 4:.1f}" text-anchor="end">{fmt(v)}</text>')
     o.append(
-        f'<rect x="{LEFT}" y="{TOP}" width="{W - LEFT - RIGHT}" height="{H - TOP - BOTTOM}" '
+        f'<rect x="{LEFT}" y="{top}" width="{W - LEFT - RIGHT}" height="{H - top - BOTTOM}" '
         'fill="none" stroke="black"/>'
     )
     # Axis labels.
     xlabel = value["x"] + (" (log scale)" if xlog else "")
     o.append(f'<text x="{(LEFT + W - RIGHT) / 2}" y="{H - 18}" text-anchor="middle" font-size="13">{escape(xlabel)}</text>')
     ylabel = (value.get("y") or "") + (" (log scale)" if ylog else "")
-    cy = (TOP + H - BOTTOM) / 2
+    cy = (top + H - BOTTOM) / 2
     o.append(
         f'<text x="20" y="{cy}" text-anchor="middle" font-size="13" '
         f'transform="rotate(-90 20 {cy})">{escape(ylabel)}</text>'
@@ -191,6 +204,8 @@ def svg(key, value, lines):
             px, py = x.pos(a), y.pos(b)
             o.append(marker(MARKERS[n % len(MARKERS)], px, py, color))
             dy = -8 if n % 2 == 0 or py + 16 > H - BOTTOM - 2 else 16
+            if py + dy < top + 10:
+                dy = 16
             label = fmt(b)
             # Right of the point, or left of it at the right edge.
             if px + 8 + 6 * len(label) > W - RIGHT:
@@ -201,39 +216,15 @@ def svg(key, value, lines):
                 f'<text x="{lx:.1f}" y="{py + dy:.1f}" font-size="10" fill="{color}" '
                 f'text-anchor="{anchor}">{label}</text>'
             )
-    # Legend, top left inside the plot.
-    named = [k for k in lines if k]
-    if len(named) > 1 or (named and len(lines) == 1):
-        width = 24 + 7 * max(len(k) for k in named)
-        height = 8 + 18 * len(named)
-        # The corner (top left, top right, bottom right) covering the fewest points.
-        pixels = [(x.pos(a), y.pos(b)) for pts in lines.values() for a, b in pts]
-        corners = [
-            (LEFT + 10, TOP + 10),
-            (W - RIGHT - 10 - width, TOP + 10),
-            (W - RIGHT - 10 - width, H - BOTTOM - 10 - height),
-        ]
-
-        def covered(c):
-            return sum(
-                1
-                for px, py in pixels
-                if c[0] - 30 <= px <= c[0] + width + 10 and c[1] - 20 <= py <= c[1] + height + 20
-            )
-
-        lx, ly = min(corners, key=covered)
-        o.append(
-            f'<rect x="{lx}" y="{ly}" width="{width}" height="{height}" '
-            'fill="white" fill-opacity="0.9" stroke="#999999"/>'
-        )
-        for n, name in enumerate(lines):
-            if not name:
-                continue
-            color = COLORS[n % len(COLORS)]
-            yy = ly + 16 + 18 * n
-            o.append(f'<line x1="{lx + 6}" y1="{yy - 4}" x2="{lx + 20}" y2="{yy - 4}" stroke="{color}" stroke-width="2"/>')
-            o.append(marker(MARKERS[n % len(MARKERS)], lx + 13, yy - 4, color))
-            o.append(f'<text x="{lx + 26}" y="{yy}">{escape(name)}</text>')
+    # Legend: a row (or rows) between the title and the plot, clear of the curves.
+    for n, name in enumerate(lines):
+        if not name or not legend:
+            continue
+        lx, ly = legend[name]
+        color = COLORS[n % len(COLORS)]
+        o.append(f'<line x1="{lx}" y1="{ly - 4}" x2="{lx + 18}" y2="{ly - 4}" stroke="{color}" stroke-width="2"/>')
+        o.append(marker(MARKERS[n % len(MARKERS)], lx + 9, ly - 4, color))
+        o.append(f'<text x="{lx + 24}" y="{ly}">{escape(name)}</text>')
     o.append("</svg>")
     return "\n".join(o) + "\n"
 
