@@ -12,6 +12,9 @@ use tokio::sync::watch;
 
 use mesh_runtime::Shutdown;
 
+pub mod providers;
+pub use providers::ExtensionProvider;
+
 /// What a sidecar does with traffic to hosts not in the registry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -59,6 +62,8 @@ pub struct MeshConfig {
     pub policy_check_fail_open: bool,
     /// Envoy access log path (e.g. `/dev/stdout`); empty disables it.
     pub access_log_file: String,
+    /// External authorizers (and other providers) that policies name.
+    pub extension_providers: Vec<ExtensionProvider>,
     /// Fields this version does not act on.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
@@ -79,6 +84,7 @@ impl Default for MeshConfig {
             disable_policy_checks: true,
             policy_check_fail_open: false,
             access_log_file: String::new(),
+            extension_providers: Vec::new(),
             other: BTreeMap::new(),
         }
     }
@@ -151,6 +157,13 @@ impl MeshConfig {
                 ),
             });
         }
+        providers::validate(&mesh.extension_providers).map_err(|(field, message)| {
+            MeshError::Invalid {
+                path: path.to_path_buf(),
+                field,
+                message,
+            }
+        })?;
         if !mesh.other.is_empty() {
             let keys: Vec<_> = mesh.other.keys().cloned().collect();
             tracing::info!(fields = ?keys, "mesh config fields not acted on by this version");
@@ -177,6 +190,11 @@ impl MeshConfig {
             return None;
         }
         host_port(&self.mixer_check_server)
+    }
+
+    /// The extension provider named `name`.
+    pub fn extension_provider(&self, name: &str) -> Option<&ExtensionProvider> {
+        self.extension_providers.iter().find(|p| p.name == name)
     }
 
     /// Mixer's telemetry endpoint as (host, port), when set.

@@ -14,12 +14,23 @@ use std::path::{Path, PathBuf};
 use pilot::testutil::golden::{self, UPDATE_ENV};
 use pilot::testutil::{TestConfig, fixture, mk_sidecar};
 use pilot::xds::dump::any_json;
-use pilot::xds::generate::authz::{
-    Target, http_filters, network_filters, rbac_configs, workload_policies,
-};
+use pilot::xds::generate::authz::{authz_http_filters, authz_network_filters, workload_policies};
 use serde_json::{Value, json};
 
-const MESH: &str = "rootNamespace: istio-system\ntrustDomain: cluster.local\n";
+const MESH: &str = r#"rootNamespace: istio-system
+trustDomain: cluster.local
+extensionProviders:
+- name: ext-authz-grpc
+  envoyExtAuthzGrpc: {service: ext-authz.default.svc.cluster.local, port: 9000, timeout: 1s}
+- name: ext-authz-http
+  envoyExtAuthzHttp:
+    service: ext-authz.default.svc.cluster.local
+    port: 8000
+    pathPrefix: /check
+    includeRequestHeadersInCheck: [x-ext-authz]
+    headersToUpstreamOnAllow: [x-ext-authz-check-result]
+    headersToDownstreamOnDeny: [x-ext-authz-check-result]
+"#;
 
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/authz")
@@ -98,7 +109,7 @@ fn dump(files: &[String]) -> Value {
     for (name, ip, labels) in WORKLOADS {
         let proxy = mk_sidecar("default", ip).labels(labels).build();
         let policies = workload_policies(&ctx, &proxy, None);
-        let http: Vec<Value> = http_filters(rbac_configs(&policies, Target::Http))
+        let http: Vec<Value> = authz_http_filters(&ctx, &proxy, None)
             .iter()
             .map(|f| {
                 let Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(a)) = &f.config_type else {
@@ -107,7 +118,7 @@ fn dump(files: &[String]) -> Value {
                 json!({"name": f.name, "typedConfig": typed(Some(a))})
             })
             .collect();
-        let tcp: Vec<Value> = network_filters(rbac_configs(&policies, Target::Tcp))
+        let tcp: Vec<Value> = authz_network_filters(&ctx, &proxy, None)
             .iter()
             .map(|f| {
                 let Some(

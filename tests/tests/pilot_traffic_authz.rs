@@ -5,6 +5,7 @@
 //! call is counted per caller identity: `200`, `403` (HTTP), or `reset` (the connection is
 //! closed: TCP). Policies are edited while everything runs; nothing restarts.
 
+mod mixer_support;
 mod pilot_traffic_support;
 
 use std::collections::BTreeMap;
@@ -127,6 +128,18 @@ impl Setup {
         callers: &[(&'static str, &str, &str)],
         files: &[(&str, String)],
     ) -> Setup {
+        Setup::start_with_mesh(server_sa, app, services, callers, files, "").await
+    }
+
+    /// [`Setup::start`] with Pilot on the MeshConfig `mesh`.
+    async fn start_with_mesh(
+        server_sa: &str,
+        app: &str,
+        services: &[(&str, bool, u16)],
+        callers: &[(&'static str, &str, &str)],
+        files: &[(&str, String)],
+        mesh: &str,
+    ) -> Setup {
         let tmp = tempfile::tempdir().unwrap();
         let mut accounts = vec![("default", server_sa)];
         accounts.extend(callers.iter().map(|(_, ns, sa)| (*ns, *sa)));
@@ -140,7 +153,7 @@ impl Setup {
         )];
         all.extend(files.iter().map(|(n, t)| (*n, t.clone())));
         let all: Vec<(&str, &str)> = all.iter().map(|(n, t)| (*n, t.as_str())).collect();
-        let pilot = Pilot::start(&all, "", &[]).await.unwrap();
+        let pilot = Pilot::start(&all, mesh, &[]).await.unwrap();
         let dir = secrets.join(format!("default/istio.{server_sa}"));
         let mut args = vec![
             "--meta".to_string(),
@@ -625,4 +638,226 @@ async fn istio_1_0_rbac_samples_behave_as_istios_docs_say() {
     s.pilot.remove("rbac-config-ON.yaml").unwrap();
     s.expect(ratings, "GET", "/", &all("200")).await;
     s.finish().await;
+}
+
+/// An HTTP authorizer as Istio's sample ext-authz is: it allows a request carrying
+/// `x-ext-authz: allow` and denies the rest (403, with `x-ext-authz-check-result: denied`),
+/// counting the checks it answers.
+struct HttpAuthorizer {
+    port: u16,
+    checks: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpAuthorizer {
+    async fn start() -> HttpAuthorizer {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let checks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = checks.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut conn = BufReader::new(conn);
+                    loop {
+                        let (mut allow, mut length) = (false, 0usize);
+                        let mut line = String::new();
+                        let mut first = true;
+                        loop {
+                            line.clear();
+                            match conn.read_line(&mut line).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) => {}
+                            }
+                            let l = line.trim_end().to_ascii_lowercase();
+                            if first {
+                                first = false;
+                                continue;
+                            }
+                            if l.is_empty() {
+                                break;
+                            }
+                            if l == "x-ext-authz: allow" {
+                                allow = true;
+                            }
+                            if let Some(n) = l.strip_prefix("content-length:") {
+                                length = n.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        if conn.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let answer: &[u8] = if allow {
+                            b"HTTP/1.1 200 OK\r\nx-ext-authz-check-result: allowed\r\ncontent-length: 0\r\n\r\n"
+                        } else {
+                            b"HTTP/1.1 403 Forbidden\r\nx-ext-authz-check-result: denied\r\ncontent-length: 6\r\n\r\ndenied"
+                        };
+                        if conn.get_mut().write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        HttpAuthorizer { port, checks, task }
+    }
+
+    fn checks(&self) -> usize {
+        self.checks.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for HttpAuthorizer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A service of the registry at 127.0.0.1:`port` (no sidecar: plain text to it).
+fn provider_service(name: &str, port_name: &str, protocol: &str, number: u16, port: u16) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: default}}
+spec:
+  hosts: [{name}.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: {number}, name: {port_name}, protocol: {protocol}}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{{port_name}: {port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {name}, namespace: default}}
+spec:
+  host: {name}.default.svc.cluster.local
+  trafficPolicy: {{tls: {{mode: DISABLE}}}}
+"#
+    )
+}
+
+fn custom_policy(provider: &str) -> String {
+    policy(
+        "ext-authz",
+        &format!(
+            "  selector: {{matchLabels: {{app: reviews}}}}\n  action: CUSTOM\n  provider: {{name: {provider}}}\n  rules: [{{to: [{{operation: {{paths: ['/custom*', /secret]}}}}]}}]\n"
+        ),
+    )
+}
+
+#[tokio::test]
+async fn custom_policies_ask_their_provider_and_fail_closed_without_one() {
+    let authorizer = HttpAuthorizer::start().await;
+    let mixer = mixer_support::start_mixer(&[mixer_support::test_policy()]).await;
+    let mesh = r#"extensionProviders:
+- name: sample-ext-authz
+  envoyExtAuthzHttp:
+    service: ext-authz.default.svc.cluster.local
+    port: 8000
+    includeRequestHeadersInCheck: [x-ext-authz]
+    headersToDownstreamOnDeny: [x-ext-authz-check-result]
+- name: mixer
+  envoyExtAuthzGrpc:
+    service: default/istio-policy.default.svc.cluster.local
+    port: 9091
+"#;
+    let http = free_port();
+    let s = Setup::start_with_mesh(
+        "reviews",
+        "reviews",
+        &[("reviews", true, http)],
+        &[("productpage", "default", "productpage")],
+        &[
+            (
+                "ext-authz.yaml",
+                provider_service("ext-authz", "http", "HTTP", 8000, authorizer.port),
+            ),
+            (
+                "istio-policy.yaml",
+                provider_service("istio-policy", "grpc", "GRPC", 9091, mixer.grpc.port()),
+            ),
+            ("custom.yaml", custom_policy("sample-ext-authz")),
+        ],
+        mesh,
+    )
+    .await;
+    let pp = [("productpage", "403")];
+    // What the CUSTOM rules match is the authorizer's to decide; the rest never reaches it.
+    s.expect(http, "GET", "/custom", &pp).await;
+    let asked = authorizer.checks();
+    if asked < 5 {
+        let stats = s.server.stats().await.unwrap_or_default();
+        let authz: Vec<&str> = stats.lines().filter(|l| l.contains("authz")).collect();
+        panic!(
+            "the authorizer answered {asked} checks; Envoy:\n{}",
+            authz.join("\n")
+        );
+    }
+    s.expect(http, "GET", "/public", &[("productpage", "200")])
+        .await;
+    assert_eq!(authorizer.checks(), asked, "/public went to the authorizer");
+    s.expect_with(
+        http,
+        "GET",
+        "/custom/page",
+        &["x-ext-authz: allow"],
+        &[("productpage", "200")],
+    )
+    .await;
+    assert!(authorizer.checks() > asked);
+    // The provider's deny header reaches the client.
+    let caller = &s.callers[0];
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "-k", "--http1.1", "-D", "-", "-o", "/dev/null"])
+        .arg("--cert")
+        .arg(caller.dir.join("cert-chain.pem"))
+        .arg("--key")
+        .arg(caller.dir.join("key.pem"))
+        .arg(format!("https://{SERVER_IP}:{http}/custom"))
+        .output()
+        .await
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(head.contains("x-ext-authz-check-result: denied"), "{head}");
+
+    // The same policy on Mixer's check (a gRPC provider), edited in place: Mixer's
+    // blacklist denies /secret, and its denier x-user: john.
+    s.pilot
+        .write("custom.yaml", &custom_policy("mixer"))
+        .unwrap();
+    s.expect(http, "GET", "/secret", &pp).await;
+    s.expect(http, "GET", "/custom", &[("productpage", "200")])
+        .await;
+    s.expect_with(http, "GET", "/custom", &["x-user: john"], &pp)
+        .await;
+    // Outside the rules Mixer is not asked: john passes.
+    s.expect_with(
+        http,
+        "GET",
+        "/public",
+        &["x-user: john"],
+        &[("productpage", "200")],
+    )
+    .await;
+
+    // A provider MeshConfig does not have: what the rules match is denied (fail closed),
+    // the rest passes.
+    s.pilot
+        .write("custom.yaml", &custom_policy("nowhere"))
+        .unwrap();
+    s.expect_with(http, "GET", "/custom", &["x-ext-authz: allow"], &pp)
+        .await;
+    s.expect(http, "GET", "/public", &[("productpage", "200")])
+        .await;
+    let dump = s.server.config_dump(false).await.unwrap().to_string();
+    assert!(
+        dump.contains("fail-closed: provider"),
+        "no fail-closed policy in the server's config"
+    );
+    s.finish().await;
+    mixer.svc.stop().await.unwrap();
 }

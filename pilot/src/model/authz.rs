@@ -23,7 +23,7 @@
 //!
 //! Validation ([`validate`]) refuses what Istio refuses and a little more, naming the field:
 //! unknown `when` keys, malformed CIDRs, ports, principals without a trust domain, `*` in the
-//! middle of a value, empty values, action CUSTOM (no ext_authz provider support).
+//! middle of a value, empty values, action CUSTOM without a provider.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -68,6 +68,8 @@ pub enum Effect {
     Allow,
     Deny,
     Audit,
+    /// Asked of an external authorizer (MeshConfig `extensionProviders`).
+    Custom,
 }
 
 /// A policy as it applies to one workload.
@@ -82,6 +84,8 @@ pub struct Applied {
     pub shadow: bool,
     /// Why the policy cannot be translated: the workload then denies everything.
     pub error: Option<String>,
+    /// The extension provider a CUSTOM policy asks.
+    pub provider: Option<String>,
 }
 
 /// The policies that apply to one workload, ordered by effect, namespace and name.
@@ -263,11 +267,7 @@ fn applied(p: &Scoped) -> Applied {
         Action::Allow => (Effect::Allow, None),
         Action::Deny => (Effect::Deny, None),
         Action::Audit => (Effect::Audit, None),
-        // Refused at validation; should one get here, it denies (fail closed).
-        Action::Custom => (
-            Effect::Allow,
-            Some("action CUSTOM (ext_authz providers) is not supported".to_string()),
-        ),
+        Action::Custom => (Effect::Custom, None),
     };
     let error = error.or_else(|| p.error.clone());
     Applied {
@@ -276,6 +276,7 @@ fn applied(p: &Scoped) -> Applied {
         rules: p.rules.clone(),
         shadow: false,
         error,
+        provider: p.spec.provider.as_ref().map(|x| x.name.clone()),
     }
 }
 
@@ -319,6 +320,7 @@ impl Rbac1 {
             rules: Arc::default(),
             shadow: config_shadow,
             error: None,
+            provider: None,
         }];
         for (name, binding) in self.bindings.get(namespace).into_iter().flatten() {
             let (rules, error) = match self.binding_rules(namespace, binding, labels, &on) {
@@ -331,6 +333,7 @@ impl Rbac1 {
                 rules,
                 shadow: config_shadow || binding.mode == Some(EnforcementMode::Permissive),
                 error,
+                provider: None,
             });
         }
         out
@@ -713,16 +716,18 @@ fn add(p: &mut Problems, e: AuthzError) {
 }
 
 fn authorization_policy(p: &mut Problems, ap: &AuthorizationPolicy) {
-    match ap.action {
-        Some(Action::Custom) => p.add(
-            "spec.action",
-            "CUSTOM is not supported: this control plane generates no ext_authz filter for \
-             MeshConfig extensionProviders; use ALLOW, DENY or AUDIT",
-        ),
-        _ if ap.provider.is_some() => p.add(
+    let provider = ap.provider.as_ref().map(|x| x.name.trim());
+    match (ap.action, provider) {
+        (Some(Action::Custom), None) => p.add(
             "spec.provider",
-            "a provider is only for action CUSTOM (which is not supported)",
+            "action CUSTOM needs provider.name, one of MeshConfig's extensionProviders",
         ),
+        (Some(Action::Custom), Some("")) => p.add(
+            "spec.provider.name",
+            "must name one of MeshConfig's extensionProviders",
+        ),
+        (Some(Action::Custom), _) => {}
+        (_, Some(_)) => p.add("spec.provider", "a provider is only for action CUSTOM"),
         _ => {}
     }
     if ap.target_ref.is_some() || !ap.target_refs.is_empty() {

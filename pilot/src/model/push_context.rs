@@ -369,7 +369,12 @@ impl PushContext {
         &'a self,
         proxy: &'a Proxy,
     ) -> impl Iterator<Item = &'a Arc<Service>> + 'a {
-        let egress: Option<Vec<(String, String)>> = self.sidecar_for(proxy).map(|sc| {
+        // A Sidecar without egress listeners narrows nothing (Istio's: it inherits the
+        // defaults, every visible service).
+        let sidecar = self
+            .sidecar_for(proxy)
+            .filter(|sc| !sc.spec.egress.is_empty());
+        let egress: Option<Vec<(String, String)>> = sidecar.map(|sc| {
             sc.spec
                 .egress
                 .iter()
@@ -762,6 +767,33 @@ spec:
             ["private.a.svc.cluster.local", "web.a.svc.cluster.local"]
         );
         assert_eq!(seen("b"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_sidecar_with_ingress_only_narrows_no_egress() {
+        let text = format!(
+            "{EXPORTS}---
+apiVersion: networking.istio.io/v1alpha3
+kind: Sidecar
+metadata: {{name: default, namespace: a}}
+spec:
+  ingress: [{{port: {{number: 9080, name: http, protocol: HTTP}}, defaultEndpoint: 127.0.0.1:8080}}]
+"
+        );
+        let ctx = context(&text);
+        let p = proxy("a", &[]);
+        assert!(ctx.sidecar_for(&p).is_some());
+        let with: Vec<String> = ctx
+            .services_for_proxy(&p)
+            .map(|s| s.hostname.clone())
+            .collect();
+        let without = context(EXPORTS);
+        let all: Vec<String> = without
+            .services_for_proxy(&p)
+            .map(|s| s.hostname.clone())
+            .collect();
+        assert!(!all.is_empty());
+        assert_eq!(with, all);
     }
 
     #[test]

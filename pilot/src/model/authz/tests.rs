@@ -346,7 +346,8 @@ fn invalid_policies_name_their_fields() {
             "rules: [{from: [{source: {namespaces: [Not_A_Namespace]}}]}]",
             "spec.rules[0].from[0].source.namespaces[0]",
         ),
-        ("action: CUSTOM\nprovider: {name: ext}", "spec.action"),
+        ("action: CUSTOM", "spec.provider"),
+        ("action: CUSTOM\nprovider: {name: ''}", "spec.provider.name"),
         ("action: DENY\nprovider: {name: ext}", "spec.provider"),
         ("targetRef: {kind: Gateway, name: gw}", "spec.targetRef"),
     ];

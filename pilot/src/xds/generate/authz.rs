@@ -27,6 +27,8 @@
 //!   `request.auth.principal` (`ISS/SUB`), the strings `request.auth.audiences` and
 //!   `request.auth.presenter`, and `request.auth.claims`, each claim a list of strings.
 //!   Without a verified token none is there, and nothing that needs one matches.
+//! - **CUSTOM.** Policies asking an external authorizer go first, as a shadow RBAC filter
+//!   marking the requests they match and an ext_authz filter for those ([`custom`]).
 //! - **Fail closed.** When a policy of the workload cannot be translated, the workload gets a
 //!   single filter denying everything, whose one policy is named `fail-closed: REASON` (seen
 //!   in `/debug/config_dump` and Envoy's RBAC log), and the reason is logged.
@@ -784,6 +786,31 @@ pub fn network_filters(configs: Vec<RbacConfig>) -> Vec<Filter> {
         .collect()
 }
 
+/// Every authorization HTTP filter of `proxy` on a chain serving `service`, in Istio's
+/// order: CUSTOM, then AUDIT, DENY and ALLOW.
+pub fn authz_http_filters(
+    ctx: &PushContext,
+    proxy: &Proxy,
+    service: Option<&Service>,
+) -> Vec<HttpFilter> {
+    let policies = workload_policies(ctx, proxy, service);
+    let mut filters = custom::resolve(ctx, proxy, &policies, Target::Http).http_filters();
+    filters.extend(http_filters(rbac_configs(&policies, Target::Http)));
+    filters
+}
+
+/// The same for a TCP chain.
+pub fn authz_network_filters(
+    ctx: &PushContext,
+    proxy: &Proxy,
+    service: Option<&Service>,
+) -> Vec<Filter> {
+    let policies = workload_policies(ctx, proxy, service);
+    let mut filters = custom::resolve(ctx, proxy, &policies, Target::Tcp).network_filters();
+    filters.extend(network_filters(rbac_configs(&policies, Target::Tcp)));
+    filters
+}
+
 /// Adds `proxy`'s authorization to an HTTP chain (inbound, or a gateway's) serving
 /// `service`, and sets its path normalisation.
 pub fn apply_http(
@@ -792,8 +819,7 @@ pub fn apply_http(
     chain: &mut FilterChain,
     service: Option<&Service>,
 ) {
-    let configs = rbac_configs(&workload_policies(ctx, proxy, service), Target::Http);
-    let filters = http_filters(configs);
+    let filters = authz_http_filters(ctx, proxy, service);
     let normalization = PathNormalization::from_mesh(&ctx.mesh);
     for f in &mut chain.filters {
         let Some(ConfigType::TypedConfig(cfg)) = &mut f.config_type else {
@@ -825,11 +851,10 @@ pub fn apply_tcp(
     chain: &mut FilterChain,
     service: Option<&Service>,
 ) {
-    let configs = rbac_configs(&workload_policies(ctx, proxy, service), Target::Tcp);
-    if configs.is_empty() {
+    let mut filters = authz_network_filters(ctx, proxy, service);
+    if filters.is_empty() {
         return;
     }
-    let mut filters = network_filters(configs);
     filters.append(&mut chain.filters);
     chain.filters = filters;
 }
@@ -892,6 +917,8 @@ impl PathNormalization {
         hcm.path_with_escaped_slashes_action = escaped as i32;
     }
 }
+
+pub mod custom;
 
 #[cfg(test)]
 mod tests;

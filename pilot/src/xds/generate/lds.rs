@@ -200,14 +200,18 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<SharedResource> {
         });
     }
 
-    let mut resources: Vec<SharedResource> = out
-        .into_iter()
+    // Of two listeners with one name (Envoy refuses duplicates) a bound one wins, as it is
+    // what the workload's traffic arrives on; else the first (egress, outbound, inbound).
+    let unbound = |l: &Listener| l.bind_to_port.as_ref().is_some_and(|b| !b.value);
+    out.sort_by(|a, b| {
+        a.name
+            .cmp(&b.name)
+            .then_with(|| unbound(a).cmp(&unbound(b)))
+    });
+    out.dedup_by(|a, b| a.name == b.name);
+    out.into_iter()
         .map(|l| Resource::encode(l.name.clone(), &l))
-        .collect();
-    resources.sort_by(|a, b| a.name.cmp(&b.name));
-    // The first of two listeners on one address wins (Envoy refuses duplicates).
-    resources.dedup_by(|a, b| a.name == b.name);
-    resources
+        .collect()
 }
 
 /// The listeners of the Sidecar resource's egress listeners that name a port: for TLS ports,

@@ -969,6 +969,7 @@ spec:
   - port: {{number: 9090, name: tcp, protocol: TCP}}
     defaultEndpoint: 127.0.0.1:8090
     captureMode: NONE
+  egress: [{{hosts: ['~/*']}}]
 "
     );
     let ctx = context(&text);

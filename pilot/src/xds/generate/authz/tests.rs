@@ -17,6 +17,7 @@ fn policy(name: &str, effect: Effect, rules: &[&str]) -> Applied {
         rules: std::sync::Arc::new(rules.iter().map(|r| rule(r)).collect()),
         shadow: false,
         error: None,
+        provider: None,
     }
 }
 
