@@ -436,6 +436,18 @@ pub fn watched_kinds() -> Vec<(Kind, String)> {
         (Kind::AuthenticationPolicy, "v1alpha1".to_string()),
         (Kind::MeshPolicy, "v1alpha1".to_string()),
     ])
+    // Authorization: AuthorizationPolicy, and Istio 1.0's RBAC (rbac.istio.io).
+    .chain([(Kind::AuthorizationPolicy, "v1beta1".to_string())])
+    .chain(
+        [
+            Kind::ServiceRole,
+            Kind::ServiceRoleBinding,
+            Kind::RbacConfig,
+            Kind::ClusterRbacConfig,
+        ]
+        .into_iter()
+        .map(|k| (k, "v1alpha1".to_string())),
+    )
     // The routing API of Istio 0.5-0.7, converted into the same model.
     .chain(
         [Kind::RouteRule, Kind::DestinationPolicy, Kind::EgressRule]

@@ -23,6 +23,7 @@ run pilot_inject pilot inject
 run pilot_agent pilot agent
 run mixer mixer check
 run citadel citadel csr
+run authz_envoy mesh-tests authz_envoy
 
 # The real node's figures (cluster up time, pod start, node memory); it measures `up` itself
 # when the cluster is down, and leaves it as it found it.

@@ -150,6 +150,9 @@ async fn rotate_in_place(delta: bool) {
     // The server's own files only for inbound: its secrets get Istio's file-mounted names.
     args.extend_from_slice(protocol);
     args.extend(cert_meta(&secrets, "reviews", "SERVER"));
+    // Its Sidecar declares no egress, so it has outbound clusters (ISTIO_MUTUAL) too, whose
+    // client files would be Istio's /etc/certs, absent here.
+    args.extend(cert_meta(&secrets, "reviews", "CLIENT"));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let server = pilot.sidecar(SERVER, &refs).await.unwrap();
 

@@ -259,6 +259,7 @@ fn rbac() -> Vec<Value> {
     let (legacy, legacy_status) = plurals(&pilot_kinds(CONFIG_GROUP));
     let (security, security_status) = plurals(&pilot_kinds(SECURITY_GROUP));
     let (authentication, authentication_status) = plurals(&pilot_kinds(AUTHENTICATION_GROUP));
+    let (rbac1, rbac1_status) = plurals(&pilot_kinds(RBAC_GROUP));
     let (mixer, mixer_status) = plurals(&mixer_kinds());
     let mut out = Vec::new();
     out.extend(cluster_role(
@@ -280,6 +281,8 @@ fn rbac() -> Vec<Value> {
             rule(&[SECURITY_GROUP], security_status, &["patch"]),
             rule(&[AUTHENTICATION_GROUP], authentication, &["list", "watch"]),
             rule(&[AUTHENTICATION_GROUP], authentication_status, &["patch"]),
+            rule(&[RBAC_GROUP], rbac1.clone(), &["list", "watch"]),
+            rule(&[RBAC_GROUP], rbac1_status, &["patch"]),
             // The caBundle of its own webhook configurations, and no other.
             json!({
                 "apiGroups": ["admissionregistration.k8s.io"],
@@ -300,6 +303,8 @@ fn rbac() -> Vec<Value> {
         vec![
             rule(&[CONFIG_GROUP], mixer, &["list", "watch"]),
             rule(&[CONFIG_GROUP], mixer_status, &["patch"]),
+            // The rbac adapter's ServiceRoles, ServiceRoleBindings and RbacConfigs.
+            rule(&[RBAC_GROUP], rbac1, &["list", "watch"]),
             // The kubernetesenv adapter's pod cache (workload names from owners).
             rule(&[""], strings(&["pods"]), &["list", "watch"]),
             rule(&["apps"], strings(&["replicasets"]), &["list", "watch"]),
