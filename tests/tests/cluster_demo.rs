@@ -23,6 +23,10 @@
 //! - `destination-rule-all-mtls` with a STRICT PeerAuthentication: the pages keep coming
 //!   through the ingress, a pod without a sidecar is refused, and the certificate a
 //!   sidecar presents is its workload's SPIFFE identity from Citadel;
+//! - authorization under STRICT mTLS: an ALLOW AuthorizationPolicy lets only productpage's
+//!   identity call details (reviews' sidecar gets 403), edited in place to allow reviews
+//!   instead; a DENY by request header refuses those pages at productpage, through the
+//!   ingress;
 //! - continuity: under steady load through the ingress, deleting Pilot's pods, then
 //!   Mixer's and Citadel's, loses no page, and an endpoint change made while Pilot is gone
 //!   reaches the proxies once it is back; an upgrade (install.yaml re-applied with changed
@@ -258,6 +262,163 @@ fn tally(t: &BTreeMap<(String, String), u32>, version: &str, shown: &str) -> u32
     t.get(&(version.to_string(), shown.to_string()))
         .copied()
         .unwrap_or(0)
+}
+
+/// The statuses of `count` calls to `url` from the `app` pod of `version` (through its
+/// sidecar, so with its workload identity), counted.
+async fn calls_from(
+    cluster: &Cluster,
+    ns: &str,
+    app: &str,
+    version: &str,
+    url: &str,
+    count: u32,
+) -> anyhow::Result<BTreeMap<String, u32>> {
+    let pods = cluster
+        .kubectl_ok([
+            "-n",
+            ns,
+            "get",
+            "pods",
+            "-l",
+            &format!("app={app},version={version}"),
+            "-o",
+            "name",
+        ])
+        .await?;
+    let pod = pods.lines().next().unwrap_or_default().to_string();
+    let n = count.to_string();
+    let out = cluster
+        .kubectl([
+            "-n", ns, "exec", &pod, "-c", app, "--", "mesh-app", "get", url, "--count", &n,
+        ])
+        .await?;
+    let mut statuses = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if line.len() == 3 && line.bytes().all(|b| b.is_ascii_digit()) {
+            *statuses.entry(line.to_string()).or_insert(0) += 1;
+        }
+    }
+    Ok(statuses)
+}
+
+/// Whether a page's details part is the details service's answer (not an error).
+fn has_details(p: &serde_json::Value) -> bool {
+    p["details"].is_object() && p["details"].get("error").is_none()
+}
+
+/// Authorization on the real node, under STRICT mutual TLS: an ALLOW policy lets only
+/// productpage's identity call details (reviews' sidecar gets 403), edited in place to
+/// allow reviews instead (productpage's pages lose their details); a DENY policy on
+/// productpage refuses the requests carrying a header through the ingress. Nothing
+/// restarts. The policies are gone at the end.
+async fn authorization(cluster: &Cluster, n: &str) -> anyhow::Result<()> {
+    let details_policy = |sa: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: \
+             {{name: details-viewer, namespace: {n}}}\nspec:\n  selector: {{matchLabels: \
+             {{app: details}}}}\n  action: ALLOW\n  rules:\n  - from: [{{source: \
+             {{principals: [cluster.local/ns/{n}/sa/{sa}]}}}}]\n    to: [{{operation: \
+             {{methods: [GET], paths: ['/details/*']}}}}]\n"
+        )
+    };
+    let details = format!("http://details.{n}.svc.cluster.local:9080/details/0");
+    let apply_text = |text: String| async move {
+        cluster
+            .kubectl_with_stdin(["apply", "-f", "-"], Some(text.as_bytes()))
+            .await
+    };
+    apply_text(details_policy("bookinfo-productpage")).await?;
+    retry(
+        Duration::from_secs(60),
+        "details only for productpage",
+        || async {
+            let (_, p) = page(&[]).await?;
+            anyhow::ensure!(has_details(&p), "page without details: {p}");
+            let from_reviews = calls_from(cluster, n, "reviews", "v1", &details, 1).await?;
+            anyhow::ensure!(
+                from_reviews.get("403") == Some(&1),
+                "reviews got {from_reviews:?}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    let from_reviews = calls_from(cluster, n, "reviews", "v1", &details, 10).await?;
+    assert_eq!(
+        from_reviews,
+        BTreeMap::from([("403".to_string(), 10)]),
+        "reviews to details"
+    );
+    for _ in 0..10 {
+        let (_, p) = page(&[]).await?;
+        assert!(has_details(&p), "productpage lost details: {p}");
+    }
+    eprintln!("authorization: details for productpage only; reviews {from_reviews:?}");
+
+    // The same policy, edited: now reviews, and not productpage.
+    apply_text(details_policy("bookinfo-reviews")).await?;
+    retry(
+        Duration::from_secs(60),
+        "details only for reviews",
+        || async {
+            let (_, p) = page(&[]).await?;
+            anyhow::ensure!(p["details"]["status"] == 403, "page still has details: {p}");
+            let from_reviews = calls_from(cluster, n, "reviews", "v1", &details, 1).await?;
+            anyhow::ensure!(
+                from_reviews.get("200") == Some(&1),
+                "reviews got {from_reviews:?}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    for _ in 0..10 {
+        let (_, p) = page(&[]).await?;
+        assert_eq!(p["details"]["status"], 403, "productpage got details: {p}");
+    }
+
+    // DENY on productpage by a request header, through the ingress.
+    cluster
+        .kubectl_ok(["-n", n, "delete", "authorizationpolicy", "details-viewer"])
+        .await?;
+    let deny = format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: \
+         {{name: deny-flagged, namespace: {n}}}\nspec:\n  selector: {{matchLabels: \
+         {{app: productpage}}}}\n  action: DENY\n  rules:\n  - when: [{{key: \
+         'request.headers[x-mesh-flagged]', values: ['yes']}}]\n"
+    );
+    apply_text(deny).await?;
+    let status = |headers: &'static [(&'static str, &'static str)]| async move {
+        mesh_tests::http_get(&format!("{INGRESS}/productpage"), headers)
+            .await
+            .map(|r| r.status.as_u16())
+    };
+    retry(
+        Duration::from_secs(60),
+        "flagged requests denied",
+        || async {
+            let flagged = status(&[("x-mesh-flagged", "yes")]).await?;
+            anyhow::ensure!(flagged == 403, "flagged: {flagged}");
+            let (_, p) = page(&[]).await?;
+            anyhow::ensure!(has_details(&p), "details not back: {p}");
+            Ok(())
+        },
+    )
+    .await?;
+    for _ in 0..10 {
+        assert_eq!(status(&[("x-mesh-flagged", "yes")]).await?, 403);
+        assert_eq!(status(&[("x-mesh-flagged", "no")]).await?, 200);
+    }
+    cluster
+        .kubectl_ok(["-n", n, "delete", "authorizationpolicy", "deny-flagged"])
+        .await?;
+    retry(Duration::from_secs(60), "no policy left", || async {
+        anyhow::ensure!(status(&[("x-mesh-flagged", "yes")]).await? == 200);
+        Ok(())
+    })
+    .await?;
+    Ok(())
 }
 
 /// Prometheus's `istio-mesh` job, as Istio's add-on has it: the endpoints of Service
@@ -713,6 +874,8 @@ async fn bookinfo_behind_the_ingress_routed_by_yaml() -> anyhow::Result<()> {
     let cert = served_certificate(&format!("{ip}:9080")).await?;
     let want = format!("URI:spiffe://cluster.local/ns/{n}/sa/bookinfo-reviews");
     assert!(cert.contains(&want), "reviews v1 presents: {cert}");
+
+    authorization(cluster, &n).await?;
 
     // Continuity: steady load through the ingress while the control plane's pods are
     // deleted (Pilot's two at once, then Mixer's and Citadel's one by one): not one page
