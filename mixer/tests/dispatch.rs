@@ -307,3 +307,47 @@ spec:
     let out = d.check(&cfg, &bag(&cfg, &[("request.path", "/other")]));
     assert!(out.request_headers.is_empty() && out.response_headers.is_empty());
 }
+
+#[test]
+fn an_instance_that_cannot_be_made_fails_the_check() {
+    // A whitelist of users: a request without `source.user` (the instance's one field, with
+    // no fallback) must not slip past the handler.
+    let yaml = r#"
+apiVersion: config.istio.io/v1alpha2
+kind: listchecker
+metadata: {name: users, namespace: istio-system}
+spec: {overrides: [alice], blacklist: false}
+---
+apiVersion: config.istio.io/v1alpha2
+kind: listentry
+metadata: {name: user, namespace: istio-system}
+spec: {value: source.user}
+---
+apiVersion: config.istio.io/v1alpha2
+kind: rule
+metadata: {name: users, namespace: istio-system}
+spec:
+  actions: [{handler: users.listchecker, instances: [user.listentry]}]
+"#;
+    let d = Dispatcher::new(compile(yaml), Arc::new(Metrics::default()));
+    let cfg = d.config();
+    assert!(
+        d.check(&cfg, &bag(&cfg, &[("source.user", "alice")]))
+            .status
+            .is_ok()
+    );
+    assert_eq!(
+        d.check(&cfg, &bag(&cfg, &[("source.user", "mallory")]))
+            .status
+            .code,
+        code::NOT_FOUND
+    );
+    let out = d.check(&cfg, &bag(&cfg, &[]));
+    assert_eq!(out.status.code, code::INTERNAL, "{:?}", out.status);
+    assert!(
+        out.status.message.contains("user.listentry"),
+        "{}",
+        out.status.message
+    );
+    assert_eq!(out.valid_duration, Duration::ZERO, "never cached");
+}

@@ -1,7 +1,8 @@
 //! Dispatch: which rules hold for a request, and what their handlers answer.
 //!
-//! - [`Dispatcher::check`]: every check instance of every matching rule goes to its handler;
-//!   the answers combine into the most restrictive status (the first non-OK one), the
+//! - [`Dispatcher::check`]: every check instance of every matching rule goes to its handler
+//!   (an instance that fails to evaluate fails the check with INTERNAL, uncached: as in
+//!   Istio, a missing attribute never skips a check); the answers combine into the most restrictive status (the first non-OK one), the
 //!   shortest valid duration and the smallest use count. With no answer at all, Istio's
 //!   default: OK for one minute or 10,000 uses.
 //! - [`Dispatcher::quota`]: a named quota goes to the quota instances of that name in
@@ -56,6 +57,28 @@ pub struct Dispatcher {
     pub metrics: Arc<Metrics>,
     /// Where `kubernetesenv` looks pods up; unset, nothing is generated.
     pods: OnceLock<SharedPodCache>,
+}
+
+/// Folds one handler's answer into `out`: the first non-OK status (named after `handler`),
+/// the shortest validity, the smallest use count.
+fn combine(out: &mut CheckOutcome, answered: &mut bool, handler: &str, result: CheckResult) {
+    if !*answered {
+        out.valid_duration = result.valid_duration;
+        out.valid_use_count = result.valid_use_count;
+        *answered = true;
+    } else {
+        out.valid_duration = out.valid_duration.min(result.valid_duration);
+        out.valid_use_count = out.valid_use_count.min(result.valid_use_count);
+    }
+    if out.status.is_ok() && !result.status.is_ok() {
+        let mut status = result.status;
+        if status.message.is_empty() {
+            status.message = format!("{handler}:{}", code::name(status.code));
+        } else {
+            status.message = format!("{handler}:{}", status.message);
+        }
+        out.status = status;
+    }
 }
 
 // === impl Dispatcher ===
@@ -157,11 +180,13 @@ impl Dispatcher {
         })
     }
 
+    /// The values of `inst`'s fields for `bag`; `Err(why)` when one fails to evaluate (an
+    /// attribute it needs is missing and has no fallback, say).
     fn eval_instance<'a>(
         &self,
         inst: &'a Instance,
         bag: &'a dyn Bag,
-    ) -> Option<InstanceValues<'a>> {
+    ) -> Result<InstanceValues<'a>, String> {
         let mut values = Vec::with_capacity(inst.exprs.len());
         for e in &inst.exprs {
             match e.eval(bag) {
@@ -169,11 +194,11 @@ impl Dispatcher {
                 Err(err) => {
                     self.metrics.instance_errors.inc();
                     tracing::debug!(instance = %inst.name, error = %err, "instance not dispatched");
-                    return None;
+                    return Err(err.to_string());
                 }
             }
         }
-        Some(InstanceValues {
+        Ok(InstanceValues {
             instance: inst,
             values,
         })
@@ -226,8 +251,22 @@ impl Dispatcher {
                     for e in &inst.exprs {
                         reference(&mut out.referenced, e.attributes());
                     }
-                    let Some(values) = self.eval_instance(inst, bag) else {
-                        continue;
+                    // An instance that cannot be made fails the check (as in Istio): a
+                    // missing attribute must not skip an authorization handler.
+                    let values = match self.eval_instance(inst, bag) {
+                        Ok(values) => values,
+                        Err(why) => {
+                            let failed = CheckResult {
+                                status: Status::new(
+                                    code::INTERNAL,
+                                    format!("instance {}: {why}", inst.name),
+                                ),
+                                valid_duration: Duration::ZERO,
+                                valid_use_count: 0,
+                            };
+                            combine(&mut out, &mut answered, &h.name, failed);
+                            continue;
+                        }
                     };
                     let start = Instant::now();
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -250,23 +289,7 @@ impl Dispatcher {
                     if code::is_failure(result.status.code) {
                         h.metrics.errors.inc();
                     }
-                    if !answered {
-                        out.valid_duration = result.valid_duration;
-                        out.valid_use_count = result.valid_use_count;
-                        answered = true;
-                    } else {
-                        out.valid_duration = out.valid_duration.min(result.valid_duration);
-                        out.valid_use_count = out.valid_use_count.min(result.valid_use_count);
-                    }
-                    if out.status.is_ok() && !result.status.is_ok() {
-                        let mut status = result.status;
-                        if status.message.is_empty() {
-                            status.message = format!("{}:{}", h.name, code::name(status.code));
-                        } else {
-                            status.message = format!("{}:{}", h.name, status.message);
-                        }
-                        out.status = status;
-                    }
+                    combine(&mut out, &mut answered, &h.name, result);
                 }
             }
             if out.status.is_ok() {
@@ -315,7 +338,7 @@ impl Dispatcher {
                     {
                         continue;
                     }
-                    let Some(values) = self.eval_instance(inst, bag) else {
+                    let Ok(values) = self.eval_instance(inst, bag) else {
                         continue;
                     };
                     let start = Instant::now();
