@@ -631,6 +631,11 @@ async fn istio_1_0_rbac_samples_behave_as_istios_docs_say() {
         dump.contains("fail-closed: ns[default]-rbac[dangling]"),
         "no fail-closed policy in the server's config"
     );
+    let analysis = s.pilot.debug("/debug/analyzez").await.unwrap().to_string();
+    assert!(
+        analysis.contains("Referenced ServiceRole not found: default/nowhere"),
+        "/debug/analyzez: {analysis}"
+    );
     s.pilot.remove("dangling.yaml").unwrap();
     s.expect(productpage, "GET", "/", &all("200")).await;
 
@@ -857,6 +862,13 @@ async fn custom_policies_ask_their_provider_and_fail_closed_without_one() {
     assert!(
         dump.contains("fail-closed: provider"),
         "no fail-closed policy in the server's config"
+    );
+    // And Pilot's analysis names the policy and the field.
+    let analysis = s.pilot.debug("/debug/analyzez").await.unwrap().to_string();
+    assert!(
+        analysis.contains("Referenced extension provider not found")
+            && analysis.contains("spec.provider.name"),
+        "/debug/analyzez: {analysis}"
     );
     s.finish().await;
     mixer.svc.stop().await.unwrap();

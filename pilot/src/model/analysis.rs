@@ -1,7 +1,9 @@
 //! Cross-object analysis of the config in force, as Istio's `istioctl analyze` does it for
 //! the mistakes that silently break traffic: a VirtualService routing to a subset that no
 //! DestinationRule defines (its requests get 503 from Envoy, for a cluster it was never
-//! sent), or to a host the registry does not know. Messages use Istio's codes and names
+//! sent), or to a host the registry does not know; an authorization reference that does not
+//! resolve (a CUSTOM policy's extension provider, a ServiceRoleBinding's ServiceRole), which
+//! makes workloads fail closed. Messages use Istio's codes and names
 //! (IST0101 `ReferencedResourceNotFound`), and are served on `/debug/analyzez` and by
 //! `pilot check`.
 
@@ -55,6 +57,19 @@ pub fn analyze(ctx: &PushContext) -> Vec<Message> {
     let mut out = Vec::new();
     for vs in ctx.all_virtual_services() {
         virtual_service(ctx, vs, &mut out);
+    }
+    let (code, name) = REFERENCED_RESOURCE_NOT_FOUND;
+    for (kind, namespace, object, field, message) in ctx.authz.dangling(&ctx.mesh) {
+        out.push(Message {
+            level: Level::Error,
+            code,
+            name,
+            kind,
+            namespace,
+            object,
+            field,
+            message,
+        });
     }
     out.sort();
     out.dedup();
@@ -184,6 +199,60 @@ spec:
                 "Error [IST0101] (VirtualService default/reviews) spec.http[1].route[0].destination: \
                  Referenced host not found: \"nowhere\"",
             ]
+        );
+    }
+
+    #[test]
+    fn dangling_authorization_references_are_named() {
+        let ctx = testutil::TestConfig::from_yaml(
+            "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext, namespace: default}
+spec:
+  action: CUSTOM
+  provider: {name: nowhere}
+  rules: [{to: [{operation: {paths: [/x]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: known, namespace: default}
+spec:
+  action: CUSTOM
+  provider: {name: opa}
+  rules: [{to: [{operation: {paths: [/y]}}]}]
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: RbacConfig
+metadata: {name: default}
+spec: {mode: 'ON'}
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: ServiceRoleBinding
+metadata: {name: dangling, namespace: default}
+spec:
+  subjects: [{user: '*'}]
+  roleRef: {kind: ServiceRole, name: gone}
+",
+        )
+        .mesh_yaml("extensionProviders:\n- name: opa\n  envoyExtAuthzGrpc: {service: opa.default.svc.cluster.local, port: 9191}\n")
+        .push_context();
+        let got: Vec<String> = analyze(&ctx).iter().map(Message::render).collect();
+        assert_eq!(got.len(), 2, "{got:#?}");
+        assert!(
+            got[0].starts_with(
+                "Error [IST0101] (AuthorizationPolicy default/ext) spec.provider.name: \
+                 Referenced extension provider not found: \"nowhere\""
+            ),
+            "{}",
+            got[0]
+        );
+        assert!(
+            got[1].starts_with(
+                "Error [IST0101] (ServiceRoleBinding default/dangling) spec.roleRef.name: \
+                 Referenced ServiceRole not found: default/gone"
+            ),
+            "{}",
+            got[1]
         );
     }
 }

@@ -219,6 +219,67 @@ impl Authz {
         }
     }
 
+    /// References that do not resolve and so make workloads fail closed: a CUSTOM policy's
+    /// provider MeshConfig lacks (or that is no ext_authz provider), and, while Istio 1.0
+    /// RBAC is configured, a ServiceRoleBinding's missing ServiceRole. Each as (kind,
+    /// namespace, name, field, message).
+    pub fn dangling(
+        &self,
+        mesh: &MeshConfig,
+    ) -> Vec<(&'static str, String, String, String, String)> {
+        let mut out = Vec::new();
+        for p in &self.policies {
+            if p.spec.action != Some(Action::Custom) {
+                continue;
+            }
+            let Some(name) = p.spec.provider.as_ref().map(|x| x.name.as_str()) else {
+                continue;
+            };
+            let message = match mesh.extension_provider(name) {
+                None => format!(
+                    "Referenced extension provider not found: {name:?} (MeshConfig \
+                     extensionProviders); what its rules match is denied"
+                ),
+                Some(e) if e.ext_authz().is_none() => format!(
+                    "Referenced extension provider {name:?} is not an ext_authz provider; \
+                     what its rules match is denied"
+                ),
+                Some(_) => continue,
+            };
+            out.push((
+                "AuthorizationPolicy",
+                p.namespace.clone(),
+                p.name.clone(),
+                "spec.provider.name".to_string(),
+                message,
+            ));
+        }
+        if let Some(rbac) = &self.rbac {
+            for (ns, bindings) in &rbac.bindings {
+                for (name, b) in bindings {
+                    if !b.actions.is_empty() {
+                        continue;
+                    }
+                    let Some(role) = role_name(b) else { continue };
+                    if rbac.roles.contains_key(&(ns.clone(), role.to_string())) {
+                        continue;
+                    }
+                    out.push((
+                        "ServiceRoleBinding",
+                        ns.clone(),
+                        name.clone(),
+                        "spec.roleRef.name".to_string(),
+                        format!(
+                            "Referenced ServiceRole not found: {ns}/{role}; the workloads of \
+                             the services RBAC covers in {ns} deny everything"
+                        ),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// Whether no authorization object exists at all.
     pub fn is_empty(&self) -> bool {
         self.policies.is_empty() && self.rbac.is_none()
