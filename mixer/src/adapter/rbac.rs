@@ -498,28 +498,33 @@ impl Policy {
     }
 }
 
+/// Whether none of the fields this adapter cannot evaluate is set (`set`: field name and
+/// whether it is); the first one that is becomes a problem of `object`, and the rule or
+/// subject then matches nothing rather than granting more than written.
+fn supported(set: &[(&str, bool)], object: &str, problems: &mut Vec<RbacError>) -> bool {
+    match set.iter().find(|(_, is_set)| *is_set) {
+        Some((field, _)) => {
+            problems.push(RbacError::Unsupported {
+                object: object.to_string(),
+                field: field.to_string(),
+            });
+            false
+        }
+        None => true,
+    }
+}
+
 // === impl Rule ===
 
 impl Rule {
     fn new(rule: &AccessRule, object: &str, problems: &mut Vec<RbacError>) -> Self {
-        let unsupported = [
-            ("hosts", rule.hosts.is_empty()),
-            ("notHosts", rule.not_hosts.is_empty()),
-            ("ports", rule.ports.is_empty()),
-            ("notPorts", rule.not_ports.is_empty()),
-        ]
-        .into_iter()
-        .find(|(_, empty)| !empty);
-        match unsupported {
-            Some((field, _)) => {
-                problems.push(RbacError::Unsupported {
-                    object: object.to_string(),
-                    field: field.to_string(),
-                });
-                Rule(None)
-            }
-            None => Rule(Some(rule.clone())),
-        }
+        let set = [
+            ("hosts", !rule.hosts.is_empty()),
+            ("notHosts", !rule.not_hosts.is_empty()),
+            ("ports", !rule.ports.is_empty()),
+            ("notPorts", !rule.not_ports.is_empty()),
+        ];
+        Rule(supported(&set, object, problems).then(|| rule.clone()))
     }
 
     fn matches(&self, req: &Request) -> bool {
@@ -543,28 +548,17 @@ impl Rule {
 
 impl Who {
     fn new(subject: &Subject, object: &str, problems: &mut Vec<RbacError>) -> Self {
-        let unsupported = [
-            ("names", subject.names.is_empty()),
-            ("notNames", subject.not_names.is_empty()),
-            ("groups", subject.groups.is_empty()),
-            ("notGroups", subject.not_groups.is_empty()),
-            ("namespaces", subject.namespaces.is_empty()),
-            ("notNamespaces", subject.not_namespaces.is_empty()),
-            ("ips", subject.ips.is_empty()),
-            ("notIps", subject.not_ips.is_empty()),
-        ]
-        .into_iter()
-        .find(|(_, empty)| !empty);
-        match unsupported {
-            Some((field, _)) => {
-                problems.push(RbacError::Unsupported {
-                    object: object.to_string(),
-                    field: field.to_string(),
-                });
-                Who(None)
-            }
-            None => Who(Some(subject.clone())),
-        }
+        let set = [
+            ("names", !subject.names.is_empty()),
+            ("notNames", !subject.not_names.is_empty()),
+            ("groups", !subject.groups.is_empty()),
+            ("notGroups", !subject.not_groups.is_empty()),
+            ("namespaces", !subject.namespaces.is_empty()),
+            ("notNamespaces", !subject.not_namespaces.is_empty()),
+            ("ips", !subject.ips.is_empty()),
+            ("notIps", !subject.not_ips.is_empty()),
+        ];
+        Who(supported(&set, object, problems).then(|| subject.clone()))
     }
 
     /// Istio 1.0's rule: at least one of user, group and properties is given, and all the

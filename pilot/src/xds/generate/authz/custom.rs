@@ -411,30 +411,33 @@ extensionProviders:
   zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}
 "#;
 
-    fn config(policies: &str) -> TestConfig {
-        TestConfig::from_yaml(&format!(
-            "apiVersion: networking.istio.io/v1
+    /// The workload the tests look at.
+    const RATINGS: &str = "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
-metadata: {{name: ratings, namespace: default}}
+metadata: {name: ratings, namespace: default}
 spec:
   hosts: [ratings.default.svc.cluster.local]
   location: MESH_INTERNAL
   resolution: STATIC
-  ports: [{{number: 9080, name: http}}]
-  endpoints: [{{address: 127.4.0.1, labels: {{app: ratings}}}}]
----
+  ports: [{number: 9080, name: http}]
+  endpoints: [{address: 127.4.0.1, labels: {app: ratings}}]
+";
+
+    /// The providers' service.
+    const EXT_AUTHZ: &str = "---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
-metadata: {{name: ext-authz, namespace: default}}
+metadata: {name: ext-authz, namespace: default}
 spec:
   hosts: [ext-authz.default.svc.cluster.local]
   location: MESH_INTERNAL
   resolution: STATIC
-  ports: [{{number: 9000, name: grpc, protocol: GRPC}}, {{number: 8000, name: http}}]
-  endpoints: [{{address: 127.4.0.9}}]
-{policies}"
-        ))
-        .mesh_yaml(MESH)
+  ports: [{number: 9000, name: grpc, protocol: GRPC}, {number: 8000, name: http}]
+  endpoints: [{address: 127.4.0.9}]
+";
+
+    fn config(policies: &str) -> TestConfig {
+        TestConfig::from_yaml(&format!("{RATINGS}{EXT_AUTHZ}{policies}")).mesh_yaml(MESH)
     }
 
     fn custom(name: &str, provider: &str, paths: &str) -> String {
@@ -571,22 +574,10 @@ spec:
             );
         }
         // A provider whose service is not in the registry.
-        let ctx = TestConfig::from_yaml(
-            &("apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: ratings, namespace: default}
-spec:
-  hosts: [ratings.default.svc.cluster.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 9080, name: http}]
-  endpoints: [{address: 127.4.0.1, labels: {app: ratings}}]
-"
-            .to_string()
-                + &custom("ext", "grpc-authz", "'*'")),
-        )
-        .mesh_yaml(MESH)
-        .push_context();
+        let ctx =
+            TestConfig::from_yaml(&format!("{RATINGS}{}", custom("ext", "grpc-authz", "'*'")))
+                .mesh_yaml(MESH)
+                .push_context();
         let policies = super::super::workload_policies(&ctx, &ratings(), None);
         let Custom::Deny { reason, .. } = resolve(&ctx, &ratings(), &policies, Target::Http) else {
             panic!("deny")
