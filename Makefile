@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run test lint fmt build unit deps envoy images manifests cluster cluster-down demo-cluster bench clean
+.PHONY: help run test lint fmt build unit deps envoy images manifests cluster cluster-down demo-cluster bench bench-compare clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -73,6 +73,11 @@ cluster-down: ## stop the local Kubernetes and remove its state
 
 bench: deps ## run the benchmarks; writes target/bench/report.json
 	@bash tests/scripts/bench.sh
+
+# Not in `make test` or `make bench`: builds the peers (go-control-plane, istiod, ...) from the
+# Go module proxy (tests/peers/*) and runs them beside ours with the same clients and inputs.
+bench-compare: ## ours against the peers, same run; writes target/bench/compare.json
+	@bash tests/scripts/bench-compare.sh
 
 clean: ## remove build output (not the download cache)
 	$(CARGO) clean
