@@ -22,6 +22,7 @@ pub mod legacy;
 pub mod mesh;
 pub mod model;
 pub mod settings;
+mod status;
 #[cfg(any(test, feature = "testutil"))]
 pub mod testutil;
 pub mod validate;
@@ -114,7 +115,7 @@ pub async fn serve(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()>
     let (mesh_rx, mesh_refused) =
         mesh::watch_mesh_with_status(settings.mesh.clone(), shutdown.clone())?;
     let source = ConfigSource::from_flags(settings.config_dir.clone(), settings.kubeconfig.clone());
-    let mut base = Base::start(
+    let (mut base, findings) = Base::start_with_analysis(
         "pilot",
         &source,
         settings::watched_kinds(),
@@ -193,6 +194,12 @@ pub async fn serve(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()>
         platform_rx,
         Some(jwks.clone()),
         debounce,
+        shutdown.clone(),
+    ));
+
+    tokio::spawn(status::report_analysis(
+        server.clone(),
+        findings,
         shutdown.clone(),
     ));
 

@@ -10,6 +10,7 @@ use axum::routing::get;
 use mesh_proto::Kind;
 use tokio::sync::watch;
 
+use crate::config::status::Findings;
 use crate::config::{
     ConfigStore, DirectoryOptions, DirectoryStore, KubeOptions, KubeStore, SharedValidator,
     Snapshot,
@@ -105,30 +106,42 @@ pub fn track_readiness(
     });
 }
 
-/// `/debug/configz`: what the store holds and what it refused.
-pub fn configz_routes(rx: watch::Receiver<Arc<Snapshot>>) -> Router {
+/// `/debug/configz`: what the store holds and what it refused, and, from `findings` (a
+/// service's analysis), what is wrong with the objects it holds: `{"revision", "synced",
+/// "objects": [{kind, group, apiVersion, namespace, name, origin, analysis?}], "errors"}`,
+/// `analysis` being the object's findings (`{level, code, name, field, message}`), left out
+/// when there are none.
+pub fn configz_routes(
+    rx: watch::Receiver<Arc<Snapshot>>,
+    findings: Option<watch::Receiver<Arc<Findings>>>,
+) -> Router {
     Router::new().route(
         "/debug/configz",
         get(move || {
             let snap = rx.borrow().clone();
-            async move { Json(configz(&snap)) }
+            let findings = findings.as_ref().map(|f| f.borrow().clone());
+            async move { Json(configz(&snap, findings.as_deref())) }
         }),
     )
 }
 
-fn configz(snap: &Snapshot) -> serde_json::Value {
+fn configz(snap: &Snapshot, findings: Option<&Findings>) -> serde_json::Value {
     let objects: Vec<_> = snap
         .objects()
         .values()
         .map(|o| {
-            serde_json::json!({
+            let mut obj = serde_json::json!({
                 "kind": o.key.kind.name(),
                 "group": o.key.kind.group(),
                 "apiVersion": o.api_version,
                 "namespace": o.key.namespace,
                 "name": o.key.name,
                 "origin": o.origin.to_string(),
-            })
+            });
+            if let Some(found) = findings.and_then(|f| f.get(&o.key)) {
+                obj["analysis"] = serde_json::json!(found);
+            }
+            obj
         })
         .collect();
     let errors: Vec<_> = snap.errors().iter().map(|e| e.to_string()).collect();
@@ -140,12 +153,44 @@ fn configz(snap: &Snapshot) -> serde_json::Value {
     })
 }
 
+/// Where a service reports what its own analysis finds about the config objects in force
+/// (a reference that does not resolve, a policy that makes workloads fail closed): shown on
+/// `/debug/configz` and, on Kubernetes with status writes, written to each object's
+/// `status.validationMessages` until it no longer holds.
+#[derive(Debug, Clone)]
+pub struct FindingsReporter {
+    tx: Arc<watch::Sender<Arc<Findings>>>,
+}
+
+// === impl FindingsReporter ===
+
+impl FindingsReporter {
+    fn new() -> (FindingsReporter, watch::Receiver<Arc<Findings>>) {
+        let (tx, rx) = watch::channel(Arc::new(Findings::new()));
+        (FindingsReporter { tx: Arc::new(tx) }, rx)
+    }
+
+    /// Replaces what was reported before with `findings` (every object's; an object left out
+    /// has none). Nothing is rewritten when they are unchanged.
+    pub fn report(&self, findings: Findings) {
+        self.tx.send_if_modified(|current| {
+            if **current == findings {
+                return false;
+            }
+            *current = Arc::new(findings);
+            true
+        });
+    }
+}
+
 /// The parts every service starts with: readiness, metrics registry and config store.
 #[derive(Debug)]
 pub struct Base {
     pub readiness: crate::Readiness,
     pub registry: prometheus_client::registry::Registry,
     pub store: Arc<dyn ConfigStore>,
+    /// The findings reported through [`Base::start_with_analysis`]'s reporter.
+    findings: Option<watch::Receiver<Arc<Findings>>>,
 }
 
 impl std::fmt::Debug for dyn ConfigStore {
@@ -168,11 +213,60 @@ impl Base {
         write_status: bool,
         shutdown: Shutdown,
     ) -> Result<Self, ServiceError> {
+        Self::open(
+            component,
+            source,
+            kinds,
+            validator,
+            write_status,
+            None,
+            shutdown,
+        )
+        .await
+    }
+
+    /// [`Base::start`] for a service that analyses the config it serves: what it reports
+    /// is on `/debug/configz` and, with `write_status` on Kubernetes, in each object's
+    /// status (the store then owns the analysis messages of the objects it watches).
+    pub async fn start_with_analysis(
+        component: &str,
+        source: &ConfigSource,
+        kinds: Vec<(Kind, String)>,
+        validator: Option<SharedValidator>,
+        write_status: bool,
+        shutdown: Shutdown,
+    ) -> Result<(Self, FindingsReporter), ServiceError> {
+        let (reporter, rx) = FindingsReporter::new();
+        let base = Self::open(
+            component,
+            source,
+            kinds,
+            validator,
+            write_status,
+            Some(rx),
+            shutdown,
+        )
+        .await?;
+        Ok((base, reporter))
+    }
+
+    async fn open(
+        component: &str,
+        source: &ConfigSource,
+        kinds: Vec<(Kind, String)>,
+        validator: Option<SharedValidator>,
+        write_status: bool,
+        findings: Option<watch::Receiver<Arc<Findings>>>,
+        shutdown: Shutdown,
+    ) -> Result<Self, ServiceError> {
         let readiness = crate::Readiness::default();
         let config_ready = readiness.condition("config");
         let mut registry = prometheus_client::registry::Registry::default();
         crate::monitoring::register_build_info(&mut registry, component);
-        let options = KubeOptions { write_status };
+        let options = KubeOptions {
+            write_status,
+            findings: findings.clone(),
+        };
         let store = source
             .open_with(kinds, validator, options, shutdown.clone())
             .await?;
@@ -181,6 +275,7 @@ impl Base {
             readiness,
             registry,
             store,
+            findings,
         })
     }
 
@@ -193,7 +288,7 @@ impl Base {
         shutdown: Shutdown,
     ) -> Result<(), crate::monitoring::MonitoringError> {
         let app = crate::monitoring::router(self.readiness, Arc::new(self.registry))
-            .merge(configz_routes(self.store.subscribe()))
+            .merge(configz_routes(self.store.subscribe(), self.findings))
             .merge(routes);
         crate::monitoring::serve(listener, app, shutdown).await
     }

@@ -870,6 +870,30 @@ async fn custom_policies_ask_their_provider_and_fail_closed_without_one() {
             && analysis.contains("spec.provider.name"),
         "/debug/analyzez: {analysis}"
     );
+    // So does /debug/configz, beside the object, which says it fails closed.
+    eventually("the policy's analysis on /debug/configz", WAIT, || async {
+        let configz = s.pilot.debug("/debug/configz").await?;
+        Ok(analysis_of(&configz, "AuthorizationPolicy", "ext-authz").is_some())
+    })
+    .await
+    .unwrap();
+    let configz = s.pilot.debug("/debug/configz").await.unwrap();
+    let found = analysis_of(&configz, "AuthorizationPolicy", "ext-authz").unwrap();
+    assert_eq!(found[0]["code"], "IST0101", "{found}");
+    assert_eq!(found[0]["field"], "spec.provider.name", "{found}");
+    assert!(
+        found[0]["message"].as_str().unwrap().contains("is denied"),
+        "{found}"
+    );
     s.finish().await;
     mixer.svc.stop().await.unwrap();
+}
+
+/// The analysis `/debug/configz` shows beside object `kind` `name`, if any.
+fn analysis_of(configz: &serde_json::Value, kind: &str, name: &str) -> Option<serde_json::Value> {
+    configz["objects"]
+        .as_array()?
+        .iter()
+        .find(|o| o["kind"] == kind && o["name"] == name)
+        .and_then(|o| o.get("analysis").cloned())
 }

@@ -7,9 +7,13 @@
 //! (IST0101 `ReferencedResourceNotFound`), and are served on `/debug/analyzez` and by
 //! `pilot check`.
 
-use serde::Serialize;
+use std::collections::BTreeMap;
 
+use mesh_proto::Kind;
 use mesh_proto::networking::{Destination, VirtualService};
+use mesh_runtime::ConfigKey;
+use mesh_runtime::config::status::{Finding, Findings};
+use serde::Serialize;
 
 use super::PushContext;
 use super::push_context::Named;
@@ -52,6 +56,33 @@ impl Message {
     }
 }
 
+/// `messages` by object, as the config store writes them to status and `/debug/configz`
+/// shows them.
+pub fn findings(messages: &[Message]) -> Findings {
+    let mut out: Findings = BTreeMap::new();
+    for m in messages {
+        let Some(kind) = Kind::all()
+            .into_iter()
+            .find(|k| k.name() == m.kind && k.group().ends_with("istio.io"))
+        else {
+            continue;
+        };
+        let key = ConfigKey::new(kind, m.namespace.clone(), m.object.clone());
+        out.entry(key).or_default().push(Finding {
+            level: match m.level {
+                Level::Error => "ERROR",
+                Level::Warning => "WARNING",
+                Level::Info => "INFO",
+            },
+            code: m.code,
+            name: m.name,
+            field: m.field.clone(),
+            message: m.message.clone(),
+        });
+    }
+    out
+}
+
 /// Every finding about the config of `ctx`, sorted.
 pub fn analyze(ctx: &PushContext) -> Vec<Message> {
     let mut out = Vec::new();
@@ -71,9 +102,48 @@ pub fn analyze(ctx: &PushContext) -> Vec<Message> {
             message,
         });
     }
+    custom_provider_services(ctx, &mut out);
     out.sort();
     out.dedup();
     out
+}
+
+/// A CUSTOM policy whose ext_authz provider names a service (or port) the registry lacks:
+/// its workloads cannot ask, so they deny what its rules match.
+fn custom_provider_services(ctx: &PushContext, out: &mut Vec<Message>) {
+    let (code, name) = REFERENCED_RESOURCE_NOT_FOUND;
+    for (namespace, object, provider_name) in ctx.authz.custom() {
+        let Some(provider) = ctx
+            .mesh
+            .extension_provider(provider_name)
+            .and_then(|e| e.ext_authz())
+        else {
+            continue; // Said by `Authz::dangling`.
+        };
+        let host = provider.hostname();
+        let message = match ctx.registry.service(host) {
+            None => format!(
+                "Referenced service of extension provider {provider_name:?} not found: \
+                 {host:?}; what its rules match is denied"
+            ),
+            Some(s) if !s.ports.iter().any(|p| p.number == provider.port()) => format!(
+                "Referenced port {} of extension provider {provider_name:?} not found on \
+                 service {host:?}; what its rules match is denied",
+                provider.port()
+            ),
+            Some(_) => continue,
+        };
+        out.push(Message {
+            level: Level::Error,
+            code,
+            name,
+            kind: "AuthorizationPolicy",
+            namespace: namespace.to_string(),
+            object: object.to_string(),
+            field: "spec.provider.name".to_string(),
+            message,
+        });
+    }
 }
 
 /// The destinations of a VirtualService, with where they are.
@@ -221,6 +291,31 @@ spec:
   provider: {name: opa}
   rules: [{to: [{operation: {paths: [/y]}}]}]
 ---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: wrong-port, namespace: default}
+spec:
+  action: CUSTOM
+  provider: {name: opa-admin}
+  rules: [{to: [{operation: {paths: [/z]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-service, namespace: default}
+spec:
+  action: CUSTOM
+  provider: {name: gone}
+  rules: [{to: [{operation: {paths: [/w]}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: opa, namespace: default}
+spec:
+  hosts: [opa.default.svc.cluster.local]
+  ports: [{number: 9191, name: grpc, protocol: GRPC}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.9}]
+---
 apiVersion: rbac.istio.io/v1alpha1
 kind: RbacConfig
 metadata: {name: default}
@@ -234,10 +329,20 @@ spec:
   roleRef: {kind: ServiceRole, name: gone}
 ",
         )
-        .mesh_yaml("extensionProviders:\n- name: opa\n  envoyExtAuthzGrpc: {service: opa.default.svc.cluster.local, port: 9191}\n")
+        .mesh_yaml(
+            "extensionProviders:
+- name: opa
+  envoyExtAuthzGrpc: {service: opa.default.svc.cluster.local, port: 9191}
+- name: opa-admin
+  envoyExtAuthzGrpc: {service: opa.default.svc.cluster.local, port: 9999}
+- name: gone
+  envoyExtAuthzHttp: {service: authz.elsewhere.svc.cluster.local, port: 8000}
+",
+        )
         .push_context();
-        let got: Vec<String> = analyze(&ctx).iter().map(Message::render).collect();
-        assert_eq!(got.len(), 2, "{got:#?}");
+        let messages = analyze(&ctx);
+        let got: Vec<String> = messages.iter().map(Message::render).collect();
+        assert_eq!(got.len(), 4, "{got:#?}");
         assert!(
             got[0].starts_with(
                 "Error [IST0101] (AuthorizationPolicy default/ext) spec.provider.name: \
@@ -247,12 +352,36 @@ spec:
             got[0]
         );
         assert!(
-            got[1].starts_with(
+            got[3].starts_with(
                 "Error [IST0101] (ServiceRoleBinding default/dangling) spec.roleRef.name: \
                  Referenced ServiceRole not found: default/gone"
             ),
             "{}",
+            got[3]
+        );
+        assert!(
+            got[1].starts_with(
+                "Error [IST0101] (AuthorizationPolicy default/no-service) spec.provider.name: \
+                 Referenced service of extension provider \"gone\" not found: \
+                 \"authz.elsewhere.svc.cluster.local\""
+            ),
+            "{}",
             got[1]
         );
+        assert!(
+            got[2].starts_with(
+                "Error [IST0101] (AuthorizationPolicy default/wrong-port) spec.provider.name: \
+                 Referenced port 9999 of extension provider \"opa-admin\" not found"
+            ),
+            "{}",
+            got[2]
+        );
+        // By object, as statuses and /debug/configz carry them.
+        let by_object = findings(&messages);
+        assert_eq!(by_object.len(), 4);
+        let key = ConfigKey::new(Kind::AuthorizationPolicy, "default", "wrong-port");
+        assert_eq!(by_object[&key][0].code, "IST0101");
+        assert_eq!(by_object[&key][0].level, "ERROR");
+        assert_eq!(by_object[&key][0].field, "spec.provider.name");
     }
 }

@@ -280,6 +280,18 @@ impl Authz {
         out
     }
 
+    /// The CUSTOM AuthorizationPolicies, as (namespace, name, provider name).
+    pub fn custom(&self) -> impl Iterator<Item = (&str, &str, &str)> {
+        self.policies.iter().filter_map(|p| {
+            let provider = p.spec.provider.as_ref()?;
+            (p.spec.action == Some(Action::Custom)).then_some((
+                p.namespace.as_str(),
+                p.name.as_str(),
+                provider.name.as_str(),
+            ))
+        })
+    }
+
     /// Whether no authorization object exists at all.
     pub fn is_empty(&self) -> bool {
         self.policies.is_empty() && self.rbac.is_none()

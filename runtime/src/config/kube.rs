@@ -5,14 +5,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
 use mesh_proto::Kind;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 
 use super::SharedValidator;
 use super::document::{ObjectError, object_from_value, to_load_error};
-use super::status;
+use super::kube_status::StatusKeeper;
+use super::status::Findings;
 use super::{ConfigKey, ConfigObject, ConfigStore, LoadError, Origin, Snapshot, publish};
 use crate::Shutdown;
 
@@ -30,34 +31,14 @@ pub struct KubeStore {
 }
 
 /// How a [`KubeStore`] behaves beyond watching.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct KubeOptions {
     /// Write a status condition on refused Istio objects (through their `/status`
     /// subresource), and clear it when they become valid.
     pub write_status: bool,
-}
-
-/// A status write for the writer task: the object and the merge patch of its status.
-#[derive(Debug)]
-struct StatusWrite {
-    kind: Kind,
-    resource: ApiResource,
-    namespace: String,
-    name: String,
-    patch: serde_json::Value,
-}
-
-/// Why a status write failed.
-#[derive(Debug, thiserror::Error)]
-enum StatusError {
-    #[error("{kind} {namespace}/{name}: writing status: {source}")]
-    Patch {
-        kind: Kind,
-        namespace: String,
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
+    /// With `write_status`: the findings of the service's analysis, which the store then
+    /// writes as each object's analysis messages (and clears when they go).
+    pub findings: Option<watch::Receiver<Arc<Findings>>>,
 }
 
 #[derive(Debug, Default)]
@@ -93,11 +74,9 @@ impl KubeStore {
         let changed = Arc::new(Notify::new());
         let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
         let total = kinds.len();
-        let status_tx = options.write_status.then(|| {
-            let (status_tx, status_rx) = mpsc::unbounded_channel();
-            tokio::spawn(write_statuses(client.clone(), status_rx, shutdown.clone()));
-            status_tx
-        });
+        let keeper = options
+            .write_status
+            .then(|| StatusKeeper::start(client.clone(), options.findings, shutdown.clone()));
         for (kind, version) in kinds {
             tokio::spawn(watch_kind(
                 client.clone(),
@@ -106,7 +85,7 @@ impl KubeStore {
                 state.clone(),
                 changed.clone(),
                 validator.clone(),
-                status_tx.clone(),
+                keeper.clone(),
                 shutdown.clone(),
             ));
         }
@@ -154,114 +133,6 @@ async fn publish_loop(
     }
 }
 
-/// Writes status patches, one at a time, until `shutdown`. A failure is logged and not
-/// retried: the next event of the object asks again.
-async fn write_statuses(
-    client: kube::Client,
-    mut rx: mpsc::UnboundedReceiver<StatusWrite>,
-    shutdown: Shutdown,
-) {
-    let mut missing_subresource: BTreeSet<Kind> = BTreeSet::new();
-    loop {
-        let write = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            w = rx.recv() => match w { Some(w) => w, None => return },
-        };
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), &write.namespace, &write.resource);
-        let params = PatchParams::apply(STATUS_FIELD_MANAGER);
-        match api
-            .patch_status(&write.name, &params, &Patch::Merge(&write.patch))
-            .await
-        {
-            Ok(_) => tracing::debug!(
-                kind = %write.kind,
-                namespace = %write.namespace,
-                name = %write.name,
-                "status written"
-            ),
-            // The object is gone, or its CRD has no status subresource (an older
-            // manifests/crds.yaml): said once per kind.
-            Err(kube::Error::Api(e)) if e.code == 404 => {
-                if missing_subresource.insert(write.kind.clone()) {
-                    tracing::info!(
-                        kind = %write.kind,
-                        "cannot write status (object gone, or CRD without a status subresource)"
-                    );
-                }
-            }
-            Err(source) => {
-                let e = StatusError::Patch {
-                    kind: write.kind,
-                    namespace: write.namespace,
-                    name: write.name,
-                    source,
-                };
-                tracing::warn!(error = %e, "status not written");
-            }
-        }
-    }
-}
-
-/// The field manager of the store's status writes.
-const STATUS_FIELD_MANAGER: &str = "mesh-config-status";
-
-/// Whether the store writes status on objects of `kind`: Istio's CRDs only.
-fn has_status(kind: &Kind) -> bool {
-    kind.group().ends_with("istio.io")
-}
-
-/// What the status of an object is now: enough to decide whether it needs a write.
-#[derive(Debug)]
-struct CurrentStatus {
-    namespace: String,
-    name: String,
-    generation: Option<i64>,
-    status: Option<serde_json::Value>,
-}
-
-impl CurrentStatus {
-    /// Taken from `obj` when statuses are written for `kind`.
-    fn of(
-        tx: Option<&mpsc::UnboundedSender<StatusWrite>>,
-        kind: &Kind,
-        obj: &DynamicObject,
-    ) -> Option<Self> {
-        (tx.is_some() && has_status(kind)).then(|| CurrentStatus {
-            namespace: obj.metadata.namespace.clone().unwrap_or_default(),
-            name: obj.metadata.name.clone().unwrap_or_default(),
-            generation: obj.metadata.generation,
-            status: obj.data.get("status").cloned(),
-        })
-    }
-}
-
-/// Queues the status write `problem` calls for on an object, if its status does not say it
-/// yet.
-fn request_status(
-    tx: Option<&mpsc::UnboundedSender<StatusWrite>>,
-    kind: &Kind,
-    resource: &ApiResource,
-    current: Option<CurrentStatus>,
-    problem: Option<&str>,
-) {
-    let (Some(tx), Some(current)) = (tx, current) else {
-        return;
-    };
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let Some(patch) = status::patch(current.status.as_ref(), problem, current.generation, &now)
-    else {
-        return;
-    };
-    let _ = tx.send(StatusWrite {
-        kind: kind.clone(),
-        resource: resource.clone(),
-        namespace: current.namespace,
-        name: current.name,
-        patch,
-    });
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn watch_kind(
     client: kube::Client,
@@ -270,11 +141,10 @@ async fn watch_kind(
     state: Arc<Mutex<State>>,
     changed: Arc<Notify>,
     validator: Option<SharedValidator>,
-    status_tx: Option<mpsc::UnboundedSender<StatusWrite>>,
+    keeper: Option<StatusKeeper>,
     shutdown: Shutdown,
 ) {
     let validator = validator.as_deref();
-    let status_tx = status_tx.as_ref();
     let resource = api_resource(&kind, &version);
     let api: Api<DynamicObject> = Api::all_with(client, &resource);
     let mut stream = watcher(api, watcher::Config::default())
@@ -305,9 +175,7 @@ async fn watch_kind(
                 s.objects.retain(|k, _| k.kind != kind);
                 s.errors.retain(|k, _| k.kind != kind);
                 for obj in objs {
-                    let current = CurrentStatus::of(status_tx, &kind, &obj);
-                    let problem = apply(&mut s, &kind, &resource, validator, obj);
-                    request_status(status_tx, &kind, &resource, current, problem.as_deref());
+                    observe(&mut s, &kind, &resource, validator, keeper.as_ref(), obj);
                 }
                 s.synced.insert(kind.clone());
                 tracing::debug!(%kind, "initial list done");
@@ -315,9 +183,7 @@ async fn watch_kind(
             }
             Ok(watcher::Event::Apply(obj)) => {
                 let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
-                let current = CurrentStatus::of(status_tx, &kind, &obj);
-                let problem = apply(&mut s, &kind, &resource, validator, obj);
-                request_status(status_tx, &kind, &resource, current, problem.as_deref());
+                observe(&mut s, &kind, &resource, validator, keeper.as_ref(), obj);
                 s
             }
             Ok(watcher::Event::Delete(obj)) => {
@@ -325,6 +191,9 @@ async fn watch_kind(
                 let key = key_of(&kind, &obj);
                 s.objects.remove(&key);
                 s.errors.remove(&key);
+                if let Some(keeper) = &keeper {
+                    keeper.forget(&key);
+                }
                 s
             }
             Err(e) => {
@@ -354,6 +223,29 @@ fn is_not_found(e: &watcher::Error) -> bool {
         watcher::Error::InitialListFailed(kube::Error::Api(status))
         | watcher::Error::WatchStartFailed(kube::Error::Api(status)) => status.code == 404,
         _ => false,
+    }
+}
+
+/// Loads `obj` into `state` and has `keeper` (if any) bring its status up to date.
+fn observe(
+    state: &mut State,
+    kind: &Kind,
+    resource: &ApiResource,
+    validator: Option<&dyn super::Validator>,
+    keeper: Option<&StatusKeeper>,
+    obj: DynamicObject,
+) {
+    match keeper {
+        Some(keeper) => {
+            let key = key_of(kind, &obj);
+            let generation = obj.metadata.generation;
+            let status = obj.data.get("status").cloned();
+            let problem = apply(state, kind, resource, validator, obj);
+            keeper.observe(&key, resource, generation, status, problem);
+        }
+        None => {
+            apply(state, kind, resource, validator, obj);
+        }
     }
 }
 

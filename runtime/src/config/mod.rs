@@ -11,6 +11,7 @@
 pub mod directory;
 mod document;
 mod kube;
+mod kube_status;
 pub mod status;
 
 use std::collections::BTreeMap;
