@@ -39,6 +39,7 @@ pub mod agent;
 pub mod cluster;
 mod envoy;
 mod http;
+pub mod jwt;
 pub mod mesh;
 pub mod netns;
 pub mod prometheus;

@@ -27,6 +27,10 @@
 //!   identity call details (reviews' sidecar gets 403), edited in place to allow reviews
 //!   instead; a DENY by request header refuses those pages at productpage, through the
 //!   ingress;
+//! - end-user authentication: a RequestAuthentication (inline key set) and an ALLOW policy
+//!   requiring a request principal on productpage's `/productpage`: through the ingress a
+//!   valid token gets the page, no token 403, expired, mis-issued and forged tokens 401, a
+//!   token for another audience 403; removed, pages come without a token again;
 //! - continuity: under steady load through the ingress, deleting Pilot's pods, then
 //!   Mixer's and Citadel's, loses no page, and an endpoint change made while Pilot is gone
 //!   reaches the proxies once it is back; an upgrade (install.yaml re-applied with changed
@@ -38,6 +42,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use mesh_tests::Cluster;
 use mesh_tests::cluster::{real_node_image, retry, served_certificate};
+use mesh_tests::jwt::{self, Signer, jwks_of};
 use mesh_tests::prometheus::Prometheus;
 
 /// The ingress gateway's NodePort on the real node (`tests/cluster/node.sh`: node
@@ -419,6 +424,112 @@ async fn authorization(cluster: &Cluster, n: &str) -> anyhow::Result<()> {
         }
         Ok(())
     })
+    .await?;
+    Ok(())
+}
+
+/// End-user authentication at productpage's sidecar, through the ingress (which forwards the
+/// `Authorization` header): Envoy's `jwt_authn` with the key set inlined, and an ALLOW policy
+/// requiring a principal from the issuer for `/productpage` (anything else stays open).
+async fn request_authentication(cluster: &Cluster, n: &str) -> anyhow::Result<()> {
+    const ISSUER: &str = "https://issuer.mesh.test";
+    let key = Signer::new("demo");
+    let forged = Signer::new("demo");
+    let config = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: \
+         {{name: productpage-jwt, namespace: {n}}}\nspec:\n  selector: {{matchLabels: \
+         {{app: productpage}}}}\n  jwtRules:\n  - issuer: {ISSUER}\n    audiences: \
+         [bookinfo]\n    jwks: '{jwks}'\n---\napiVersion: security.istio.io/v1\nkind: \
+         AuthorizationPolicy\nmetadata: {{name: productpage-users, namespace: {n}}}\nspec:\n  \
+         selector: {{matchLabels: {{app: productpage}}}}\n  action: ALLOW\n  rules:\n  - \
+         from: [{{source: {{requestPrincipals: ['{ISSUER}/*']}}}}]\n    to: [{{operation: \
+         {{paths: [/productpage]}}}}]\n  - to: [{{operation: {{notPaths: [/productpage]}}}}]\n",
+        jwks = jwks_of(&[&key]),
+    );
+    cluster
+        .kubectl_with_stdin(["apply", "-f", "-"], Some(config.as_bytes()))
+        .await?;
+    let status = |token: Option<String>| async move {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default();
+        mesh_tests::http_get(&format!("{INGRESS}/productpage"), &headers)
+            .await
+            .map(|r| r.status.as_u16())
+    };
+    let token = |signer: &Signer, extra: serde_json::Value| {
+        signer.token(&jwt::claims(ISSUER, "alice", "bookinfo", extra))
+    };
+    let valid = token(&key, serde_json::json!({}));
+    let cases = [
+        ("valid", Some(valid.clone()), 200),
+        ("none", None, 403),
+        (
+            "expired",
+            Some(token(
+                &key,
+                serde_json::json!({"exp": jwt::now() - 600, "iat": jwt::now() - 4000}),
+            )),
+            401,
+        ),
+        (
+            "wrong issuer",
+            Some(token(
+                &key,
+                serde_json::json!({"iss": "https://evil.example"}),
+            )),
+            401,
+        ),
+        ("forged", Some(token(&forged, serde_json::json!({}))), 401),
+        // Verified but for another audience: jwt_authn answers 403 (envoyproxy/envoy#7679).
+        (
+            "wrong audience",
+            Some(token(&key, serde_json::json!({"aud": "ratings"}))),
+            403,
+        ),
+    ];
+    retry(
+        Duration::from_secs(120),
+        "tokens checked at productpage",
+        || async {
+            for (what, t, want) in &cases {
+                let got = status(t.clone()).await?;
+                anyhow::ensure!(got == *want, "{what} token: {got}, want {want}");
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for _ in 0..5 {
+        for (what, t, want) in &cases {
+            assert_eq!(status(t.clone()).await?, *want, "{what} token");
+            *counts.entry(what).or_default() += 1;
+        }
+    }
+    eprintln!("request authentication: every token case as expected, 5 times each: {counts:?}");
+
+    cluster
+        .kubectl_ok([
+            "-n",
+            n,
+            "delete",
+            "requestauthentication/productpage-jwt",
+            "authorizationpolicy/productpage-users",
+        ])
+        .await?;
+    retry(
+        Duration::from_secs(120),
+        "pages without a token again",
+        || async {
+            for _ in 0..10 {
+                anyhow::ensure!(status(None).await? == 200);
+            }
+            Ok(())
+        },
+    )
     .await?;
     Ok(())
 }
@@ -878,6 +989,7 @@ async fn bookinfo_behind_the_ingress_routed_by_yaml() -> anyhow::Result<()> {
     assert!(cert.contains(&want), "reviews v1 presents: {cert}");
 
     authorization(cluster, &n).await?;
+    request_authentication(cluster, &n).await?;
 
     // Continuity: steady load through the ingress while the control plane's pods are
     // deleted (Pilot's two at once, then Mixer's and Citadel's one by one): not one page

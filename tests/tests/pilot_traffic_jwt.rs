@@ -23,16 +23,14 @@ mod pilot_traffic_support;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use mesh_tests::jwt::{self, Signer, jwks_of, now};
 use mesh_tests::mesh::{Pilot, eventually};
 use mesh_tests::{Envoy, HttpResponse, Upstream, free_port, http_get};
 use pilot_traffic_support::{
     cert_meta, citadel, inbound_sidecar, service_entry, strict_mtls_reviews,
 };
-use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, SigningKey as _};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -44,83 +42,9 @@ const WAIT: Duration = Duration::from_secs(20);
 
 // === tokens ===
 
-/// An ES256 signing key and its JWK.
-struct Signer {
-    key: KeyPair,
-    kid: String,
-}
-
-impl Signer {
-    fn new(kid: &str) -> Signer {
-        Signer {
-            key: KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap(),
-            kid: kid.to_string(),
-        }
-    }
-
-    /// The public key as a JWK (the uncompressed point's coordinates).
-    fn jwk(&self) -> Value {
-        let point = self.key.public_key_raw();
-        assert_eq!(point.len(), 65, "uncompressed P-256 point");
-        json!({
-            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": self.kid,
-            "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
-            "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
-        })
-    }
-
-    /// A compact JWS of `claims`.
-    fn token(&self, claims: &Value) -> String {
-        let header = json!({"alg": "ES256", "typ": "JWT", "kid": self.kid});
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let der = self.key.sign(input.as_bytes()).unwrap();
-        format!("{input}.{}", URL_SAFE_NO_PAD.encode(fixed_signature(&der)))
-    }
-}
-
-/// An ECDSA signature as DER (`SEQUENCE { INTEGER r, INTEGER s }`) to JWS's `r || s`, each
-/// 32 bytes.
-fn fixed_signature(der: &[u8]) -> Vec<u8> {
-    assert_eq!(der[0], 0x30, "a DER sequence");
-    let mut at = 2;
-    let mut out = Vec::new();
-    for _ in 0..2 {
-        assert_eq!(der[at], 0x02, "a DER integer");
-        let len = der[at + 1] as usize;
-        let int = &der[at + 2..at + 2 + len];
-        let int = &int[int.len().saturating_sub(32)..];
-        out.extend(std::iter::repeat_n(0u8, 32 - int.len()));
-        out.extend_from_slice(int);
-        at += 2 + len;
-    }
-    out
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 /// Claims of a token for `sub`, valid for an hour, overridden by `extra`.
 fn claims(sub: &str, extra: Value) -> Value {
-    let mut c =
-        json!({"iss": ISSUER, "sub": sub, "aud": "reviews", "iat": now(), "exp": now() + 3600});
-    if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
-        for (k, v) in extra {
-            c.insert(k.clone(), v.clone());
-        }
-    }
-    c
-}
-
-fn jwks_of(signers: &[&Signer]) -> String {
-    json!({"keys": signers.iter().map(|s| s.jwk()).collect::<Vec<_>>()}).to_string()
+    jwt::claims(ISSUER, sub, "reviews", extra)
 }
 
 // === the issuer's key server ===
