@@ -2,7 +2,7 @@
 //! computed from (registry, traffic config, mesh config). A new one is built for every full
 //! push; proxies generate from the one current when they are pushed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use mesh_proto::networking::{DestinationRule, Gateway, Sidecar, Subset, VirtualService};
@@ -34,6 +34,16 @@ pub struct PushContext {
     /// Virtual services bound to sidecars (`mesh` gateway), hosts resolved to FQDNs, ordered
     /// by namespace and name.
     virtual_services: Vec<(Vec<String>, Named<VirtualService>)>,
+    /// Indexes into `virtual_services` by exact (non-wildcard) host, ascending: the
+    /// candidates for a host besides `wildcard_virtual_services`, so a lookup does not scan
+    /// every VirtualService (which made generation quadratic in the services).
+    virtual_services_by_host: HashMap<String, Vec<usize>>,
+    /// Indexes into `virtual_services` of those with a wildcard host, ascending.
+    wildcard_virtual_services: Vec<usize>,
+    /// Every distinct `sourceLabels` of the mesh's VirtualService HTTP, TLS and TCP matches:
+    /// what of a sidecar's labels its outbound listeners and routes depend on (see
+    /// [`PushContext::source_label_matches`]).
+    source_label_selectors: Vec<BTreeMap<String, String>>,
     /// Every virtual service by (namespace, name), delegates (no hosts) included.
     all_virtual_services: BTreeMap<(String, String), Named<VirtualService>>,
     /// Virtual services bound to gateways: hosts (resolved) and gateways as `ns/name`.
@@ -189,8 +199,32 @@ impl PushContext {
                 },
             ));
         }
+        let mut virtual_services_by_host: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut wildcard_virtual_services = Vec::new();
+        let mut selectors = BTreeSet::new();
+        for (i, (hosts, vs)) in virtual_services.iter().enumerate() {
+            for h in hosts {
+                if h.starts_with('*') {
+                    if wildcard_virtual_services.last() != Some(&i) {
+                        wildcard_virtual_services.push(i);
+                    }
+                } else {
+                    let at = virtual_services_by_host.entry(h.clone()).or_default();
+                    if at.last() != Some(&i) {
+                        at.push(i);
+                    }
+                }
+            }
+            source_labels_of(&vs.spec, &mut selectors);
+        }
+        for vs in all_virtual_services.values() {
+            source_labels_of(&vs.spec, &mut selectors);
+        }
         let authz = Arc::new(super::authz::Authz::from_config(config, &mesh));
         PushContext {
+            virtual_services_by_host,
+            wildcard_virtual_services,
+            source_label_selectors: selectors.into_iter().collect(),
             version,
             authz,
             mesh,
@@ -267,8 +301,21 @@ impl PushContext {
     /// precedence when several name the host: an exact host beats a wildcard, a longer
     /// wildcard beats a shorter one, then the first by namespace and name.
     pub fn virtual_service(&self, namespace: &str, host: &str) -> Option<&Named<VirtualService>> {
-        self.virtual_services
-            .iter()
+        // Only these can match: those naming `host` exactly and those with a wildcard, in
+        // their order (an exact pattern matches its own host only).
+        let exact = self
+            .virtual_services_by_host
+            .get(host)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut candidates = Vec::with_capacity(exact.len() + self.wildcard_virtual_services.len());
+        candidates.extend_from_slice(exact);
+        candidates.extend_from_slice(&self.wildcard_virtual_services);
+        candidates.sort_unstable();
+        candidates.dedup();
+        candidates
+            .into_iter()
+            .map(|i| &self.virtual_services[i])
             .filter(|(_, vs)| self.vs_exported_to(vs, namespace))
             .filter_map(|(hosts, vs)| {
                 let best = hosts
@@ -445,6 +492,21 @@ impl PushContext {
             .or_else(|| self.authn.legacy_mtls_mode(&self.registry, proxy, port))
     }
 
+    /// Which of the mesh's VirtualService `sourceLabels` selectors pick `proxy`, one
+    /// character each (`1` or `0`): all that its labels change in its outbound listeners and
+    /// routes (empty when no VirtualService matches on source labels).
+    pub fn source_label_matches(&self, proxy: &Proxy) -> String {
+        self.source_label_selectors
+            .iter()
+            .map(|sel| {
+                let picks = sel
+                    .iter()
+                    .all(|(k, v)| proxy.labels.get(k).is_some_and(|l| l == v));
+                if picks { '1' } else { '0' }
+            })
+            .collect()
+    }
+
     /// The outbound traffic policy of `proxy`: its Sidecar's, else the mesh's.
     pub fn outbound_mode(&self, proxy: &Proxy) -> crate::mesh::OutboundMode {
         use mesh_proto::networking::OutboundMode as SidecarMode;
@@ -462,6 +524,30 @@ impl PushContext {
     /// Resolves a host as written in config in `namespace` to a FQDN.
     pub fn resolve(&self, host: &str, namespace: &str) -> String {
         resolve_host(host, namespace, &self.domain_suffix)
+    }
+}
+
+/// Adds the `sourceLabels` of every match of `vs` (HTTP, TLS, TCP) to `into`.
+fn source_labels_of(vs: &VirtualService, into: &mut BTreeSet<BTreeMap<String, String>>) {
+    let http = vs
+        .http
+        .iter()
+        .flat_map(|r| r.matches.iter())
+        .map(|m| &m.source_labels);
+    let tls = vs
+        .tls
+        .iter()
+        .flat_map(|r| r.matches.iter())
+        .map(|m| &m.source_labels);
+    let tcp = vs
+        .tcp
+        .iter()
+        .flat_map(|r| r.matches.iter())
+        .map(|m| &m.source_labels);
+    for labels in http.chain(tls).chain(tcp) {
+        if !labels.is_empty() {
+            into.insert(labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+        }
     }
 }
 

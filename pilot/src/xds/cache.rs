@@ -1,23 +1,42 @@
 //! A generation: one push context and the resources generated from it, cached so proxies with
 //! the same inputs share one generation and one encoding.
 //!
-//! What a proxy's CDS, LDS and RDS depend on besides the push context is its [`Scope`]:
-//! proxies with equal scopes get identical config and share it. EDS depends on the proxy's
-//! locality only (locality failover priorities), and only for clusters whose DestinationRule
-//! asks for failover: the others share one assignment across localities. A connection
-//! computes its scope once per generation, with its locality interned in the generation, and
-//! looks the cache up with it, without building keys.
+//! A proxy's CDS and LDS come in two parts, cached apart and merged by name when served
+//! (see [`cds::Ranked`]):
+//!
+//! - the outbound part (outbound clusters, the black hole and passthroughs, Mixer's clusters;
+//!   `virtualOutbound`, the outbound and egress listeners, the HTTP proxy listener), by the
+//!   [`Scope`]'s shared key: what that part reads of the proxy, its node type, namespace,
+//!   traffic capture, HTTP proxy port, certificate files (`TLS_CLIENT_*`, `TLS_SERVER_*`) and
+//!   SDS mode, the Sidecar resource that applies to it (by namespace and name: its workload
+//!   selector is the only reason its labels would matter), which VirtualService
+//!   `sourceLabels` pick it, and its pod id when MeshConfig names a Mixer report address (the
+//!   outbound reports name their source). Every sidecar of one namespace and Sidecar scope
+//!   shares one copy, whatever its labels and instances. RDS and SDS depend on nothing
+//!   more, and are cached by that key too;
+//! - its own part (inbound clusters, the inbound listeners and `virtualInbound`, with the
+//!   authentication and authorization filters that read its labels), by the scope's own key:
+//!   the shared key's fields but the Sidecar, its locality, labels and the service instances
+//!   at its IPs (the last part, also used on its own to see a proxy's instances change).
+//!
+//! A gateway's config is chosen by its labels (Gateway selectors): its shared key is its own.
+//!
+//! EDS depends on the proxy's locality only (locality failover priorities), and only for
+//! clusters whose DestinationRule asks for failover: the others share one assignment across
+//! localities. A connection computes its scope once per generation, with its locality
+//! interned in the generation, and looks the cache up with it, without building keys.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::generate::cds::Ranked;
 use super::generate::mtls::CertFiles;
-use super::generate::{cds, eds, lds, mtls, rds};
+use super::generate::{cds, eds, lds, mixer, mtls, rds};
 use super::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, SharedResource};
 use crate::model::service::parse_cluster_name;
-use crate::model::{Proxy, PushContext};
+use crate::model::{NodeType, Proxy, PushContext};
 
 /// Resources generated once and shared.
 type Shared = Arc<Vec<SharedResource>>;
@@ -34,13 +53,19 @@ pub struct Generation {
 /// A proxy locality, interned per generation: proxies in one locality share one string.
 type Locality = Option<Arc<str>>;
 
-/// The cache of a generation: CDS, LDS and SDS by scope, RDS by route name then scope, EDS by
-/// cluster name then proxy locality. A cluster whose assignment does not depend on the
-/// locality has it generated once, under `None`, and shared by every locality's entry.
+/// One part of a proxy's CDS or LDS, sorted by name.
+type Part = Arc<Vec<Ranked>>;
+
+/// The cache of a generation: the outbound parts of CDS and LDS, RDS (by route name) and SDS
+/// by shared key; the own parts of CDS and LDS by own key; EDS by cluster name then proxy
+/// locality. A cluster whose assignment does not depend on the locality has it generated
+/// once, under `None`, and shared by every locality's entry.
 #[derive(Debug, Default, Clone)]
 struct Cache {
-    cds: HashMap<Arc<str>, Shared>,
-    lds: HashMap<Arc<str>, Shared>,
+    cds: HashMap<Arc<str>, Part>,
+    own_cds: HashMap<Arc<str>, Part>,
+    lds: HashMap<Arc<str>, Part>,
+    own_lds: HashMap<Arc<str>, Part>,
     rds: HashMap<String, HashMap<Arc<str>, Shared>>,
     /// Every SDS secret a scope may ask for (they depend on its certificate files only).
     sds: HashMap<Arc<str>, Shared>,
@@ -49,13 +74,13 @@ struct Cache {
     localities: HashSet<Arc<str>>,
 }
 
-/// What a proxy's config depends on besides the push context. For CDS, LDS, RDS and SDS, one
-/// string: its node type, namespace, traffic capture, HTTP proxy port, locality, certificate
-/// files (`TLS_CLIENT_*`, `TLS_SERVER_*`), labels and the service instances at its IPs (the
-/// last part, also used on its own to see a proxy's instances change). For EDS, its locality.
+/// What a proxy's config depends on besides the push context (see the module's doc): the
+/// shared key of its outbound CDS and LDS, RDS and SDS; the own key of the rest of its CDS
+/// and LDS; its locality for EDS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scope {
     generation: u64,
+    shared: Arc<str>,
     key: Arc<str>,
     instances_at: usize,
     locality: Locality,
@@ -129,7 +154,6 @@ impl Generation {
             lds::http_proxy_port(ctx, proxy)
         );
         // Free-form values are written with their length, so no two scopes share a key.
-        field(&mut s, locality.as_deref().unwrap_or(""));
         // The agent's SDS changes every TLS context (and the secrets Pilot serves).
         field(&mut s, if mtls::agent_sds(proxy) { "sds" } else { "" });
         for files in [CertFiles::client(proxy), CertFiles::server(proxy)] {
@@ -137,6 +161,9 @@ impl Generation {
             field(&mut s, &files.key);
             field(&mut s, &files.root_cert);
         }
+        let common = s.len();
+        // Locality, labels and instances: the own key.
+        field(&mut s, locality.as_deref().unwrap_or(""));
         for (k, v) in &proxy.labels {
             field(&mut s, k);
             field(&mut s, v);
@@ -161,9 +188,29 @@ impl Generation {
             }
             s.push_str(one);
         }
+        let key: Arc<str> = s.as_str().into();
+        let shared = if proxy.node_type == NodeType::Router {
+            // Gateway selectors read every label.
+            key.clone()
+        } else {
+            s.truncate(common);
+            match ctx.sidecar_for(proxy) {
+                Some(sc) => {
+                    field(&mut s, &sc.namespace);
+                    field(&mut s, &sc.name);
+                }
+                None => s.push('|'),
+            }
+            field(&mut s, &ctx.source_label_matches(proxy));
+            if ctx.mesh.mixer_report_address().is_some() {
+                field(&mut s, &mixer::pod_uid(proxy).unwrap_or_default());
+            }
+            s.into()
+        };
         Scope {
             generation: self.id,
-            key: s.into(),
+            shared,
+            key,
             instances_at,
             locality,
         }
@@ -190,22 +237,32 @@ impl Generation {
         names: &BTreeSet<String>,
     ) -> Option<Vec<SharedResource>> {
         let ctx = &self.ctx;
-        let key = &scope.key;
+        let (shared, own) = (&scope.shared, &scope.key);
         Some(match type_url {
-            CLUSTER => self
-                .cached(
-                    |c| c.cds.get(key).cloned(),
-                    |c, made| c.cds.entry(key.clone()).or_insert(made).clone(),
-                    || Arc::new(cds::clusters(ctx, proxy)),
-                )
-                .to_vec(),
-            LISTENER => self
-                .cached(
-                    |c| c.lds.get(key).cloned(),
-                    |c, made| c.lds.entry(key.clone()).or_insert(made).clone(),
-                    || Arc::new(lds::listeners(ctx, proxy)),
-                )
-                .to_vec(),
+            CLUSTER => cds::merge(
+                &self.cached(
+                    |c| c.cds.get(shared).cloned(),
+                    |c, made| c.cds.entry(shared.clone()).or_insert(made).clone(),
+                    || Arc::new(cds::outbound_clusters(ctx, proxy)),
+                ),
+                &self.cached(
+                    |c| c.own_cds.get(own).cloned(),
+                    |c, made| c.own_cds.entry(own.clone()).or_insert(made).clone(),
+                    || Arc::new(cds::own_clusters(ctx, proxy)),
+                ),
+            ),
+            LISTENER => cds::merge(
+                &self.cached(
+                    |c| c.lds.get(shared).cloned(),
+                    |c, made| c.lds.entry(shared.clone()).or_insert(made).clone(),
+                    || Arc::new(lds::outbound_listeners(ctx, proxy)),
+                ),
+                &self.cached(
+                    |c| c.own_lds.get(own).cloned(),
+                    |c, made| c.own_lds.entry(own.clone()).or_insert(made).clone(),
+                    || Arc::new(lds::own_listeners(ctx, proxy)),
+                ),
+            ),
             ROUTE => {
                 let mut out = Vec::new();
                 for name in names {
@@ -213,12 +270,12 @@ impl Generation {
                         |c| {
                             c.rds
                                 .get(name)
-                                .and_then(|by_scope| by_scope.get(key))
+                                .and_then(|by_scope| by_scope.get(shared))
                                 .cloned()
                         },
                         |c, made| {
                             let by_scope = c.rds.entry(name.clone()).or_default();
-                            by_scope.entry(key.clone()).or_insert(made).clone()
+                            by_scope.entry(shared.clone()).or_insert(made).clone()
                         },
                         || Arc::new(rds::routes(ctx, proxy, &BTreeSet::from([name.clone()]))),
                     );
@@ -228,8 +285,8 @@ impl Generation {
             }
             SECRET => self
                 .cached(
-                    |c| c.sds.get(key).cloned(),
-                    |c, made| c.sds.entry(key.clone()).or_insert(made).clone(),
+                    |c| c.sds.get(shared).cloned(),
+                    |c, made| c.sds.entry(shared.clone()).or_insert(made).clone(),
                     || Arc::new(mtls::secrets(proxy)),
                 )
                 .iter()
@@ -269,12 +326,12 @@ impl Generation {
 
     /// What `get` finds in the cache, or else what `make` generates, stored by `put`.
     /// Generated outside the lock: two proxies racing on one key both generate, one wins.
-    fn cached(
+    fn cached<T>(
         &self,
-        get: impl FnOnce(&Cache) -> Option<Shared>,
-        put: impl FnOnce(&mut Cache, Shared) -> Shared,
-        make: impl FnOnce() -> Shared,
-    ) -> Shared {
+        get: impl FnOnce(&Cache) -> Option<T>,
+        put: impl FnOnce(&mut Cache, T) -> T,
+        make: impl FnOnce() -> T,
+    ) -> T {
         if let Some(hit) = get(&self.lock()) {
             return hit;
         }
@@ -509,8 +566,119 @@ spec:
         assert_eq!(sds_server.len(), 2);
         assert!(mentions(&sds_server, "/b/key.pem"));
         assert!(shared(&all(&g, &explicit, LISTENER), &lds_plain));
-        // A locality alone is a scope of its own too.
-        assert!(!shared(&all(&g, &east, CLUSTER), &cds_plain));
+        // A locality alone is an own scope of its own too, but changes no outbound cluster.
+        assert_ne!(g.scope(&east).key, scopes[0].key);
+        assert_eq!(g.scope(&east).shared, scopes[0].shared);
+    }
+
+    fn named<'a>(resources: &'a [SharedResource], name: &str) -> &'a SharedResource {
+        resources
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+    }
+
+    #[test]
+    fn outbound_config_is_shared_across_labels_and_instances() {
+        let g = Generation::new(context(&config(TWO_ZONES)));
+        // The productpage instance, and a pod of no service with other labels at 127.0.0.10.
+        let page = proxy(&[]);
+        let other = mk_sidecar("default", "127.0.0.10")
+            .pod("other-1")
+            .labels(&[("app", "other"), ("version", "v2")])
+            .build();
+        let (s1, s2) = (g.scope(&page), g.scope(&other));
+        assert_ne!(s1.key, s2.key);
+        assert_ne!(s1.instances(), s2.instances());
+        assert_eq!(s1.shared, s2.shared);
+
+        let (c1, c2) = (all(&g, &page, CLUSTER), all(&g, &other, CLUSTER));
+        for name in [REVIEWS, RATINGS, "BlackHoleCluster", "PassthroughCluster"] {
+            assert!(Arc::ptr_eq(named(&c1, name), named(&c2, name)), "{name}");
+        }
+        // Inbound clusters are each proxy's own.
+        let inbound = "inbound|9080||productpage.default.svc.cluster.local";
+        named(&c1, inbound);
+        assert!(!c2.iter().any(|r| r.name == inbound));
+        assert_eq!(c1.len(), c2.len() + 1);
+
+        let (l1, l2) = (all(&g, &page, LISTENER), all(&g, &other, LISTENER));
+        for name in ["virtualOutbound", "0.0.0.0_9080"] {
+            assert!(Arc::ptr_eq(named(&l1, name), named(&l2, name)), "{name}");
+        }
+        // virtualInbound holds the proxy's inbound chains (STRICT for productpage's port).
+        assert!(!Arc::ptr_eq(
+            named(&l1, "virtualInbound"),
+            named(&l2, "virtualInbound")
+        ));
+        named(&l1, "127.0.0.9_9080");
+        assert!(!l2.iter().any(|r| r.name == "127.0.0.9_9080"));
+
+        let routes = BTreeSet::from(["9080".to_string()]);
+        let (r1, r2) = (
+            g.resources(&page, ROUTE, &routes).unwrap(),
+            g.resources(&other, ROUTE, &routes).unwrap(),
+        );
+        assert_eq!(r1.len(), 1);
+        assert!(shared(&r1, &r2));
+
+        // Served as generated in one piece.
+        for (p, c, l) in [(&page, &c1, &l1), (&other, &c2, &l2)] {
+            let whole = |v: Vec<SharedResource>| -> Vec<(String, String)> {
+                v.iter()
+                    .map(|r| (r.name.clone(), r.version.clone()))
+                    .collect()
+            };
+            assert_eq!(whole(c.clone()), whole(cds::clusters(&g.ctx, p)));
+            assert_eq!(whole(l.clone()), whole(lds::listeners(&g.ctx, p)));
+        }
+    }
+
+    #[test]
+    fn source_labels_and_workload_selectors_split_the_shared_scope() {
+        let text = format!(
+            "{}---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {{name: ratings}}
+spec:
+  hosts: [ratings]
+  http:
+  - match: [{{sourceLabels: {{app: productpage}}}}]
+    route: [{{destination: {{host: reviews}}}}]
+  - route: [{{destination: {{host: ratings}}}}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: Sidecar
+metadata: {{name: narrow}}
+spec:
+  workloadSelector: {{labels: {{app: narrow}}}}
+  egress: [{{hosts: [./reviews.default.svc.cluster.local]}}]
+",
+            config(TWO_ZONES)
+        );
+        let g = Generation::new(context(&text));
+        let at = |ip: &str, app: &str| {
+            mk_sidecar("default", ip)
+                .pod(&format!("{app}-1"))
+                .labels(&[("app", app)])
+                .build()
+        };
+        let (page, plain, plain2, narrow) = (
+            at("127.0.0.9", "productpage"),
+            at("127.0.0.10", "a"),
+            at("127.0.0.11", "b"),
+            at("127.0.0.12", "narrow"),
+        );
+        let shared = |p: &Proxy| g.scope(p).shared;
+        assert_ne!(shared(&page), shared(&plain));
+        assert_eq!(shared(&plain), shared(&plain2));
+        assert_ne!(shared(&narrow), shared(&plain));
+        let routes = BTreeSet::from(["9080".to_string()]);
+        let rds = |p: &Proxy| g.resources(p, ROUTE, &routes).unwrap();
+        assert_ne!(rds(&page)[0].version, rds(&plain)[0].version);
+        assert!(!mentions(&all(&g, &narrow, CLUSTER), RATINGS));
+        assert!(mentions(&all(&g, &plain, CLUSTER), RATINGS));
     }
 
     #[test]

@@ -67,8 +67,82 @@ const INBOUND_PASSTHROUGH_SOURCE_V6: &str = "::6";
 
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
-/// Every cluster `proxy` gets, sorted by name.
+/// Every cluster `proxy` gets, sorted by name: [`outbound_clusters`] and [`own_clusters`],
+/// merged.
 pub fn clusters(ctx: &PushContext, proxy: &Proxy) -> Vec<SharedResource> {
+    merge(&outbound_clusters(ctx, proxy), &own_clusters(ctx, proxy))
+}
+
+/// A generated resource with where it stands among those of one name: of two resources with
+/// one name (Envoy refuses duplicates) the one with the lower `rank` is served, as a
+/// proxy's whole list would have it. Lists of them are sorted by name, one per name, so that
+/// the parts of a proxy's config generated apart (shared by many proxies, or its own) merge
+/// into what generating them together gives.
+#[derive(Debug, Clone)]
+pub struct Ranked {
+    pub resource: SharedResource,
+    pub rank: u8,
+}
+
+/// `resources` in the order a proxy gets them, sorted by name, the lowest rank of each
+/// name kept (of equal ranks, the first).
+pub fn ranked(mut resources: Vec<Ranked>) -> Vec<Ranked> {
+    resources.sort_by(|a, b| {
+        a.resource
+            .name
+            .cmp(&b.resource.name)
+            .then(a.rank.cmp(&b.rank))
+    });
+    resources.dedup_by(|a, b| a.resource.name == b.resource.name);
+    resources
+}
+
+/// Two lists from [`ranked`] as one list of resources: sorted by name, the lowest rank of
+/// each name kept (`shared`'s of equal ranks). Linear.
+pub fn merge(shared: &[Ranked], own: &[Ranked]) -> Vec<SharedResource> {
+    let mut out = Vec::with_capacity(shared.len() + own.len());
+    let (mut a, mut b) = (shared.iter().peekable(), own.iter().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(_), None) => a.next(),
+            (None, Some(_)) => b.next(),
+            (Some(x), Some(y)) => match x.resource.name.cmp(&y.resource.name) {
+                std::cmp::Ordering::Less => a.next(),
+                std::cmp::Ordering::Greater => b.next(),
+                std::cmp::Ordering::Equal => {
+                    let (x, y) = (a.next(), b.next());
+                    if y.is_some_and(|y| x.is_some_and(|x| y.rank < x.rank)) {
+                        y
+                    } else {
+                        x
+                    }
+                }
+            },
+        };
+        out.extend(next.map(|r| r.resource.clone()));
+    }
+    out
+}
+
+fn rank_all(clusters: Vec<(Cluster, u8)>) -> Vec<Ranked> {
+    ranked(
+        clusters
+            .into_iter()
+            .map(|(c, rank)| Ranked {
+                resource: Resource::encode(c.name.clone(), &c),
+                rank,
+            })
+            .collect(),
+    )
+}
+
+/// The clusters of `proxy` that proxies of one namespace and Sidecar scope share: outbound
+/// ones for every visible service port and subset, `InboundPassthroughClusterIpv4` when its
+/// traffic is captured, the black hole, the passthrough and Mixer's. They read the proxy's
+/// node type, namespace, Sidecar resource, traffic capture and certificate files (ISTIO_MUTUAL
+/// upstream TLS), never its labels or instances.
+pub fn outbound_clusters(ctx: &PushContext, proxy: &Proxy) -> Vec<Ranked> {
     let mut out = Vec::new();
     for svc in ctx.services_for_proxy(proxy) {
         let dr = ctx.destination_rule(&proxy.namespace, svc);
@@ -90,6 +164,27 @@ pub fn clusters(ctx: &PushContext, proxy: &Proxy) -> Vec<SharedResource> {
             }
         }
     }
+    // Ranks: the order of a proxy's whole list (outbound 0, its own 1 and 3, these 2, 4-6).
+    let mut ranks = vec![0; out.len()];
+    if proxy.node_type == NodeType::Sidecar && proxy.captures_traffic() {
+        out.push(inbound_passthrough(ctx));
+        ranks.push(2);
+    }
+    out.push(black_hole(ctx));
+    out.push(passthrough(ctx));
+    ranks.extend([4, 5]);
+    // Mixer's clusters unless one of that name exists: never an inbound one (`inbound|`).
+    let mixer = super::mixer::clusters(ctx, &out);
+    ranks.extend(mixer.iter().map(|_| 6));
+    out.extend(mixer);
+    let out = out.into_iter().zip(ranks).collect();
+    rank_all(out)
+}
+
+/// The clusters of `proxy` alone: inbound ones for its service instances (from 127.0.0.6
+/// when its traffic is captured) and for its Sidecar resource's ingress listeners.
+pub fn own_clusters(ctx: &PushContext, proxy: &Proxy) -> Vec<Ranked> {
+    let mut out = Vec::new();
     let captured = proxy.node_type == NodeType::Sidecar && proxy.captures_traffic();
     let mut seen = std::collections::BTreeSet::new();
     for (svc, port, ep) in proxy
@@ -106,11 +201,8 @@ pub fn clusters(ctx: &PushContext, proxy: &Proxy) -> Vec<SharedResource> {
                 // inbound port); from the passthrough source it is left alone.
                 c.upstream_bind_config = passthrough_bind(&ep.address);
             }
-            out.push(c);
+            out.push((c, 1));
         }
-    }
-    if captured {
-        out.push(inbound_passthrough(ctx));
     }
     for ing in sidecar_ingress(ctx, proxy) {
         let port = Port {
@@ -119,19 +211,12 @@ pub fn clusters(ctx: &PushContext, proxy: &Proxy) -> Vec<SharedResource> {
             protocol: Protocol::parse(ing.port.protocol.as_deref().unwrap_or("TCP")),
             target_port: None,
         };
-        out.push(inbound(ctx, &ing.cluster, &ing.address, ing.target, &port));
+        out.push((
+            inbound(ctx, &ing.cluster, &ing.address, ing.target, &port),
+            3,
+        ));
     }
-    out.push(black_hole(ctx));
-    out.push(passthrough(ctx));
-    let mixer = super::mixer::clusters(ctx, &out);
-    out.extend(mixer);
-    let mut resources: Vec<SharedResource> = out
-        .into_iter()
-        .map(|c| Resource::encode(c.name.clone(), &c))
-        .collect();
-    resources.sort_by(|a, b| a.name.cmp(&b.name));
-    resources.dedup_by(|a, b| a.name == b.name);
-    resources
+    rank_all(out)
 }
 
 /// An ingress listener of the proxy's Sidecar resource with a `defaultEndpoint` on a TCP

@@ -67,7 +67,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
 };
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 
-use super::cds::{BLACK_HOLE, INBOUND_PASSTHROUGH, PASSTHROUGH};
+use super::cds::{BLACK_HOLE, INBOUND_PASSTHROUGH, PASSTHROUGH, Ranked, merge, ranked};
 use super::mixer::{self, Side};
 use super::route::{CORS_FILTER, FAULT_FILTER};
 use super::util::{UniqueChains, ads, duration, socket_address};
@@ -93,15 +93,49 @@ pub fn http_proxy_port(ctx: &PushContext, proxy: &Proxy) -> u32 {
         .unwrap_or(ctx.mesh.proxy_http_port)
 }
 
-/// Every listener `proxy` gets, sorted by name.
+/// Every listener `proxy` gets, sorted by name: [`outbound_listeners`] and
+/// [`own_listeners`], merged.
 pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<SharedResource> {
-    if proxy.node_type == NodeType::Router {
-        // Gateways get their listeners from Gateway resources.
-        let mut resources: Vec<SharedResource> = super::gateway::listeners(ctx, proxy)
+    merge(&outbound_listeners(ctx, proxy), &own_listeners(ctx, proxy))
+}
+
+/// Where a listener stands among those of its name (see [`Ranked`]): of two with one name
+/// a bound one wins, as it is what the workload's traffic arrives on; else the first of
+/// outbound (group 0), inbound (1) and the HTTP proxy listener (2).
+fn rank(listener: &Listener, group: u8) -> u8 {
+    let unbound = listener.bind_to_port.as_ref().is_some_and(|b| !b.value);
+    u8::from(unbound) * 3 + group
+}
+
+fn rank_all(listeners: Vec<(Listener, u8)>) -> Vec<Ranked> {
+    ranked(
+        listeners
             .into_iter()
-            .map(|l| Resource::encode(l.name.clone(), &l))
+            .map(|(l, group)| Ranked {
+                rank: rank(&l, group),
+                resource: Resource::encode(l.name.clone(), &l),
+            })
+            .collect(),
+    )
+}
+
+/// The listeners of `proxy` that proxies of one namespace and Sidecar scope share:
+/// `virtualOutbound`, the Sidecar's egress listeners, the outbound listeners of every visible
+/// service port and the HTTP proxy listener; a gateway's from its Gateway resources. They
+/// read the proxy's node type, namespace, Sidecar resource, traffic capture, HTTP proxy
+/// port, which `sourceLabels` of VirtualServices pick it and (with a Mixer report address)
+/// its pod, never its other labels or its instances.
+pub fn outbound_listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<Ranked> {
+    if proxy.node_type == NodeType::Router {
+        // Gateways get their listeners from Gateway resources (sorted, as generated).
+        let mut resources: Vec<Ranked> = super::gateway::listeners(ctx, proxy)
+            .into_iter()
+            .map(|l| Ranked {
+                resource: Resource::encode(l.name.clone(), &l),
+                rank: 0,
+            })
             .collect();
-        resources.sort_by(|a, b| a.name.cmp(&b.name));
+        resources.sort_by(|a, b| a.resource.name.cmp(&b.resource.name));
         return resources;
     }
     let mut out = Vec::new();
@@ -170,20 +204,7 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<SharedResource> {
         out.push(listener);
     }
 
-    // Inbound. Each port's listener `IP_PORT` (unbound, reached through virtualOutbound's
-    // handoff when inbound traffic is redirected to 15001 as in Istio 1.0), and, when the
-    // proxy's traffic is captured, the same chains in virtualInbound.
-    let inbound = inbound_listeners(ctx, proxy);
-    if proxy.captures_traffic() {
-        let captured: Vec<(u32, &Listener)> = inbound
-            .iter()
-            .filter(|i| i.captured)
-            .map(|i| (i.port, &i.listener))
-            .collect();
-        out.push(virtual_inbound(ctx, proxy, &captured));
-    }
-    out.extend(inbound.into_iter().map(|i| i.listener));
-
+    let mut out: Vec<(Listener, u8)> = out.into_iter().map(|l| (l, 0)).collect();
     let proxy_port = http_proxy_port(ctx, proxy);
     if proxy_port > 0 {
         let mut chain = http_chain(
@@ -192,26 +213,38 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<SharedResource> {
         );
         allow_absolute_urls(&mut chain);
         mixer::apply(ctx, proxy, &mut chain, Side::Outbound, None);
-        out.push(Listener {
+        let listener = Listener {
             name: format!("127.0.0.1_{proxy_port}"),
             address: Some(socket_address("127.0.0.1", proxy_port)),
             filter_chains: vec![chain],
             ..Default::default()
-        });
+        };
+        out.push((listener, 2));
     }
+    rank_all(out)
+}
 
-    // Of two listeners with one name (Envoy refuses duplicates) a bound one wins, as it is
-    // what the workload's traffic arrives on; else the first (egress, outbound, inbound).
-    let unbound = |l: &Listener| l.bind_to_port.as_ref().is_some_and(|b| !b.value);
-    out.sort_by(|a, b| {
-        a.name
-            .cmp(&b.name)
-            .then_with(|| unbound(a).cmp(&unbound(b)))
-    });
-    out.dedup_by(|a, b| a.name == b.name);
-    out.into_iter()
-        .map(|l| Resource::encode(l.name.clone(), &l))
-        .collect()
+/// The listeners of `proxy` alone: inbound ones for its service instances and its Sidecar
+/// resource's ingress listeners, each port's `IP_PORT` (unbound, reached through
+/// virtualOutbound's handoff when inbound traffic is redirected to 15001 as in Istio 1.0),
+/// and, when the proxy's traffic is captured, the same chains in `virtualInbound`. Their
+/// authentication and authorization filters read its labels; none for a gateway.
+pub fn own_listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<Ranked> {
+    if proxy.node_type == NodeType::Router {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let inbound = inbound_listeners(ctx, proxy);
+    if proxy.captures_traffic() {
+        let captured: Vec<(u32, &Listener)> = inbound
+            .iter()
+            .filter(|i| i.captured)
+            .map(|i| (i.port, &i.listener))
+            .collect();
+        out.push((virtual_inbound(ctx, proxy, &captured), 1));
+    }
+    out.extend(inbound.into_iter().map(|i| (i.listener, 1)));
+    rank_all(out)
 }
 
 /// The listeners of the Sidecar resource's egress listeners that name a port: for TLS ports,
