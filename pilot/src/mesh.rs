@@ -53,6 +53,10 @@ pub struct MeshConfig {
     /// Istio's root namespace: config there applies to the whole mesh.
     pub root_namespace: String,
     pub trust_domain: String,
+    /// Other trust domains the mesh's identities may carry (a migration from an old trust
+    /// domain, or several meshes sharing a root): an authorization principal in any of them,
+    /// or in `cluster.local`, matches the same identity in every one.
+    pub trust_domain_aliases: Vec<String>,
     /// Mixer's policy endpoint (`host:port`); sidecars call it before each request.
     pub mixer_check_server: String,
     /// Mixer's telemetry endpoint (`host:port`).
@@ -79,6 +83,7 @@ impl Default for MeshConfig {
             outbound_traffic_policy: OutboundTrafficPolicy::default(),
             root_namespace: "istio-system".into(),
             trust_domain: "cluster.local".into(),
+            trust_domain_aliases: Vec::new(),
             mixer_check_server: String::new(),
             mixer_report_server: String::new(),
             disable_policy_checks: true,
@@ -157,6 +162,21 @@ impl MeshConfig {
                 ),
             });
         }
+        let domains = std::iter::once(("trustDomain".to_string(), &mesh.trust_domain)).chain(
+            mesh.trust_domain_aliases
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("trustDomainAliases[{i}]"), a)),
+        );
+        for (field, domain) in domains {
+            if let Err(message) = check_trust_domain(domain) {
+                return Err(MeshError::Invalid {
+                    path: path.to_path_buf(),
+                    field,
+                    message,
+                });
+            }
+        }
         providers::validate(&mesh.extension_providers).map_err(|(field, message)| {
             MeshError::Invalid {
                 path: path.to_path_buf(),
@@ -190,6 +210,17 @@ impl MeshConfig {
             return None;
         }
         host_port(&self.mixer_check_server)
+    }
+
+    /// The trust domain and its aliases, the trust domain first.
+    pub fn trust_domains(&self) -> Vec<&str> {
+        let mut out = vec![self.trust_domain.as_str()];
+        for a in &self.trust_domain_aliases {
+            if !out.contains(&a.as_str()) {
+                out.push(a);
+            }
+        }
+        out
     }
 
     /// The extension provider named `name`.
@@ -277,6 +308,23 @@ pub fn watch_mesh_with_status(
     Ok((rx, refused_rx))
 }
 
+/// Whether `domain` can be a SPIFFE trust domain: letters, digits, `.`, `-` and `_`, and
+/// not empty.
+fn check_trust_domain(domain: &str) -> Result<(), String> {
+    if domain.is_empty() {
+        return Err("empty: a trust domain is required".into());
+    }
+    match domain
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+    {
+        Some(c) => Err(format!(
+            "{domain:?}: {c:?} cannot be in a trust domain (letters, digits, '.', '-', '_')"
+        )),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,5 +384,27 @@ mod tests {
         assert!(e.to_string().contains("mixerCheckServer"), "{e}");
         assert_eq!(host_port("[::1]:9091"), Some(("::1", 9091)));
         assert_eq!(host_port("a:0"), None);
+    }
+
+    #[test]
+    fn trust_domain_aliases() {
+        let m = MeshConfig::parse(
+            Path::new("mesh"),
+            "trustDomain: new.td\ntrustDomainAliases: [old.td, new.td, legacy-td]\n",
+        )
+        .unwrap();
+        assert_eq!(m.trust_domains(), ["new.td", "old.td", "legacy-td"]);
+        assert_eq!(MeshConfig::default().trust_domains(), ["cluster.local"]);
+        for (bad, field) in [
+            (
+                "trustDomainAliases: [ok.td, 'spiffe://x']\n",
+                "trustDomainAliases[1]",
+            ),
+            ("trustDomain: ''\n", "trustDomain"),
+            ("trustDomainAliases: ['a/b']\n", "trustDomainAliases[0]"),
+        ] {
+            let e = MeshConfig::parse(Path::new("mesh"), bad).unwrap_err();
+            assert!(e.to_string().contains(&format!("{field}: ")), "{bad}: {e}");
+        }
     }
 }

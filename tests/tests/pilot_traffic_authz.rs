@@ -645,6 +645,66 @@ async fn istio_1_0_rbac_samples_behave_as_istios_docs_say() {
     s.finish().await;
 }
 
+/// A mesh whose trust domain was renamed (`new.td`, with the old `cluster.local` as an alias):
+/// workloads still holding old identities match policies written for the new domain, and a
+/// policy in the old domain matches them too; without the alias they would not.
+#[tokio::test]
+async fn trust_domain_aliases_match_identities_of_either_domain() {
+    let http = free_port();
+    let s = Setup::start_with_mesh(
+        "reviews",
+        "reviews",
+        &[("reviews", true, http)],
+        &[
+            ("productpage", "default", "productpage"),
+            ("ratings", "default", "ratings"),
+        ],
+        &[(
+            "allow.yaml",
+            policy(
+                "callers",
+                "  selector: {matchLabels: {app: reviews}}\n  rules:\n  - from: [{source: {principals: [new.td/ns/default/sa/productpage]}}]\n",
+            ),
+        )],
+        "trustDomain: new.td\ntrustDomainAliases: [cluster.local]\n",
+    )
+    .await;
+    // The certificates say spiffe://cluster.local/...: productpage's matches the new name.
+    s.expect(
+        http,
+        "GET",
+        "/",
+        &[("productpage", "200"), ("ratings", "403")],
+    )
+    .await;
+    // Written in the old domain, the rule still covers both.
+    s.pilot
+        .write(
+            "allow.yaml",
+            &policy(
+                "callers",
+                &format!(
+                    "  selector: {{matchLabels: {{app: reviews}}}}\n  rules:\n  - from: [{{source: {{principals: [{RATINGS}]}}}}]\n"
+                ),
+            ),
+        )
+        .unwrap();
+    s.expect(
+        http,
+        "GET",
+        "/",
+        &[("productpage", "403"), ("ratings", "200")],
+    )
+    .await;
+    let dump = s.server.config_dump(false).await.unwrap().to_string();
+    assert!(
+        dump.contains("spiffe://new.td/ns/default/sa/ratings")
+            && dump.contains("spiffe://cluster.local/ns/default/sa/ratings"),
+        "the rule names the identity in both domains"
+    );
+    s.finish().await;
+}
+
 /// An HTTP authorizer as Istio's sample ext-authz is: it allows a request carrying
 /// `x-ext-authz: allow` and denies the rest (403, with `x-ext-authz-check-result: denied`),
 /// counting the checks it answers.

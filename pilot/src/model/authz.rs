@@ -140,6 +140,8 @@ struct Rbac1 {
     roles: BTreeMap<(String, String), ServiceRole>,
     /// Bindings by namespace, then name.
     bindings: BTreeMap<String, Vec<(String, ServiceRoleBinding)>>,
+    /// MeshConfig's trust domain and aliases (see [`with_trust_domains`]).
+    trust_domains: Vec<String>,
 }
 
 /// Every authorization object of a config snapshot, ready to be asked per workload.
@@ -153,6 +155,11 @@ pub struct Authz {
 impl Authz {
     /// Collects the AuthorizationPolicies and Istio 1.0 RBAC objects of `config`.
     pub fn from_config(config: &Snapshot, mesh: &MeshConfig) -> Authz {
+        let trust_domains: Vec<String> = mesh
+            .trust_domains()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
         let mut policies = Vec::new();
         for obj in config.of_kind(&Kind::AuthorizationPolicy) {
             if let Spec::AuthorizationPolicy(ap) = &obj.spec {
@@ -162,7 +169,7 @@ impl Authz {
                     namespace: obj.key.namespace.clone(),
                     name: obj.key.name.clone(),
                     spec: ap.clone(),
-                    rules: Arc::new(ap.rules.clone()),
+                    rules: Arc::new(with_trust_domains(&ap.rules, &trust_domains)),
                     error: problems.0.first().map(|e| e.to_string()),
                 });
             }
@@ -189,6 +196,7 @@ impl Authz {
         let rbac = cluster.or_else(namespaced).map(|config_spec| {
             let mut r = Rbac1 {
                 config: config_spec,
+                trust_domains: trust_domains.clone(),
                 ..Default::default()
             };
             for obj in config.of_kind(&Kind::ServiceRole) {
@@ -397,7 +405,10 @@ impl Rbac1 {
         }];
         for (name, binding) in self.bindings.get(namespace).into_iter().flatten() {
             let (rules, error) = match self.binding_rules(namespace, binding, labels, &on) {
-                Ok(rules) => (Arc::new(rules), None),
+                Ok(rules) => (
+                    Arc::new(with_trust_domains(&rules, &self.trust_domains)),
+                    None,
+                ),
                 Err(e) => (Arc::default(), Some(e.to_string())),
             };
             out.push(Applied {
@@ -530,6 +541,58 @@ fn constraints(
         }
     }
     Ok(Some(when))
+}
+
+/// `rules` with each peer principal (`principals`, `notPrincipals`, `source.principal`
+/// conditions) in the mesh's trust domain, one of its aliases or `cluster.local` (which
+/// stands for the local trust domain) written once for each of `domains` (the trust domain
+/// and its aliases), as Istio does for `trustDomainAliases`: a workload still carrying an old
+/// trust domain's identity matches the policy written for the new one, and the other way
+/// round. Principals of other trust domains, or whose trust domain is a wildcard, are left
+/// as they are.
+pub fn with_trust_domains(rules: &[Rule], domains: &[String]) -> Vec<Rule> {
+    if domains.len() == 1 && domains[0] == "cluster.local" {
+        return rules.to_vec();
+    }
+    let expand = |values: &[String]| -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for v in values {
+            let alternatives = match v.split_once('/') {
+                Some((td, rest))
+                    if !td.contains('*')
+                        && (td == "cluster.local" || domains.iter().any(|d| d == td)) =>
+                {
+                    domains.iter().map(|d| format!("{d}/{rest}")).collect()
+                }
+                _ => vec![v.clone()],
+            };
+            for a in alternatives {
+                if !out.contains(&a) {
+                    out.push(a);
+                }
+            }
+        }
+        out
+    };
+    rules
+        .iter()
+        .map(|rule| {
+            let mut rule = rule.clone();
+            for from in &mut rule.from {
+                if let Some(src) = &mut from.source {
+                    src.principals = expand(&src.principals);
+                    src.not_principals = expand(&src.not_principals);
+                }
+            }
+            for c in &mut rule.when {
+                if c.key == "source.principal" {
+                    c.values = expand(&c.values);
+                    c.not_values = expand(&c.not_values);
+                }
+            }
+            rule
+        })
+        .collect()
 }
 
 /// A subject as the `from` of a rule and the `when` conditions it adds.

@@ -428,3 +428,97 @@ fn rbac_objects_are_validated() {
         }
     }
 }
+
+#[test]
+fn principals_are_written_for_the_trust_domain_and_each_alias() {
+    let ctx = TestConfig::from_yaml(REGISTRY)
+        .yaml(
+            "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: migrating, namespace: default}
+spec:
+  rules:
+  - from:
+    - source:
+        principals: [old.td/ns/default/sa/a, cluster.local/ns/default/sa/b, other.td/ns/x/sa/c, '*']
+        notPrincipals: [new.td/ns/default/sa/d]
+    when: [{key: source.principal, values: ['*/ns/default/sa/e', old.td/ns/default/sa/f]}]
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: RbacConfig
+metadata: {name: default}
+spec: {mode: 'ON'}
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: ServiceRole
+metadata: {name: reader, namespace: default}
+spec:
+  rules: [{services: ['*'], methods: [GET]}]
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: ServiceRoleBinding
+metadata: {name: readers, namespace: default}
+spec:
+  subjects: [{user: cluster.local/ns/default/sa/g}]
+  roleRef: {kind: ServiceRole, name: reader}
+",
+        )
+        .mesh_yaml("trustDomain: new.td\ntrustDomainAliases: [old.td]\n")
+        .push_context();
+    let ratings = service(&ctx, "ratings.default.svc.cluster.local");
+    let w = ctx
+        .authz
+        .for_workload("default", &labels(&[("app", "ratings")]), &[ratings]);
+    let policy = w
+        .policies
+        .iter()
+        .find(|p| p.name == "ns[default]-policy[migrating]")
+        .unwrap();
+    let src = policy.rules[0].from[0].source.as_ref().unwrap();
+    assert_eq!(
+        src.principals,
+        [
+            "new.td/ns/default/sa/a",
+            "old.td/ns/default/sa/a",
+            "new.td/ns/default/sa/b",
+            "old.td/ns/default/sa/b",
+            "other.td/ns/x/sa/c",
+            "*",
+        ]
+    );
+    assert_eq!(
+        src.not_principals,
+        ["new.td/ns/default/sa/d", "old.td/ns/default/sa/d"]
+    );
+    assert_eq!(
+        policy.rules[0].when[0].values,
+        [
+            "*/ns/default/sa/e",
+            "new.td/ns/default/sa/f",
+            "old.td/ns/default/sa/f"
+        ]
+    );
+    // Istio 1.0 RBAC subjects too.
+    let binding = w
+        .policies
+        .iter()
+        .find(|p| p.name == "ns[default]-rbac[readers]")
+        .unwrap();
+    let src = binding.rules[0].from[0].source.as_ref().unwrap();
+    assert_eq!(
+        src.principals,
+        ["new.td/ns/default/sa/g", "old.td/ns/default/sa/g"]
+    );
+}
+
+#[test]
+fn the_default_trust_domain_leaves_principals_alone() {
+    let rules: Vec<Rule> = yaml_serde::from_str(
+        "- from: [{source: {principals: [cluster.local/ns/a/sa/b, x.td/ns/a/sa/b]}}]",
+    )
+    .unwrap();
+    assert_eq!(
+        with_trust_domains(&rules, &["cluster.local".to_string()]),
+        rules
+    );
+}
