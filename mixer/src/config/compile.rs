@@ -11,7 +11,8 @@ use tokio::sync::{mpsc, watch};
 use super::templates::{self, Field, KUBERNETES_OUTPUT, Variety};
 use super::{
     Action, ByName, HandlerEntry, HeaderOp, HeaderOpKind, Instance, KnownIds, QuotaBinding,
-    QuotaRule, QuotaSpec, Refusal, Resolved, Rule, ServiceRef, StringMatch, describe,
+    QuotaRule, QuotaSpec, Refusal, Resolved, Rule, RuleIndex, RuleList, ServiceRef, StringMatch,
+    describe,
 };
 use crate::adapter::{self, AdapterEnv, OwnedInstance};
 use crate::attribute::{AttrId, ValueType, Vocabulary};
@@ -326,13 +327,21 @@ impl Compiler {
                 .map(|(i, _)| i)
                 .collect()
         };
+        let rule_index = RuleIndex::build(
+            rules
+                .iter()
+                .map(|r| r.match_expr.as_ref().map(Expression::text)),
+            &vocab,
+        );
+        let list = |v: Variety| RuleList::new(with(v), &rule_index);
         let (check_rules, report_rules, quota_rules, generate_rules) = (
-            with(Variety::Check),
-            with(Variety::Report),
-            with(Variety::Quota),
-            with(Variety::AttributeGeneration),
+            list(Variety::Check),
+            list(Variety::Report),
+            list(Variety::Quota),
+            list(Variety::AttributeGeneration),
         );
         Resolved {
+            rule_index,
             check_rules,
             report_rules,
             quota_rules,

@@ -13,6 +13,7 @@
 //! last good version of it keeps serving when there is one.
 
 mod compile;
+pub mod index;
 pub mod templates;
 
 use std::collections::HashMap;
@@ -28,6 +29,7 @@ use crate::dispatch::metrics::HandlerMetrics;
 use crate::expr::Expression;
 
 pub use compile::{CompileOptions, Compiler, DEFAULT_CONFIG_NAMESPACE, is_mixer_kind};
+pub use index::{RuleIndex, RuleList};
 pub use templates::Variety;
 
 /// A compiled instance: a template's fields, each an expression.
@@ -175,12 +177,15 @@ pub struct Resolved {
     /// Every attribute the rules' match expressions read.
     pub match_attributes: Vec<AttrId>,
     /// The rules with check, report and quota instances (indexes into `rules`), so each
-    /// kind of call evaluates only the rules that can matter to it.
-    pub check_rules: Vec<usize>,
-    pub report_rules: Vec<usize>,
-    pub quota_rules: Vec<usize>,
+    /// kind of call evaluates only the rules that can matter to it; each list split by the
+    /// value of [`Resolved::rule_index`]'s attribute the rules require.
+    pub check_rules: RuleList,
+    pub report_rules: RuleList,
+    pub quota_rules: RuleList,
     /// The rules with attribute-generation instances (`kubernetes`), run before the others.
-    pub generate_rules: Vec<usize>,
+    pub generate_rules: RuleList,
+    /// Which attribute the rule lists are split by (see [`index`]).
+    pub rule_index: RuleIndex,
 }
 
 // === impl Instance ===

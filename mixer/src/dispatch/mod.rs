@@ -25,8 +25,8 @@ use crate::adapter::kubernetesenv::SharedPodCache;
 use crate::adapter::{
     CheckResult, InstanceValues, OwnedInstance, QuotaArgs, QuotaResult, Status, code,
 };
-use crate::attribute::{AttrId, Bag};
-use crate::config::{HeaderOpKind, Instance, Resolved, Rule, Variety};
+use crate::attribute::{AttrId, Bag, Value};
+use crate::config::{HeaderOpKind, Instance, Resolved, Rule, RuleList, Variety};
 
 pub use generate::Generated;
 pub use metrics::Metrics;
@@ -125,20 +125,21 @@ impl Dispatcher {
         bag: &'c dyn Bag,
         variety: Variety,
     ) -> impl Iterator<Item = &'c Rule> + 'c {
-        let indexes: &[usize] = match variety {
+        let list: &RuleList = match variety {
             Variety::Check => &cfg.check_rules,
             Variety::Quota => &cfg.quota_rules,
             _ => &cfg.report_rules,
         };
-        self.rules_in(cfg, bag, indexes)
+        self.rules_in(cfg, bag, list)
     }
 
-    /// The rules among `indexes` that apply to `bag`.
+    /// The rules of `list` that apply to `bag`: of those its value of the index attribute
+    /// allows (all of them when it has none), the ones whose match holds.
     fn rules_in<'c>(
         &'c self,
         cfg: &'c Resolved,
         bag: &'c dyn Bag,
-        indexes: &'c [usize],
+        list: &'c RuleList,
     ) -> impl Iterator<Item = &'c Rule> + 'c {
         let outbound = cfg
             .known
@@ -162,7 +163,12 @@ impl Dispatcher {
             }
         });
         let metrics = &self.metrics;
-        indexes.iter().map(|i| &cfg.rules[*i]).filter(move |r| {
+        let key = cfg.rule_index.attribute.and_then(|id| match bag.get(id) {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        });
+        let candidates = list.candidates(key.as_deref());
+        candidates.map(|i| &cfg.rules[i]).filter(move |r| {
             if !r.mesh_wide && namespace.as_ref().and_then(|n| n.as_str()) != Some(r.namespace.as_str()) {
                 return false;
             }
@@ -468,5 +474,83 @@ fn reference(out: &mut Vec<AttrId>, ids: &[AttrId]) {
         if !out.contains(id) {
             out.push(*id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::attribute::DenseBag;
+    use crate::server::bag::set_str;
+
+    /// Three deniers: `first` and `third` for destination `a` (indexed), `second` for any
+    /// destination with `x-user: bob`.
+    const RULES: &str = r#"
+apiVersion: config.istio.io/v1alpha2
+kind: checknothing
+metadata: {name: nothing, namespace: istio-system}
+spec: {}
+"#;
+
+    fn config() -> String {
+        let mut y = RULES.to_string();
+        for (name, m) in [
+            (
+                "r1",
+                r#"destination.service.name == "a" && request.method == "GET""#,
+            ),
+            ("r2", r#"request.method == "GET" && request.path == "/bob""#),
+            ("r3", r#"destination.service.name == "a""#),
+            (
+                "r4",
+                r#"destination.service.name == "b" && request.path == "/x""#,
+            ),
+        ] {
+            y.push_str(&format!(
+                "---\napiVersion: config.istio.io/v1alpha2\nkind: denier\nmetadata: {{name: {name}, namespace: istio-system}}\nspec: {{status: {{code: 7, message: {name}}}}}\n---\napiVersion: config.istio.io/v1alpha2\nkind: rule\nmetadata: {{name: {name}, namespace: istio-system}}\nspec:\n  match: '{m}'\n  actions:\n  - {{handler: {name}.denier, instances: [nothing.checknothing]}}\n"
+            ));
+        }
+        y
+    }
+
+    /// The message of the check of (destination, method, path); "" when allowed.
+    fn denied_by(dest: Option<&str>, method: &str, path: &str) -> String {
+        let d = crate::server::test_dispatcher(&config());
+        let cfg = d.config();
+        assert_eq!(
+            cfg.rule_index.attribute,
+            cfg.vocab.id("destination.service.name")
+        );
+        let mut bag = DenseBag::with_len(cfg.vocab.len());
+        if let Some(dest) = dest {
+            set_str(&mut bag, &cfg.vocab, "destination.service.name", dest);
+        }
+        set_str(&mut bag, &cfg.vocab, "request.method", method);
+        set_str(&mut bag, &cfg.vocab, "request.path", path);
+        d.check(&cfg, &bag).status.message
+    }
+
+    #[test]
+    fn indexed_rules_keep_their_config_order_and_meaning() {
+        // The first matching rule in config order answers, keyed or not.
+        assert_eq!(
+            denied_by(Some("a"), "GET", "/bob"),
+            "r1.denier.istio-system:r1"
+        );
+        assert_eq!(
+            denied_by(Some("a"), "POST", "/bob"),
+            "r3.denier.istio-system:r3"
+        );
+        assert_eq!(
+            denied_by(Some("b"), "GET", "/bob"),
+            "r2.denier.istio-system:r2"
+        );
+        assert_eq!(
+            denied_by(Some("b"), "GET", "/x"),
+            "r4.denier.istio-system:r4"
+        );
+        assert_eq!(denied_by(Some("c"), "GET", "/x"), "");
+        // Without the attribute, every rule is evaluated (the keyed ones fail to).
+        assert_eq!(denied_by(None, "GET", "/bob"), "r2.denier.istio-system:r2");
+        assert_eq!(denied_by(None, "GET", "/x"), "");
     }
 }
