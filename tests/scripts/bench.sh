@@ -22,7 +22,9 @@ run pilot_scale pilot scale || echo "pilot scale benchmark failed" >&2
 run pilot_inject pilot inject
 run pilot_agent pilot agent
 run mixer mixer check
+run mixer_scale mixer scale || echo "mixer scale benchmark failed" >&2
 run citadel citadel csr
+run citadel_scale citadel scale || echo "citadel scale benchmark failed" >&2
 run authz_envoy mesh-tests authz_envoy
 
 # The real node's figures (cluster up time, pod start, node memory); it measures `up` itself
