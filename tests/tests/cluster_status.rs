@@ -211,8 +211,9 @@ async fn a_refused_object_says_why_in_its_status() {
         WAIT,
         || async {
             let s = status(cluster, &ns_name).await?;
+            // One message for each destination of the route.
             Ok(reconciled(&s).is_none()
-                && codes(&s) == ["IST0101"]
+                && codes(&s) == ["IST0101", "IST0101"]
                 && s["observedGeneration"] == "2")
         },
     )
