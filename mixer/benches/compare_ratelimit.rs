@@ -17,8 +17,9 @@
 //! `COMPARE_CONCURRENCY` requests in flight (default 16) over 4 connections, for
 //! `COMPARE_SECS` (default 5) each. Writes `$BENCH_OUT` (default
 //! `target/bench/compare_ratelimit.json`): per figure `{"ours", "theirs", "ratio", "unit"}`,
-//! ratio = ours / theirs. Without `RATELIMIT_BIN` or `redis-server` it says so and writes
-//! nothing.
+//! ratio = theirs / ours as in `tests/scripts/bench-compare.sh`. When it cannot measure
+//! (no `RATELIMIT_BIN`, no `redis-server`, a service that does not answer) it writes
+//! `{"compare_ratelimit": {"skipped": reason}}` instead.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -324,26 +325,20 @@ fn figure(ours: f64, theirs: f64, unit: &str) -> serde_json::Value {
     serde_json::json!({
         "ours": ours.round(),
         "theirs": theirs.round(),
-        "ratio": (ours / theirs * 100.0).round() / 100.0,
+        "ratio": (theirs / ours * 100.0).round() / 100.0,
         "unit": unit,
     })
 }
 
 fn main() {
     let Some(bin) = std::env::var_os("RATELIMIT_BIN").map(PathBuf::from) else {
-        eprintln!(
-            "compare_ratelimit: skipped: RATELIMIT_BIN is not set (tests/scripts/bench-compare.sh builds it)"
-        );
-        return;
+        return skip("RATELIMIT_BIN is not set (tests/scripts/bench-compare.sh builds it)");
     };
     let secs = env_or("COMPARE_SECS", 5);
     let concurrency = env_or("COMPARE_CONCURRENCY", 16) as usize;
     let (redis, redis_port) = match start_redis() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("compare_ratelimit: skipped: {e}");
-            return;
-        }
+        Err(e) => return skip(&e),
     };
     let client = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -362,10 +357,7 @@ fn main() {
     };
     let theirs = match theirs {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("compare_ratelimit: skipped: envoyproxy/ratelimit: {e}");
-            return;
-        }
+        Err(e) => return skip(&format!("envoyproxy/ratelimit: {e}")),
     };
     eprintln!("envoyproxy/ratelimit (redis): {theirs:?}");
 
@@ -380,10 +372,7 @@ fn main() {
                 eprintln!("mixer {name}: {r:?}");
                 ours.insert(name, r);
             }
-            Err(e) => {
-                eprintln!("compare_ratelimit: skipped: mixer {name}: {e}");
-                return;
-            }
+            Err(e) => return skip(&format!("mixer {name}: {e}")),
         }
     }
     drop(redis);
@@ -391,19 +380,28 @@ fn main() {
     let mut report = serde_json::Map::new();
     for (name, r) in &ours {
         report.insert(
-            format!("ratelimit_{name}_rps"),
+            format!("compare_ratelimit_{name}_rps"),
             figure(r.rps, theirs.rps, "requests/s"),
         );
         report.insert(
-            format!("ratelimit_{name}_p99_us"),
+            format!("compare_ratelimit_{name}_p99_us"),
             figure(r.p99_us, theirs.p99_us, "µs"),
         );
         report.insert(
-            format!("ratelimit_{name}_p50_us"),
+            format!("compare_ratelimit_{name}_p50_us"),
             figure(r.p50_us, theirs.p50_us, "µs"),
         );
     }
-    let report = serde_json::Value::Object(report);
+    write(&serde_json::Value::Object(report));
+}
+
+/// Says why nothing was measured, in the output too.
+fn skip(reason: &str) {
+    eprintln!("compare_ratelimit: skipped: {reason}");
+    write(&serde_json::json!({ "compare_ratelimit": { "skipped": reason } }));
+}
+
+fn write(report: &serde_json::Value) {
     println!("{report:#}");
     let out = std::env::var_os("BENCH_OUT")
         .map(PathBuf::from)
@@ -413,5 +411,5 @@ fn main() {
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent).unwrap();
     }
-    std::fs::write(&out, serde_json::to_vec_pretty(&report).unwrap()).unwrap();
+    std::fs::write(&out, serde_json::to_vec_pretty(report).unwrap()).unwrap();
 }

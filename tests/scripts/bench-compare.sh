@@ -137,3 +137,16 @@ if section pilot_istiod; then
 fi
 
 # === Further peers: append sections here ===
+
+# === Mixer's rate limit service (memquota, redisquota) against envoyproxy/ratelimit, the same
+# ShouldRateLimit client and descriptors, one redis-server of the bench's own on a free
+# loopback port (mixer/benches/compare_ratelimit.rs) ===
+if section ratelimit; then
+	if ! command -v redis-server >/dev/null; then
+		skipped ratelimit "redis-server is not installed (make deps, or apt-get install redis-server)"
+	elif bin="$(build_peer ratelimit ratelimit github.com/envoyproxy/ratelimit/src/service_cmd)"; then
+		RATELIMIT_BIN="$bin" run ratelimit mixer compare_ratelimit
+	else
+		skipped ratelimit "envoyproxy/ratelimit could not be built (see the log above)"
+	fi
+fi
