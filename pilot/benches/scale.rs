@@ -32,23 +32,17 @@
 //! `PILOT_SCALE_PROXIES` (the clients of the services series, 1000).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use pilot::testutil::TestConfig;
 use pilot::testutil::meshgen::{Form, MeshGen, write_atomic};
 use pilot::xds::push::build;
 use pilot::xds::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
 
 mod common;
+use common::ads::{Fleet, mb, rss_kb};
 use common::{KillOnDrop, free_port, percentile, round1, wait_ready, write_report};
 
 const ENDPOINTS_PER_SERVICE: usize = 10;
@@ -110,146 +104,16 @@ fn generation(m: &MeshGen) -> (f64, f64) {
     (us, bytes as f64 / 1024.0 / n as f64)
 }
 
-// === ADS clients ===
-
-/// What one client has received.
-#[derive(Debug, Clone)]
-struct Seen {
-    route_version: String,
-    eds_version: String,
-    last: Instant,
-}
-
-type Slot = Arc<Mutex<Seen>>;
-
-/// A cluster's name, its field 1, without decoding the rest.
-#[derive(Clone, PartialEq, prost::Message)]
-struct Named {
-    #[prost(string, tag = "1")]
-    name: String,
-}
-
-fn req(ty: &str, names: Vec<String>, version: String, nonce: String) -> DiscoveryRequest {
-    DiscoveryRequest {
-        type_url: ty.to_string(),
-        resource_names: names,
-        version_info: version,
-        response_nonce: nonce,
-        ..Default::default()
-    }
-}
-
-/// One simulated proxy, reconnecting (as Envoy does) when its stream breaks.
-async fn client(channel: Channel, node: String, slot: Slot) {
-    loop {
-        client_stream(channel.clone(), &node, &slot).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn client_stream(channel: Channel, node: &str, slot: &Slot) {
-    let mut ads = AggregatedDiscoveryServiceClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX);
-    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
-    let mut first = req(CLUSTER, vec![], String::new(), String::new());
-    first.node = Some(Node {
-        id: node.to_string(),
-        ..Default::default()
-    });
-    tx.send(first).await.unwrap();
-    tx.send(req(LISTENER, vec![], String::new(), String::new()))
-        .await
-        .unwrap();
-    let Ok(stream) = ads
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await
-    else {
-        return;
-    };
-    let mut stream = stream.into_inner();
-    let mut eds_names: Vec<String> = Vec::new();
-    let route_names = vec!["8080".to_string()];
-    let (mut asked_eds, mut asked_rds) = (false, false);
-    while let Ok(Some(resp)) = stream.message().await {
-        let now = Instant::now();
-        let ty = resp.type_url.as_str();
-        {
-            let mut seen = slot.lock().unwrap();
-            seen.last = now;
-            match ty {
-                ROUTE => seen.route_version.clone_from(&resp.version_info),
-                ENDPOINT => seen.eds_version.clone_from(&resp.version_info),
-                _ => {}
-            }
-        }
-        let names = match ty {
-            CLUSTER => {
-                use prost::Message;
-                eds_names = resp
-                    .resources
-                    .iter()
-                    .filter_map(|a| Named::decode(&a.value[..]).ok().map(|c| c.name))
-                    .filter(|n| n.starts_with("outbound|"))
-                    .collect();
-                vec![]
-            }
-            ENDPOINT => eds_names.clone(),
-            ROUTE => route_names.clone(),
-            _ => vec![],
-        };
-        let ack = req(ty, names, resp.version_info.clone(), resp.nonce.clone());
-        if tx.send(ack).await.is_err() {
-            return;
-        }
-        if ty == CLUSTER && !asked_eds {
-            asked_eds = true;
-            let r = req(ENDPOINT, eds_names.clone(), String::new(), String::new());
-            tx.send(r).await.ok();
-        }
-        if ty == LISTENER && !asked_rds {
-            asked_rds = true;
-            let r = req(ROUTE, route_names.clone(), String::new(), String::new());
-            tx.send(r).await.ok();
-        }
-    }
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn mb(kb: u64) -> f64 {
-    kb as f64 / 1024.0
-}
-
 /// A `pilot` process serving a generated mesh from files, and its clients.
 struct Pilot {
     mesh: MeshGen,
-    grpc: String,
     pid: u32,
-    clients: Vec<(Slot, JoinHandle<()>)>,
-    channels: Vec<Channel>,
-    streams_per_conn: usize,
-    rss_limit_kb: u64,
+    fleet: Fleet,
     push_round: usize,
     eds_round: usize,
     // Killed after the clients are aborted (`Drop`), before its config directory goes.
     _child: KillOnDrop,
     dir: tempfile::TempDir,
-}
-
-impl Drop for Pilot {
-    fn drop(&mut self) {
-        for (_, task) in &self.clients {
-            task.abort();
-        }
-    }
 }
 
 impl Pilot {
@@ -274,12 +138,13 @@ impl Pilot {
         Pilot {
             mesh,
             dir,
-            grpc,
+            fleet: Fleet::new(
+                &grpc,
+                pid,
+                env("PILOT_SCALE_STREAMS_PER_CONN", 1),
+                env("PILOT_SCALE_RSS_LIMIT_MB", 16000) as u64 * 1024,
+            ),
             pid,
-            clients: Vec::new(),
-            channels: Vec::new(),
-            streams_per_conn: env("PILOT_SCALE_STREAMS_PER_CONN", 1).max(1),
-            rss_limit_kb: env("PILOT_SCALE_RSS_LIMIT_MB", 16000) as u64 * 1024,
             push_round: 0,
             eds_round: 0,
             _child: child,
@@ -291,114 +156,15 @@ impl Pilot {
     }
 
     /// Connects clients until there are `n`, and waits until all have routes and endpoints.
-    /// `false` when Pilot outgrew the RSS limit or they did not sync in 5 minutes.
+    /// `false` when Pilot outgrew the RSS limit or they did not sync in 5 minutes. The clients
+    /// send only their node id, as this benchmark's figures always have.
     async fn connect(&mut self, n: usize) -> bool {
-        let url = format!("http://{}", self.grpc);
-        let started = Instant::now();
-        while self.clients.len() < n {
-            let i = self.clients.len();
-            if i.is_multiple_of(self.streams_per_conn) {
-                let channel = Endpoint::from_shared(url.clone())
-                    .unwrap()
-                    .tcp_nodelay(true)
-                    .initial_stream_window_size(1 << 20)
-                    .initial_connection_window_size(4 << 20)
-                    .connect_lazy();
-                self.channels.push(channel);
-            }
-            let channel = self.channels.last().unwrap().clone();
-            let slot = Arc::new(Mutex::new(Seen {
-                route_version: String::new(),
-                eds_version: String::new(),
-                last: Instant::now(),
-            }));
-            let node = self.mesh.proxy(i).node_id();
-            let task = tokio::spawn(client(channel, node, slot.clone()));
-            self.clients.push((slot, task));
-            if i % 100 == 99 {
-                // Let connections open before piling on more.
-                tokio::task::yield_now().await;
-            }
-        }
-        let deadline = started + Duration::from_secs(300);
-        let mut said = Instant::now();
-        loop {
-            let synced = self
-                .clients
-                .iter()
-                .filter(|(s, _)| {
-                    let s = s.lock().unwrap();
-                    !s.route_version.is_empty() && !s.eds_version.is_empty()
-                })
-                .count();
-            if synced == n {
-                eprintln!(
-                    "  {n} clients synced in {:.1}s",
-                    started.elapsed().as_secs_f64()
-                );
-                return true;
-            }
-            let rss = self.rss_kb();
-            if rss > self.rss_limit_kb {
-                eprintln!("  pilot at {:.0} MiB, past the limit: giving up", mb(rss));
-                return false;
-            }
-            if Instant::now() > deadline {
-                eprintln!("  only {synced} of {n} clients synced in 5 minutes: giving up");
-                return false;
-            }
-            if said.elapsed() > Duration::from_secs(10) {
-                eprintln!("  {synced} of {n} synced, pilot at {:.0} MiB", mb(rss));
-                said = Instant::now();
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn versions(&self, eds: bool) -> Vec<String> {
-        self.clients
-            .iter()
-            .map(|(s, _)| {
-                let s = s.lock().unwrap();
-                if eds {
-                    s.eds_version.clone()
-                } else {
-                    s.route_version.clone()
-                }
-            })
-            .collect()
-    }
-
-    /// Waits until every client's route (or EDS) version differs from `old`, then until
-    /// responses stop for 300 ms; milliseconds from `start` to the last response.
-    async fn settle(&self, start: Instant, old: &[String], eds: bool) -> Option<f64> {
-        let deadline = start + Duration::from_secs(120);
-        while self
-            .versions(eds)
-            .iter()
-            .zip(old)
-            .any(|(new, old)| new == old)
-        {
-            if Instant::now() > deadline {
-                eprintln!("  the push did not reach every client in 2 minutes");
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let last = || {
-            self.clients
-                .iter()
-                .map(|(s, _)| s.lock().unwrap().last)
-                .max()
-                .unwrap()
+        let mesh = &self.mesh;
+        let node = |i: usize| Node {
+            id: mesh.proxy(i).node_id(),
+            ..Default::default()
         };
-        loop {
-            let l = last();
-            if l.elapsed() > Duration::from_millis(300) {
-                return Some((l - start).as_secs_f64() * 1000.0);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.fleet.connect(n, node, Duration::from_secs(300)).await
     }
 
     /// A full push: the VirtualService of `push.yaml` edited.
@@ -414,11 +180,11 @@ impl Pilot {
     }
 
     async fn rewrite_push_file(&mut self, eds: bool) -> Option<f64> {
-        let old = self.versions(eds);
+        let old = self.fleet.versions(eds);
         let text = push_config(self.push_round, self.eds_round);
         let start = Instant::now();
         write_atomic(self.dir.path(), "push.yaml", &text).unwrap();
-        let ms = self.settle(start, &old, eds).await;
+        let ms = self.fleet.settle(start, &old, eds).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         ms
     }

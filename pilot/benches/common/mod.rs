@@ -1,6 +1,10 @@
-//! Helpers shared by the Pilot benchmarks (`xds`, `k8s`).
+//! Helpers shared by the Pilot benchmarks (`xds`, `k8s`, `scale`, `compare`...).
 
 use std::path::PathBuf;
+
+/// The simulated ADS clients of `scale` and `compare`.
+#[allow(dead_code)]
+pub mod ads;
 use std::time::{Duration, Instant};
 
 pub fn free_port() -> u16 {
