@@ -327,12 +327,7 @@ impl Compiler {
                 .map(|(i, _)| i)
                 .collect()
         };
-        let rule_index = RuleIndex::build(
-            rules
-                .iter()
-                .map(|r| r.match_expr.as_ref().map(Expression::text)),
-            &vocab,
-        );
+        let rule_index = RuleIndex::build(rules.iter().map(|r| r.match_expr.as_ref()));
         let list = |v: Variety| RuleList::new(with(v), &rule_index);
         let (check_rules, report_rules, quota_rules, generate_rules) = (
             list(Variety::Check),

@@ -11,14 +11,14 @@
 //! without it against every rule, as before. The only observable difference: a skipped rule
 //! whose match would have failed to evaluate is not counted in `rule_errors`.
 //!
-//! The terms are found in the match's text (what the expression compiler accepted), by a
-//! scan that respects string literals and brackets; anything it does not recognise leaves
-//! the rule unkeyed, which is always correct.
+//! The terms are read off the compiled match ([`Expression::required_equalities`]); a match
+//! of another shape leaves the rule unkeyed, which is always correct.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::attribute::{AttrId, ValueType, Vocabulary};
+use crate::attribute::AttrId;
+use crate::expr::Expression;
 
 /// An ordered list of rules (indexes into [`super::Resolved::rules`]), split by the value the
 /// index attribute must have.
@@ -111,27 +111,28 @@ impl Iterator for Candidates<'_> {
 // === impl RuleIndex ===
 
 impl RuleIndex {
-    /// Picks the attribute that keys the most of `matches` (each rule's match text) and
+    /// Picks the attribute that keys the most of `matches` (each rule's compiled match) and
     /// records each rule's required value of it.
-    pub fn build<'a>(matches: impl Iterator<Item = Option<&'a str>>, vocab: &Vocabulary) -> Self {
-        let terms: Vec<Vec<(String, String)>> = matches
-            .map(|m| m.map(equality_terms).unwrap_or_default())
+    pub fn build<'a>(matches: impl Iterator<Item = Option<&'a Expression>>) -> Self {
+        let terms: Vec<Vec<(AttrId, &str)>> = matches
+            .map(|m| m.map(Expression::required_equalities).unwrap_or_default())
             .collect();
-        let mut counts: HashMap<&str, usize> = HashMap::new();
+        let mut counts: HashMap<AttrId, usize> = HashMap::new();
         for rule in &terms {
-            let mut seen: Vec<&str> = Vec::new();
+            let mut seen: Vec<AttrId> = Vec::new();
             for (attr, _) in rule {
-                if !seen.contains(&attr.as_str()) {
-                    seen.push(attr);
-                    *counts.entry(attr).or_default() += 1;
+                if !seen.contains(attr) {
+                    seen.push(*attr);
+                    *counts.entry(*attr).or_default() += 1;
                 }
             }
         }
-        let best = counts
+        // The most keyed; of equal counts, the lowest id (so the choice is stable).
+        let Some(attribute) = counts
             .into_iter()
-            .filter(|(a, _)| matches!(vocab.lookup(a), Some((_, ValueType::String))))
-            .max_by(|(a1, n1), (a2, n2)| n1.cmp(n2).then_with(|| a2.cmp(a1)));
-        let Some((name, _)) = best else {
+            .max_by(|(a1, n1), (a2, n2)| n1.cmp(n2).then_with(|| a2.cmp(a1)))
+            .map(|(a, _)| a)
+        else {
             return Self {
                 attribute: None,
                 required: vec![None; terms.len()],
@@ -141,101 +142,34 @@ impl RuleIndex {
             .iter()
             .map(|rule| {
                 rule.iter()
-                    .find(|(a, _)| a == name)
-                    .map(|(_, v)| Arc::from(v.as_str()))
+                    .find(|(a, _)| *a == attribute)
+                    .map(|(_, v)| Arc::from(*v))
             })
             .collect();
         Self {
-            attribute: vocab.id(name),
+            attribute: Some(attribute),
             required,
         }
     }
-}
-
-/// The `ATTR == "literal"` terms of a top-level conjunction; none when the text has a
-/// top-level `||` or cannot be scanned.
-pub fn equality_terms(text: &str) -> Vec<(String, String)> {
-    let Some(conjuncts) = split_conjuncts(text) else {
-        return Vec::new();
-    };
-    conjuncts
-        .into_iter()
-        .filter_map(|c| {
-            let (l, r) = c.split_once("==")?;
-            let (l, r) = (l.trim(), r.trim());
-            match (plain_literal(l), plain_literal(r)) {
-                (None, Some(v)) if is_attribute_name(l) => Some((l.to_string(), v.to_string())),
-                (Some(v), None) if is_attribute_name(r) => Some((r.to_string(), v.to_string())),
-                _ => None,
-            }
-        })
-        .collect()
-}
-
-/// The top-level `&&` operands of `text`, or `None` when it has a top-level `||`, unbalanced
-/// brackets or an unterminated string.
-fn split_conjuncts(text: &str) -> Option<Vec<&str>> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::new();
-    let (mut depth, mut start, mut i) = (0i32, 0usize, 0usize);
-    let mut quote: Option<u8> = None;
-    while i < bytes.len() {
-        let c = bytes[i];
-        if let Some(q) = quote {
-            if c == b'\\' {
-                i += 1;
-            } else if c == q {
-                quote = None;
-            }
-            i += 1;
-            continue;
-        }
-        match c {
-            b'"' | b'\'' => quote = Some(c),
-            b'(' | b'[' => depth += 1,
-            b')' | b']' => {
-                depth -= 1;
-                if depth < 0 {
-                    return None;
-                }
-            }
-            b'|' if depth == 0 && bytes.get(i + 1) == Some(&b'|') => return None,
-            b'&' if depth == 0 && bytes.get(i + 1) == Some(&b'&') => {
-                out.push(&text[start..i]);
-                start = i + 2;
-                i += 1;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    if quote.is_some() || depth != 0 {
-        return None;
-    }
-    out.push(&text[start..]);
-    Some(out)
-}
-
-/// The content of a double-quoted literal without escapes or other quotes.
-fn plain_literal(s: &str) -> Option<&str> {
-    let inner = s.strip_prefix('"')?.strip_suffix('"')?;
-    (!inner.contains(['"', '\\'])).then_some(inner)
-}
-
-/// A dotted attribute name: letters, digits, `_`, `-` and `.` only.
-fn is_attribute_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn terms(t: &str) -> Vec<(String, String)> {
-        equality_terms(t)
+    use crate::attribute::Vocabulary;
+
+    fn compiled(vocab: &Vocabulary, text: &str) -> Expression {
+        Expression::compile(text, vocab).unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    fn terms(text: &str) -> Vec<(String, String)> {
+        let vocab = Vocabulary::builtin();
+        let e = compiled(&vocab, text);
+        e.required_equalities()
+            .into_iter()
+            .map(|(id, v)| (vocab.name(id).to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -252,21 +186,24 @@ mod tests {
                 ("destination.service.name".to_string(), "svc2".to_string())
             ]
         );
-        // The `&&` inside a string or brackets does not split.
+        // Brackets group; strings hold what they hold.
+        assert_eq!(
+            terms(r#"(destination.service.name == "a" && request.method == "GET")"#),
+            vec![
+                ("destination.service.name".to_string(), "a".to_string()),
+                ("request.method".to_string(), "GET".to_string())
+            ]
+        );
         assert_eq!(
             terms(r#"request.headers["a&&b"] == "x" && source.user == "a && b""#),
             one("source.user", "a && b")
         );
         for none in [
             r#"destination.service.name == "a" || request.method == "GET""#,
-            r#"(destination.service.name == "a" && request.method == "GET")"#,
-            r#"destination.service.name == "a" | "b""#,
             r#"destination.service.name | "x" == "a""#,
-            r#"!destination.service.name == "a""#,
-            r#"destination.service.name == "a\"b""#,
+            r#"!(destination.service.name == "a")"#,
             r#"request.headers["x"] == "a""#,
             r#"destination.service.name != "a""#,
-            r#"destination.service.name == "a"#,
         ] {
             assert_eq!(terms(none), Vec::new(), "{none}");
         }
@@ -287,21 +224,25 @@ mod tests {
     }
 
     #[test]
-    fn indexes_the_string_attribute_that_keys_the_most_rules() {
+    fn indexes_the_attribute_that_keys_the_most_rules() {
         let vocab = Vocabulary::builtin();
-        let matches = [
+        let matches: Vec<Option<Expression>> = [
             Some(r#"destination.service.name == "a" && request.method == "GET""#),
             Some(r#"destination.service.name == "b""#),
             None,
             Some(r#"request.method == "POST""#),
             Some(r#"destination.service.name == "a""#),
-        ];
-        let index = RuleIndex::build(matches.into_iter(), &vocab);
+        ]
+        .into_iter()
+        .map(|m| m.map(|t| compiled(&vocab, t)))
+        .collect();
+        let index = RuleIndex::build(matches.iter().map(Option::as_ref));
         assert_eq!(index.attribute, vocab.id("destination.service.name"));
         let got: Vec<Option<&str>> = index.required.iter().map(|r| r.as_deref()).collect();
         assert_eq!(got, [Some("a"), Some("b"), None, None, Some("a")]);
-        // No equality on a STRING attribute: no index.
-        let index = RuleIndex::build([Some("request.size == 3"), None].into_iter(), &vocab);
+        // No equality with a string: no index.
+        let size = compiled(&vocab, "request.size == 3");
+        let index = RuleIndex::build([Some(&size), None].into_iter());
         assert_eq!(index.attribute, None);
     }
 }

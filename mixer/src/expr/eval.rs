@@ -203,6 +203,26 @@ fn compare(a: &Value<'_>, b: &Value<'_>) -> Result<Ordering> {
 // === impl Node ===
 
 impl Node {
+    /// The `ATTR == "literal"` terms of the top-level conjunction this node is (a lone term
+    /// is a conjunction of one): when any of them is false, or its attribute absent, the
+    /// whole expression cannot hold.
+    pub(crate) fn required_equalities<'a>(&'a self, out: &mut Vec<(AttrId, &'a str)>) {
+        match self {
+            Node::LAnd(a, b) => {
+                a.required_equalities(out);
+                b.required_equalities(out);
+            }
+            Node::Eq(a, b) => match (a.as_ref(), b.as_ref()) {
+                (Node::Attr { id, .. }, Node::Const(OwnedValue::String(v)))
+                | (Node::Const(OwnedValue::String(v)), Node::Attr { id, .. }) => {
+                    out.push((*id, v.as_str()));
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
     /// Evaluates to a value; a missing attribute is an error.
     pub(crate) fn eval<'a>(&'a self, bag: &'a dyn Bag) -> Result<Value<'a>> {
         match self {

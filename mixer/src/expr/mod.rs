@@ -118,6 +118,14 @@ impl Expression {
         &self.attrs
     }
 
+    /// The `ATTR == "literal"` terms (attribute, literal) of the conjunction at the top of a
+    /// BOOL expression: it can only hold when each attribute has its literal's value.
+    pub fn required_equalities(&self) -> Vec<(AttrId, &str)> {
+        let mut out = Vec::new();
+        self.node.required_equalities(&mut out);
+        out
+    }
+
     /// Evaluates over `bag`.
     #[inline]
     pub fn eval<'a>(&'a self, bag: &'a dyn Bag) -> Result<Value<'a>, EvalError> {
