@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{KillOnDrop, free_port, percentile, round1, wait_ready, write_report};
+use common::{KillOnDrop, free_port, percentile, round1, rss_kb, wait_ready, write_report};
 
 const BOOKINFO: &str = include_str!("bookinfo.yaml");
 
@@ -47,17 +47,6 @@ async fn status(addr: &str, path: &str) -> Option<u16> {
     let _ = s.read_to_end(&mut buf).await;
     let head = String::from_utf8_lossy(&buf[..buf.len().min(32)]).into_owned();
     head.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn children(pid: u32) -> Vec<u32> {
@@ -124,8 +113,8 @@ async fn run(envoy: &Path, xds: &str, dir: &Path, measure_rss: bool) -> Run {
     let (mut agent_rss, mut envoy_rss) = (0, 0);
     if measure_rss {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        agent_rss = rss_kib(pid);
-        envoy_rss = children(pid).into_iter().map(rss_kib).sum();
+        agent_rss = rss_kb(pid);
+        envoy_rss = children(pid).into_iter().map(rss_kb).sum();
     }
     let envoys = children(pid);
     let _ = Command::new("kill")

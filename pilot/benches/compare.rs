@@ -38,8 +38,8 @@ use serde_json::{Value, json};
 
 #[allow(dead_code)]
 mod common;
-use common::ads::{Fleet, mb, node, rss_kb};
-use common::{KillOnDrop, free_port, percentile, round1, write_report};
+use common::ads::{Fleet, mb, node};
+use common::{KillOnDrop, free_port, percentile, round1, rss_kb, write_report};
 
 const ENDPOINTS_PER_SERVICE: usize = 10;
 

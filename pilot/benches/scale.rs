@@ -42,8 +42,8 @@ use pilot::xds::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use serde_json::{Value, json};
 
 mod common;
-use common::ads::{Fleet, mb, rss_kb};
-use common::{KillOnDrop, free_port, percentile, round1, wait_ready, write_report};
+use common::ads::{Fleet, mb};
+use common::{KillOnDrop, free_port, percentile, round1, rss_kb, wait_ready, write_report};
 
 const ENDPOINTS_PER_SERVICE: usize = 10;
 const SERVICE_SIZES: [usize; 4] = [10, 100, 1000, 5000];

@@ -28,7 +28,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 mod common;
-use common::{KillOnDrop, free_port, percentile, round1, wait_ready, write_report};
+use common::{KillOnDrop, free_port, percentile, round1, rss_kb, wait_ready, write_report};
+use pilot::testutil::meshgen::write_atomic;
 
 const BOOKINFO: &str = include_str!("bookinfo.yaml");
 const ROUTING: &str = include_str!("routing.yaml.tmpl");
@@ -99,15 +100,6 @@ fn generation_us() -> f64 {
         generation.resources(p, ENDPOINT, &eds).unwrap();
     }
     start.elapsed().as_secs_f64() * 1e6 / n as f64
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// One simulated proxy: subscribes to everything a sidecar does and ACKs every response.
@@ -223,12 +215,6 @@ async fn client_stream(url: &str, i: usize, routes_tx: &watch::Sender<(String, I
     }
 }
 
-fn write_atomic(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(tmp, dir.join(name)).unwrap();
-}
-
 #[tokio::main]
 async fn main() {
     let proxies: usize = std::env::var("PILOT_BENCH_PROXIES")
@@ -242,7 +228,7 @@ async fn main() {
     let config = dir.path().join("config");
     std::fs::create_dir(&config).unwrap();
     std::fs::write(config.join("bookinfo.yaml"), BOOKINFO).unwrap();
-    write_atomic(&config, "routing.yaml", &routing(80));
+    write_atomic(&config, "routing.yaml", &routing(80)).unwrap();
     let grpc = format!("127.0.0.1:{}", free_port());
     let http = format!("127.0.0.1:{}", free_port());
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_pilot"))
@@ -284,7 +270,7 @@ async fn main() {
         let versions: Vec<String> = receivers.iter().map(|r| r.borrow().0.clone()).collect();
         let weight = if round % 2 == 0 { 70 } else { 80 };
         let start = Instant::now();
-        write_atomic(&config, "routing.yaml", &routing(weight));
+        write_atomic(&config, "routing.yaml", &routing(weight)).unwrap();
         let deadline = start + Duration::from_secs(30);
         loop {
             let done = receivers

@@ -650,6 +650,14 @@ async fn istio_1_0_rbac_samples_behave_as_istios_docs_say() {
 /// policy in the old domain matches them too; without the alias they would not.
 #[tokio::test]
 async fn trust_domain_aliases_match_identities_of_either_domain() {
+    let allow_from = |principal: &str| {
+        policy(
+            "callers",
+            &format!(
+                "  selector: {{matchLabels: {{app: reviews}}}}\n  rules:\n  - from: [{{source: {{principals: [{principal}]}}}}]\n"
+            ),
+        )
+    };
     let http = free_port();
     let s = Setup::start_with_mesh(
         "reviews",
@@ -659,13 +667,7 @@ async fn trust_domain_aliases_match_identities_of_either_domain() {
             ("productpage", "default", "productpage"),
             ("ratings", "default", "ratings"),
         ],
-        &[(
-            "allow.yaml",
-            policy(
-                "callers",
-                "  selector: {matchLabels: {app: reviews}}\n  rules:\n  - from: [{source: {principals: [new.td/ns/default/sa/productpage]}}]\n",
-            ),
-        )],
+        &[("allow.yaml", allow_from("new.td/ns/default/sa/productpage"))],
         "trustDomain: new.td\ntrustDomainAliases: [cluster.local]\n",
     )
     .await;
@@ -678,17 +680,7 @@ async fn trust_domain_aliases_match_identities_of_either_domain() {
     )
     .await;
     // Written in the old domain, the rule still covers both.
-    s.pilot
-        .write(
-            "allow.yaml",
-            &policy(
-                "callers",
-                &format!(
-                    "  selector: {{matchLabels: {{app: reviews}}}}\n  rules:\n  - from: [{{source: {{principals: [{RATINGS}]}}}}]\n"
-                ),
-            ),
-        )
-        .unwrap();
+    s.pilot.write("allow.yaml", &allow_from(RATINGS)).unwrap();
     s.expect(
         http,
         "GET",

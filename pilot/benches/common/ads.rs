@@ -18,6 +18,8 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+use super::rss_kb;
+
 /// What one client has received.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -162,15 +164,6 @@ async fn client_stream(channel: Channel, node: &Node, slot: &Slot) {
             tx.send(r).await.ok();
         }
     }
-}
-
-pub fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 pub fn mb(kb: u64) -> f64 {

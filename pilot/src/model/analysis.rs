@@ -59,15 +59,16 @@ impl Message {
 /// `messages` by object, as the config store writes them to status and `/debug/configz`
 /// shows them.
 pub fn findings(messages: &[Message]) -> Findings {
+    let kinds: Vec<Kind> = Kind::all()
+        .into_iter()
+        .filter(|k| k.group().ends_with("istio.io"))
+        .collect();
     let mut out: Findings = BTreeMap::new();
     for m in messages {
-        let Some(kind) = Kind::all()
-            .into_iter()
-            .find(|k| k.name() == m.kind && k.group().ends_with("istio.io"))
-        else {
+        let Some(kind) = kinds.iter().find(|k| k.name() == m.kind) else {
             continue;
         };
-        let key = ConfigKey::new(kind, m.namespace.clone(), m.object.clone());
+        let key = ConfigKey::new(kind.clone(), m.namespace.clone(), m.object.clone());
         out.entry(key).or_default().push(Finding {
             level: match m.level {
                 Level::Error => "ERROR",

@@ -169,7 +169,7 @@ impl Authz {
                     namespace: obj.key.namespace.clone(),
                     name: obj.key.name.clone(),
                     spec: ap.clone(),
-                    rules: Arc::new(with_trust_domains(&ap.rules, &trust_domains)),
+                    rules: Arc::new(with_trust_domains(ap.rules.clone(), &trust_domains)),
                     error: problems.0.first().map(|e| e.to_string()),
                 });
             }
@@ -406,7 +406,7 @@ impl Rbac1 {
         for (name, binding) in self.bindings.get(namespace).into_iter().flatten() {
             let (rules, error) = match self.binding_rules(namespace, binding, labels, &on) {
                 Ok(rules) => (
-                    Arc::new(with_trust_domains(&rules, &self.trust_domains)),
+                    Arc::new(with_trust_domains(rules, &self.trust_domains)),
                     None,
                 ),
                 Err(e) => (Arc::default(), Some(e.to_string())),
@@ -550,9 +550,9 @@ fn constraints(
 /// trust domain's identity matches the policy written for the new one, and the other way
 /// round. Principals of other trust domains, or whose trust domain is a wildcard, are left
 /// as they are.
-pub fn with_trust_domains(rules: &[Rule], domains: &[String]) -> Vec<Rule> {
+pub fn with_trust_domains(rules: Vec<Rule>, domains: &[String]) -> Vec<Rule> {
     if domains.len() == 1 && domains[0] == "cluster.local" {
-        return rules.to_vec();
+        return rules;
     }
     let expand = |values: &[String]| -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
@@ -575,9 +575,8 @@ pub fn with_trust_domains(rules: &[Rule], domains: &[String]) -> Vec<Rule> {
         out
     };
     rules
-        .iter()
-        .map(|rule| {
-            let mut rule = rule.clone();
+        .into_iter()
+        .map(|mut rule| {
             for from in &mut rule.from {
                 if let Some(src) = &mut from.source {
                     src.principals = expand(&src.principals);

@@ -518,7 +518,7 @@ fn the_default_trust_domain_leaves_principals_alone() {
     )
     .unwrap();
     assert_eq!(
-        with_trust_domains(&rules, &["cluster.local".to_string()]),
+        with_trust_domains(rules.clone(), &["cluster.local".to_string()]),
         rules
     );
 }
