@@ -13,7 +13,9 @@ use tokio::sync::watch;
 use mesh_runtime::Shutdown;
 
 pub mod providers;
+pub mod tracing;
 pub use providers::ExtensionProvider;
+pub use tracing::{ProxyConfig, Tracing};
 
 /// What a sidecar does with traffic to hosts not in the registry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -68,6 +70,11 @@ pub struct MeshConfig {
     pub access_log_file: String,
     /// External authorizers (and other providers) that policies name.
     pub extension_providers: Vec<ExtensionProvider>,
+    /// Whether proxies report spans (to `defaultConfig.tracing`'s collector; on by default,
+    /// as in Istio).
+    pub enable_tracing: bool,
+    /// The settings of every proxy (Istio's ProxyConfig); `tracing` is acted on.
+    pub default_config: ProxyConfig,
     /// Fields this version does not act on.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
@@ -90,6 +97,8 @@ impl Default for MeshConfig {
             policy_check_fail_open: false,
             access_log_file: String::new(),
             extension_providers: Vec::new(),
+            enable_tracing: true,
+            default_config: ProxyConfig::default(),
             other: BTreeMap::new(),
         }
     }
@@ -184,9 +193,22 @@ impl MeshConfig {
                 message,
             }
         })?;
+        if let Some(t) = &mesh.default_config.tracing {
+            tracing::validate(t).map_err(|(field, message)| MeshError::Invalid {
+                path: path.to_path_buf(),
+                field,
+                message,
+            })?;
+            if let Some(other) = t.other_tracer() {
+                ::tracing::warn!(
+                    tracer = other,
+                    "defaultConfig.tracing: only zipkin is supported; proxies report no spans"
+                );
+            }
+        }
         if !mesh.other.is_empty() {
             let keys: Vec<_> = mesh.other.keys().cloned().collect();
-            tracing::info!(fields = ?keys, "mesh config fields not acted on by this version");
+            ::tracing::info!(fields = ?keys, "mesh config fields not acted on by this version");
         }
         Ok(mesh)
     }
@@ -226,6 +248,12 @@ impl MeshConfig {
     /// The extension provider named `name`.
     pub fn extension_provider(&self, name: &str) -> Option<&ExtensionProvider> {
         self.extension_providers.iter().find(|p| p.name == name)
+    }
+
+    /// The tracing proxies get (`enableTracing` and `defaultConfig.tracing` with Istio's
+    /// defaults), or `None` when they report no spans.
+    pub fn tracing(&self) -> Option<Tracing> {
+        tracing::resolve(self.enable_tracing, self.default_config.tracing.as_ref())
     }
 
     /// Mixer's telemetry endpoint as (host, port), when set.
@@ -294,12 +322,12 @@ pub fn watch_mesh_with_status(
             last_text = text;
             match MeshConfig::parse(&path, &last_text) {
                 Ok(mesh) => {
-                    tracing::info!(path = %path.display(), "mesh config reloaded");
+                    ::tracing::info!(path = %path.display(), "mesh config reloaded");
                     tx.send_replace(Arc::new(mesh));
                     refused_tx.send_replace(None);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "mesh config refused; keeping the last good one");
+                    ::tracing::warn!(error = %e, "mesh config refused; keeping the last good one");
                     refused_tx.send_replace(Some(e.to_string()));
                 }
             }
@@ -339,7 +367,7 @@ mod tests {
         assert_eq!(m.proxy_http_port, 15080);
         assert_eq!(m.connect_timeout.as_std(), Duration::from_secs(1));
         assert_eq!(m.outbound_traffic_policy.mode, OutboundMode::RegistryOnly);
-        assert!(m.other.contains_key("enableTracing"));
+        assert!(m.enable_tracing && m.other.is_empty(), "{:?}", m.other);
         let e = MeshConfig::parse(Path::new("mesh"), "proxyHttpPort: lots\n").unwrap_err();
         assert!(e.to_string().contains("proxyHttpPort"), "{e}");
         assert_eq!(
@@ -402,6 +430,79 @@ mod tests {
             ),
             ("trustDomain: ''\n", "trustDomain"),
             ("trustDomainAliases: ['a/b']\n", "trustDomainAliases[0]"),
+        ] {
+            let e = MeshConfig::parse(Path::new("mesh"), bad).unwrap_err();
+            assert!(e.to_string().contains(&format!("{field}: ")), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn tracing_defaults_and_fields() {
+        // Istio's defaults: on, zipkin.istio-system:9411, 1%.
+        let t = MeshConfig::default().tracing().unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("zipkin.istio-system", 9411));
+        assert_eq!(t.sampling, 1.0);
+        assert_eq!(t.max_path_tag_length, 256);
+        let m = MeshConfig::parse(
+            Path::new("mesh"),
+            "enableTracing: true\ndefaultConfig:\n  discoveryAddress: istiod:15012\n  tracing:\n    sampling: 100\n    maxPathTagLength: 99\n    zipkin:\n      address: 127.0.0.1:9411\n    customTags:\n      team: {literal: {value: books}}\n      zone: {environment: {name: ZONE, defaultValue: unknown}}\n",
+        )
+        .unwrap();
+        let t = m.tracing().unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.sampling),
+            ("127.0.0.1", 9411, 100.0)
+        );
+        assert_eq!(t.max_path_tag_length, 99);
+        assert_eq!(t.custom_tags.len(), 2);
+        assert!(m.default_config.other.contains_key("discoveryAddress"));
+        // Sampling alone keeps the default collector; 0 is 0 (Istio would read 1%).
+        let m = MeshConfig::parse(
+            Path::new("mesh"),
+            "defaultConfig:\n  tracing:\n    sampling: 0\n",
+        )
+        .unwrap();
+        let t = m.tracing().unwrap();
+        assert_eq!((t.host.as_str(), t.sampling), ("zipkin.istio-system", 0.0));
+        // Off, or another tracer: no spans.
+        let m = MeshConfig::parse(Path::new("mesh"), "enableTracing: false\n").unwrap();
+        assert_eq!(m.tracing(), None);
+        let m = MeshConfig::parse(
+            Path::new("mesh"),
+            "defaultConfig:\n  tracing:\n    lightstep: {address: ls:8080}\n",
+        )
+        .unwrap();
+        assert_eq!(m.tracing(), None);
+        for (bad, field) in [
+            (
+                "defaultConfig:\n  tracing:\n    sampling: 101\n",
+                "defaultConfig.tracing.sampling",
+            ),
+            (
+                "defaultConfig:\n  tracing:\n    sampling: -1\n",
+                "defaultConfig.tracing.sampling",
+            ),
+            (
+                "defaultConfig:\n  tracing:\n    zipkin: {address: zipkin}\n",
+                "defaultConfig.tracing.zipkin.address",
+            ),
+            (
+                "defaultConfig:\n  tracing:\n    zipkin: {address: 'z:9411'}\n    datadog: {address: 'd:8126'}\n",
+                "defaultConfig.tracing.datadog",
+            ),
+            (
+                "defaultConfig:\n  tracing:\n    customTags:\n      t: {}\n",
+                "defaultConfig.tracing.customTags.t",
+            ),
+            (
+                "defaultConfig:\n  tracing:\n    customTags:\n      t: {header: {name: ''}}\n",
+                "defaultConfig.tracing.customTags.t.header.name",
+            ),
+            (
+                "defaultConfig:\n  tracing:\n    sampling: lots\n",
+                "defaultConfig.tracing.sampling",
+            ),
+            ("enableTracing: maybe\n", "enableTracing"),
         ] {
             let e = MeshConfig::parse(Path::new("mesh"), bad).unwrap_err();
             assert!(e.to_string().contains(&format!("{field}: ")), "{bad}: {e}");
