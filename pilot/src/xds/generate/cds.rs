@@ -177,6 +177,11 @@ pub fn outbound_clusters(ctx: &PushContext, proxy: &Proxy) -> Vec<Ranked> {
     let mixer = super::mixer::clusters(ctx, &out);
     ranks.extend(mixer.iter().map(|_| 6));
     out.extend(mixer);
+    // The tracing collector's (`zipkin`), when the mesh traces.
+    if let Some(zipkin) = super::tracing::cluster(ctx) {
+        out.push(zipkin);
+        ranks.push(7);
+    }
     let out = out.into_iter().zip(ranks).collect();
     rank_all(out)
 }

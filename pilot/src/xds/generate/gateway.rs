@@ -139,8 +139,11 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<Listener> {
                 tls_hosts.extend(s.hosts());
             }
             if s.terminates_tls() {
-                let mut chain =
-                    http_chain(&format!("outbound_0.0.0.0_{port}"), rds(&s.route_name()));
+                let mut chain = http_chain(
+                    &format!("outbound_0.0.0.0_{port}"),
+                    rds(&s.route_name()),
+                    super::tracing::hcm_tracing(ctx, proxy, Side::Gateway),
+                );
                 strip_host_port(&mut chain);
                 mixer::apply(ctx, proxy, &mut chain, Side::Gateway, None);
                 super::authz::apply_http(ctx, proxy, &mut chain, None);
@@ -162,6 +165,7 @@ pub fn listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<Listener> {
             let mut chain = http_chain(
                 &format!("outbound_0.0.0.0_{port}"),
                 rds(&format!("http.{port}")),
+                super::tracing::hcm_tracing(ctx, proxy, Side::Gateway),
             );
             strip_host_port(&mut chain);
             mixer::apply(ctx, proxy, &mut chain, Side::Gateway, None);

@@ -33,7 +33,9 @@
 //!   service by Host (RDS `http_proxy`).
 //!
 //! HTTP chains run Istio's filters: CORS, fault injection (both configured per route by RDS)
-//! and the router. TCP listeners follow the `tcp` routes of the service's VirtualService
+//! and the router, and report spans when the mesh traces ([`super::tracing`]; outbound
+//! listeners are `OUTBOUND`, inbound ones `INBOUND`, which makes Envoy's spans client or
+//! server ones). TCP listeners follow the `tcp` routes of the service's VirtualService
 //! (weighted). What a sidecar sees is scoped by its Sidecar resource
 //! ([`PushContext::services_for_proxy`]); a `router` proxy gets the listeners of its
 //! Gateways instead ([`super::gateway`]).
@@ -56,7 +58,8 @@ use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::Ori
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager::CodecType,
-    http_connection_manager::RouteSpecifier, http_filter,
+    http_connection_manager::RouteSpecifier, http_connection_manager::Tracing as HcmTracing,
+    http_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     TcpProxy,
@@ -173,8 +176,13 @@ pub fn outbound_listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<Ranked> {
             }
         }
     }
+    let traced = super::tracing::hcm_tracing(ctx, proxy, Side::Outbound);
     for port in &http_ports {
-        let mut chain = http_chain(&format!("outbound_0.0.0.0_{port}"), rds(&port.to_string()));
+        let mut chain = http_chain(
+            &format!("outbound_0.0.0.0_{port}"),
+            rds(&port.to_string()),
+            traced.clone(),
+        );
         mixer::apply(ctx, proxy, &mut chain, Side::Outbound, None);
         out.push(unbound(format!("0.0.0.0_{port}"), "0.0.0.0", *port, chain));
     }
@@ -210,6 +218,7 @@ pub fn outbound_listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<Ranked> {
         let mut chain = http_chain(
             &format!("outbound_127.0.0.1_{proxy_port}"),
             rds(HTTP_PROXY_ROUTE),
+            traced,
         );
         allow_absolute_urls(&mut chain);
         mixer::apply(ctx, proxy, &mut chain, Side::Outbound, None);
@@ -220,6 +229,10 @@ pub fn outbound_listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<Ranked> {
             ..Default::default()
         };
         out.push((listener, 2));
+    }
+    // Istio's direction of a sidecar's outbound listeners: Envoy's spans there are clients.
+    for (l, _) in &mut out {
+        l.traffic_direction = TrafficDirection::Outbound as i32;
     }
     rank_all(out)
 }
@@ -243,7 +256,12 @@ pub fn own_listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<Ranked> {
             .collect();
         out.push((virtual_inbound(ctx, proxy, &captured), 1));
     }
-    out.extend(inbound.into_iter().map(|i| (i.listener, 1)));
+    out.extend(inbound.into_iter().map(|i| {
+        let mut l = i.listener;
+        // Envoy's spans on inbound listeners are the server side.
+        l.traffic_direction = TrafficDirection::Inbound as i32;
+        (l, 1)
+    }));
     rank_all(out)
 }
 
@@ -541,7 +559,12 @@ pub(super) fn rds(name: &str) -> RouteSpecifier {
     })
 }
 
-pub(super) fn http_chain(stat_prefix: &str, routes: RouteSpecifier) -> FilterChain {
+/// An HTTP connection manager's chain; `tracing` from [`super::tracing::hcm_tracing`].
+pub(super) fn http_chain(
+    stat_prefix: &str,
+    routes: RouteSpecifier,
+    tracing: Option<HcmTracing>,
+) -> FilterChain {
     let hcm = HttpConnectionManager {
         codec_type: CodecType::Auto as i32,
         stat_prefix: stat_prefix.to_string(),
@@ -571,6 +594,7 @@ pub(super) fn http_chain(stat_prefix: &str, routes: RouteSpecifier) -> FilterCha
         ],
         // Istio disables Envoy's default 5 minute stream idle timeout for sidecars.
         stream_idle_timeout: Some(duration(std::time::Duration::ZERO)),
+        tracing,
         ..Default::default()
     };
     FilterChain {
@@ -807,6 +831,7 @@ fn inbound_http_chain(
     let mut chain = http_chain(
         &format!("inbound_{name}"),
         RouteSpecifier::RouteConfig(routes),
+        super::tracing::hcm_tracing(ctx, proxy, Side::Inbound),
     );
     mixer::apply(ctx, proxy, &mut chain, Side::Inbound, service);
     super::authz::apply_http(ctx, proxy, &mut chain, service);

@@ -11,6 +11,7 @@ pub mod mixer;
 pub mod mtls;
 pub mod rds;
 pub mod route;
+pub mod tracing;
 mod util;
 
 pub use util::{duration, socket_address};
