@@ -120,18 +120,19 @@ async fn acks_are_not_answered_and_stale_nonces_are_ignored() {
     c.send(CLUSTER, &[], "", Some(NODE)).await;
     let r1 = c.recv().await;
     assert_eq!(r1.type_url, CLUSTER);
-    // The node sends no metadata: a captured sidecar, with the inbound passthrough too.
+    // The node sends no metadata: a captured sidecar, with the inbound passthrough too; and
+    // the tracing collector's (tracing is on by default).
     assert_eq!(
         r1.resources.len(),
-        4,
-        "a, BlackHole, Passthrough, InboundPassthrough"
+        5,
+        "a, BlackHole, Passthrough, InboundPassthrough, zipkin"
     );
     c.send(CLUSTER, &[], &r1.nonce, None).await;
     c.quiet().await;
 
     push(&server, &["a", "b"]);
     let r2 = c.recv().await;
-    assert_eq!(r2.resources.len(), 5);
+    assert_eq!(r2.resources.len(), 6);
     // An ACK of the older response is stale: ignored, even with a changed subscription.
     c.send(CLUSTER, &["whatever"], &r1.nonce, None).await;
     c.quiet().await;
@@ -210,7 +211,7 @@ async fn clients_vanishing_mid_push_do_not_disturb_the_others() {
     let survivors: Vec<Client> = clients.into_iter().skip(20).collect();
     for mut c in survivors {
         let r = c.recv().await;
-        assert_eq!(r.resources.len(), 5);
+        assert_eq!(r.resources.len(), 6);
         c.send(CLUSTER, &[], &r.nonce, None).await;
         drop(c);
     }
