@@ -7,6 +7,8 @@
 //! - [`config`]: the config store's Mixer objects compiled into a [`config::Resolved`].
 //! - [`dispatch`]: rules to handlers for checks, quotas and reports.
 //! - [`adapter`]: the in-process adapters.
+//! - [`graph`]: the mesh's topology from the reports, served on the monitoring port
+//!   (`/graph`, `/graph.json`).
 //! - [`server`]: the gRPC front doors (Envoy's ext_authz v3, access-log service v3 and rate
 //!   limit service v3; Mixer's own `istio.mixer.v1`).
 //!
@@ -18,6 +20,7 @@ pub mod attribute;
 pub mod config;
 pub mod dispatch;
 pub mod expr;
+pub mod graph;
 pub mod server;
 pub mod settings;
 
@@ -75,6 +78,8 @@ pub async fn run(mut cli: Cli, shutdown: Shutdown) -> anyhow::Result<()> {
     .await
     .context("opening the config store")?;
     let metrics = Arc::new(Metrics::new(&mut base.registry));
+    let graph = Arc::new(graph::Graph::new(settings.graph.clone()));
+    graph.register(&mut base.registry);
     let prometheus = Arc::new(PrometheusEnv::default());
     let env = AdapterEnv {
         prometheus: prometheus.clone(),
@@ -170,7 +175,12 @@ pub async fn run(mut cli: Cli, shutdown: Shutdown) -> anyhow::Result<()> {
     let grpc_bound = grpc
         .local_addr()
         .context("reading the gRPC server's address")?;
-    let grpc_server = server::serve(grpc, dispatcher.clone(), shutdown.clone());
+    let grpc_server = server::serve_with_graph(
+        grpc,
+        dispatcher.clone(),
+        settings.graph.enabled.then(|| graph.clone()),
+        shutdown.clone(),
+    );
 
     let store_rx = base.store.subscribe();
     let configz_dispatcher = dispatcher.clone();
@@ -197,7 +207,16 @@ pub async fn run(mut cli: Cli, shutdown: Shutdown) -> anyhow::Result<()> {
                 }
             }),
         );
-    let app = monitoring::router(base.readiness, Arc::new(base.registry)).merge(routes);
+    let graph_routes = graph::http::routes(
+        graph,
+        graph::http::PilotDebug {
+            addr: settings.pilot_debug_addr.clone(),
+            timeout: std::time::Duration::from_secs(2),
+        },
+    );
+    let app = monitoring::router(base.readiness, Arc::new(base.registry))
+        .merge(routes)
+        .merge(graph_routes);
     let monitoring_server = monitoring::serve(http, app, shutdown);
     tokio::try_join!(
         async { monitoring_server.await.map_err(anyhow::Error::from) },

@@ -4,8 +4,20 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use mesh_proto::Kind;
+use mesh_proto::types::Duration as IstioDuration;
 use mesh_runtime::cli::{BinaryCli, CommonArgs};
 use serde::Deserialize;
+
+use crate::graph::{GraphError, GraphSettings};
+
+/// Why the settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(transparent)]
+    File(#[from] mesh_runtime::settings::SettingsError),
+    #[error("mixer settings: {0}")]
+    Graph(#[from] GraphError),
+}
 
 /// Mixer: policy checks, quotas and telemetry for an Istio service mesh.
 ///
@@ -49,6 +61,30 @@ pub struct Cli {
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
     pub enable_status: Option<bool>,
 
+    /// Keep the mesh's topology from the reports Mixer receives and serve it on the
+    /// monitoring address (`/graph`, `/graph.json`) [default: true].
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub graph: Option<bool>,
+
+    /// How far back the topology graph keeps its 10s buckets: the longest window it can show,
+    /// from 10s to 24h [default: 10m].
+    #[arg(long, value_name = "DURATION")]
+    pub graph_retention: Option<IstioDuration>,
+
+    /// Most edges the topology graph keeps; reports of new edges beyond it are counted in
+    /// `mixer_graph_dropped_entries_total` [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub graph_max_edges: Option<usize>,
+
+    /// Most nodes (workloads and services) the topology graph keeps [default: 5000].
+    #[arg(long, value_name = "N")]
+    pub graph_max_nodes: Option<usize>,
+
+    /// Pilot's monitoring address (`host:port`), whose `/debug/configz` gives the routing
+    /// config the topology page shows for an edge [default: istio-pilot.istio-system:15014].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub pilot_debug_addr: Option<String>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -78,6 +114,11 @@ struct FileSettings {
     prometheus_addr: Option<SocketAddr>,
     config_default_namespace: Option<String>,
     enable_status: Option<bool>,
+    graph: Option<bool>,
+    graph_retention: Option<IstioDuration>,
+    graph_max_edges: Option<usize>,
+    graph_max_nodes: Option<usize>,
+    pilot_debug_addr: Option<String>,
 }
 
 /// Mixer's settings, resolved from flags, environment, settings file and defaults.
@@ -91,6 +132,10 @@ pub struct Settings {
     pub config_default_namespace: String,
     /// Write refusals into Istio objects' status on Kubernetes.
     pub enable_status: bool,
+    /// The topology graph's store.
+    pub graph: GraphSettings,
+    /// Pilot's monitoring address, for the routing config of the graph's edges.
+    pub pilot_debug_addr: String,
 }
 
 impl BinaryCli for Cli {
@@ -103,8 +148,37 @@ impl BinaryCli for Cli {
 
 impl Settings {
     /// Flags (and environment) win over the settings file, which wins over defaults.
-    pub fn resolve(cli: Cli) -> Result<Self, mesh_runtime::settings::SettingsError> {
+    pub fn resolve(cli: Cli) -> Result<Self, SettingsError> {
         let file: FileSettings = mesh_runtime::settings::load(cli.common.config.as_deref())?;
+        let defaults = GraphSettings::default();
+        let graph = GraphSettings {
+            enabled: cli.graph.or(file.graph).unwrap_or(defaults.enabled),
+            retention: cli
+                .graph_retention
+                .or(file.graph_retention)
+                .map(|d| d.as_std())
+                .unwrap_or(defaults.retention),
+            max_edges: cli
+                .graph_max_edges
+                .or(file.graph_max_edges)
+                .unwrap_or(defaults.max_edges),
+            max_nodes: cli
+                .graph_max_nodes
+                .or(file.graph_max_nodes)
+                .unwrap_or(defaults.max_nodes),
+            ..defaults
+        };
+        graph.validate()?;
+        let pilot_debug_addr = cli
+            .pilot_debug_addr
+            .or(file.pilot_debug_addr)
+            .unwrap_or_else(|| "istio-pilot.istio-system:15014".to_string());
+        if pilot_debug_addr.is_empty() || pilot_debug_addr.contains('/') {
+            return Err(SettingsError::Graph(GraphError::Settings {
+                field: "pilotDebugAddr",
+                message: format!("{pilot_debug_addr:?} is not host:port"),
+            }));
+        }
         Ok(Self {
             config_dir: cli.config_dir.or(file.config_dir),
             kubeconfig: cli.kubeconfig.or(file.kubeconfig),
@@ -125,6 +199,8 @@ impl Settings {
                 .or(file.config_default_namespace)
                 .unwrap_or_else(|| crate::config::DEFAULT_CONFIG_NAMESPACE.to_string()),
             enable_status: cli.enable_status.or(file.enable_status).unwrap_or(true),
+            graph,
+            pilot_debug_addr,
         })
     }
 }
@@ -169,5 +245,50 @@ mod tests {
         assert_eq!(s.http_addr.port(), 15014);
         assert_eq!(s.prometheus_addr.port(), 42422);
         assert_eq!(s.config_default_namespace, "istio-system");
+        assert!(s.graph.enabled);
+    }
+
+    fn resolve(args: &[&str], file: Option<&str>) -> Result<Settings, SettingsError> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut all = vec!["mixer".to_string()];
+        if let Some(text) = file {
+            let path = dir.path().join("mixer.yaml");
+            std::fs::write(&path, text).unwrap();
+            all.push("--config".into());
+            all.push(path.to_str().unwrap().into());
+        }
+        all.extend(args.iter().map(|a| a.to_string()));
+        let cli: Cli = mesh_runtime::cli::try_parse_from("MIXER_GRAPH_TEST", all).unwrap();
+        Settings::resolve(cli)
+    }
+
+    #[test]
+    fn graph_settings_come_from_flags_over_the_file() {
+        let s = resolve(
+            &[],
+            Some("graph: false\ngraphRetention: 30m\ngraphMaxEdges: 7\n"),
+        )
+        .unwrap();
+        assert!(!s.graph.enabled);
+        assert_eq!(s.graph.retention, std::time::Duration::from_secs(1800));
+        assert_eq!(s.graph.max_edges, 7);
+        let s = resolve(
+            &["--graph", "true", "--pilot-debug-addr", "127.0.0.1:9"],
+            Some("graph: false\n"),
+        )
+        .unwrap();
+        assert!(s.graph.enabled);
+        assert_eq!(s.pilot_debug_addr, "127.0.0.1:9");
+        assert_eq!(s.graph.retention, std::time::Duration::from_secs(600));
+    }
+
+    #[test]
+    fn bad_graph_settings_name_the_field() {
+        let e = resolve(&["--graph-retention", "1s"], None).unwrap_err();
+        assert!(e.to_string().contains("graphRetention"), "{e}");
+        let e = resolve(&["--graph-max-edges", "0"], None).unwrap_err();
+        assert!(e.to_string().contains("graphMaxEdges"), "{e}");
+        let e = resolve(&[], Some("pilotDebugAddr: http://x/\n")).unwrap_err();
+        assert!(e.to_string().contains("pilotDebugAddr"), "{e}");
     }
 }

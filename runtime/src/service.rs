@@ -108,7 +108,7 @@ pub fn track_readiness(
 
 /// `/debug/configz`: what the store holds and what it refused, and, from `findings` (a
 /// service's analysis), what is wrong with the objects it holds: `{"revision", "synced",
-/// "objects": [{kind, group, apiVersion, namespace, name, origin, analysis?}], "errors"}`,
+/// "objects": [{kind, group, apiVersion, namespace, name, origin, spec, analysis?}], "errors"}`,
 /// `analysis` being the object's findings (`{level, code, name, field, message}`), left out
 /// when there are none.
 pub fn configz_routes(
@@ -137,6 +137,7 @@ fn configz(snap: &Snapshot, findings: Option<&Findings>) -> serde_json::Value {
                 "namespace": o.key.namespace,
                 "name": o.key.name,
                 "origin": o.origin.to_string(),
+                "spec": o.spec.to_json(),
             });
             if let Some(found) = findings.and_then(|f| f.get(&o.key)) {
                 obj["analysis"] = serde_json::json!(found);

@@ -27,6 +27,7 @@ use super::bag::{self, set, set_str};
 use crate::attribute::{Bag, DenseBag, Value, Vocabulary};
 use crate::config::Resolved;
 use crate::dispatch::Dispatcher;
+use crate::graph::Graph;
 
 /// The access-log service.
 ///
@@ -38,6 +39,7 @@ use crate::dispatch::Dispatcher;
 pub struct AccessLog {
     dispatcher: Arc<Dispatcher>,
     shutdown: Shutdown,
+    graph: Option<Arc<Graph>>,
 }
 
 /// How long a draining stream waits for entries still on their way before it ends.
@@ -280,6 +282,16 @@ pub fn tcp_bag<'a>(vocab: &Vocabulary, e: &'a TcpAccessLogEntry) -> DenseBag<'a>
 
 /// Reports every entry of `msg`.
 pub fn report_message(dispatcher: &Dispatcher, cfg: &Resolved, msg: &StreamAccessLogsMessage) {
+    report_message_with(dispatcher, cfg, msg, None);
+}
+
+/// Reports every entry of `msg`, and gives them to the topology `graph` when there is one.
+pub fn report_message_with(
+    dispatcher: &Dispatcher,
+    cfg: &Resolved,
+    msg: &StreamAccessLogsMessage,
+    graph: Option<&Graph>,
+) {
     let bags: Vec<DenseBag<'_>> = match &msg.log_entries {
         Some(LogEntries::HttpLogs(l)) => l
             .log_entry
@@ -292,6 +304,9 @@ pub fn report_message(dispatcher: &Dispatcher, cfg: &Resolved, msg: &StreamAcces
         None => return,
     };
     dispatcher.report(cfg, bags.iter().map(|b| b as &dyn Bag));
+    if let Some(g) = graph {
+        g.record_report(dispatcher, cfg, &bags);
+    }
 }
 
 // === impl AccessLog ===
@@ -301,7 +316,14 @@ impl AccessLog {
         Self {
             dispatcher,
             shutdown,
+            graph: None,
         }
+    }
+
+    /// Also feeds every entry to the topology `graph`.
+    pub fn with_graph(mut self, graph: Option<Arc<Graph>>) -> Self {
+        self.graph = graph;
+        self
     }
 
     fn take(&self, msg: Result<StreamAccessLogsMessage, Status>) -> Result<(), Status> {
@@ -310,7 +332,7 @@ impl AccessLog {
             Status::invalid_argument(format!("bad access-log message: {e}"))
         })?;
         let cfg = self.dispatcher.config();
-        report_message(&self.dispatcher, &cfg, &msg);
+        report_message_with(&self.dispatcher, &cfg, &msg, self.graph.as_deref());
         Ok(())
     }
 }

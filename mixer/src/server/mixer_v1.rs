@@ -38,6 +38,7 @@ use crate::adapter::{self, QuotaArgs};
 use crate::attribute::{Bag, DenseBag};
 use crate::config::HeaderOpKind;
 use crate::dispatch::Dispatcher;
+use crate::graph::Graph;
 
 /// The API name malformed requests are counted under (`mixer_malformed_requests_total`).
 const API: &str = "istio.mixer.v1";
@@ -46,6 +47,7 @@ const API: &str = "istio.mixer.v1";
 #[derive(Debug, Clone)]
 pub struct MixerV1 {
     dispatcher: Arc<Dispatcher>,
+    graph: Option<Arc<Graph>>,
 }
 
 fn proto_duration(d: Duration) -> prost_types::Duration {
@@ -81,7 +83,16 @@ fn header_ops(ops: Vec<(String, String, HeaderOpKind)>) -> Vec<HeaderOperation> 
 
 impl MixerV1 {
     pub fn new(dispatcher: Arc<Dispatcher>) -> Self {
-        Self { dispatcher }
+        Self {
+            dispatcher,
+            graph: None,
+        }
+    }
+
+    /// Also feeds every reported entry to the topology `graph`.
+    pub fn with_graph(mut self, graph: Option<Arc<Graph>>) -> Self {
+        self.graph = graph;
+        self
     }
 
     fn invalid(&self, message: String) -> Status {
@@ -202,6 +213,9 @@ impl MixerV1 {
         };
         self.dispatcher
             .report(&cfg, bags.iter().map(|b| b as &dyn Bag));
+        if let Some(g) = &self.graph {
+            g.record_report(&self.dispatcher, &cfg, &bags);
+        }
         Ok(bags.len())
     }
 }

@@ -50,6 +50,16 @@ pub async fn serve(
     dispatcher: Arc<Dispatcher>,
     shutdown: Shutdown,
 ) -> Result<(), ServerError> {
+    serve_with_graph(listener, dispatcher, None, shutdown).await
+}
+
+/// [`serve`], feeding the reports (ALS and `istio.mixer.v1`) to the topology `graph` too.
+pub async fn serve_with_graph(
+    listener: tokio::net::TcpListener,
+    dispatcher: Arc<Dispatcher>,
+    graph: Option<Arc<crate::graph::Graph>>,
+    shutdown: Shutdown,
+) -> Result<(), ServerError> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(
             %addr,
@@ -61,14 +71,16 @@ pub async fn serve(
         .add_service(AuthorizationServer::new(ext_authz::ExtAuthz::new(
             dispatcher.clone(),
         )))
-        .add_service(AccessLogServiceServer::new(accesslog::AccessLog::new(
-            dispatcher.clone(),
-            shutdown.clone(),
-        )))
+        .add_service(AccessLogServiceServer::new(
+            accesslog::AccessLog::new(dispatcher.clone(), shutdown.clone())
+                .with_graph(graph.clone()),
+        ))
         .add_service(RateLimitServiceServer::new(ratelimit::RateLimit::new(
             dispatcher.clone(),
         )))
-        .add_service(MixerServer::new(mixer_v1::MixerV1::new(dispatcher)))
+        .add_service(MixerServer::new(
+            mixer_v1::MixerV1::new(dispatcher).with_graph(graph),
+        ))
         .serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await })
         .await?;
     Ok(())
