@@ -274,13 +274,13 @@ fn decide_time(d: &Arc<Dispatcher>, rules: usize, attributes: usize, budget: Dur
     let authz = ExtAuthz::new(d.clone());
     let requests: Vec<CheckRequest> = (0..1000).map(|i| request(i, rules, attributes)).collect();
     for r in &requests {
-        std::hint::black_box(authz.decide(r));
+        std::hint::black_box(futures::executor::block_on(authz.decide(r)));
     }
     let start = Instant::now();
     let mut n = 0usize;
     while start.elapsed() < budget {
         for r in &requests {
-            std::hint::black_box(authz.decide(r));
+            std::hint::black_box(futures::executor::block_on(authz.decide(r)));
         }
         n += requests.len();
     }

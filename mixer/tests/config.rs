@@ -16,6 +16,7 @@ use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::
 use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, attribute_context,
 };
+use futures::executor::block_on;
 use mesh_runtime::Snapshot;
 use mixer::adapter::AdapterEnv;
 use mixer::adapter::prometheus::PrometheusEnv;
@@ -193,17 +194,17 @@ fn check_request(path: &str, headers: &[(&str, &str)], service: &str) -> CheckRe
 fn checks_deny_blacklist_and_rate_limit() {
     let m = mixer();
     let authz = ExtAuthz::new(m.dispatcher.clone());
-    let code = |req: CheckRequest| authz.decide(&req).code;
+    let code = |req: CheckRequest| block_on(authz.decide(&req)).code;
     assert_eq!(code(check_request("/", &[], "a")), 0);
     assert_eq!(code(check_request("/", &[("x-user", "john")], "a")), 7);
     assert_eq!(code(check_request("/", &[("x-user", "jane")], "a")), 0);
-    let d = authz.decide(&check_request("/admin?x=1", &[], "a"));
+    let d = block_on(authz.decide(&check_request("/admin?x=1", &[], "a")));
     assert_eq!(d.code, 7, "{d:?}");
     assert!(d.message.contains("/admin is blacklisted"), "{d:?}");
     for i in 0..5 {
         assert_eq!(code(check_request("/", &[], "limited")), 0, "request {i}");
     }
-    let d = authz.decide(&check_request("/", &[], "limited"));
+    let d = block_on(authz.decide(&check_request("/", &[], "limited")));
     assert_eq!(d.code, 8, "{d:?}");
     assert_eq!(mixer::adapter::code::http_status(d.code), 429);
     // Other services are not limited by the override.

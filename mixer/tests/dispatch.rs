@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use mesh_runtime::Snapshot;
 use mixer::adapter::{AdapterEnv, QuotaArgs, code};
 use mixer::attribute::{DenseBag, Value};
@@ -196,6 +197,8 @@ fn quotas_best_effort_and_deduplication() {
                 deduplication_id: dedup,
             },
         )
+        .now_or_never()
+        .expect("memquota answers at once")
         .amount
     };
     assert_eq!(q(2, false, "x"), 2);
@@ -216,6 +219,8 @@ fn quotas_best_effort_and_deduplication() {
                 deduplication_id: ""
             }
         )
+        .now_or_never()
+        .expect("memquota answers at once")
         .amount,
         3
     );
@@ -231,6 +236,8 @@ fn quotas_best_effort_and_deduplication() {
                 deduplication_id: ""
             }
         )
+        .now_or_never()
+        .expect("memquota answers at once")
         .amount,
         5
     );

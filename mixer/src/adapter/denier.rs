@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use super::params::{self, bad};
 use super::{
-    AdapterError, CheckResult, Handler, InstanceValues, QuotaArgs, QuotaResult, Status, code,
+    AdapterError, CheckResult, Handler, InstanceValues, QuotaArgs, QuotaFuture, QuotaResult,
+    Status, code,
 };
 
 /// The denier handler.
@@ -59,12 +60,12 @@ impl Handler for Denier {
         self.result.clone()
     }
 
-    fn quota(&self, _: &InstanceValues<'_>, _: &QuotaArgs<'_>) -> QuotaResult {
-        QuotaResult {
+    fn quota(&self, _: &InstanceValues<'_>, _: &QuotaArgs<'_>) -> QuotaFuture<'_> {
+        QuotaFuture::ready(QuotaResult {
             status: Status::default(),
             amount: 0,
             valid_duration: Duration::ZERO,
-        }
+        })
     }
 }
 

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use serde_json::Value;
 
 use super::params::{self, bad};
-use super::{AdapterError, Handler, InstanceValues, QuotaArgs, QuotaResult, Status};
+use super::{AdapterError, Handler, InstanceValues, QuotaArgs, QuotaFuture, QuotaResult, Status};
 
 const TICKS_PER_SECOND: u64 = 10;
 
@@ -209,7 +209,15 @@ impl MemQuota {
 }
 
 impl Handler for MemQuota {
-    fn quota(&self, instance: &InstanceValues<'_>, args: &QuotaArgs<'_>) -> QuotaResult {
+    /// Allocated in memory: the future is ready when returned.
+    fn quota(&self, instance: &InstanceValues<'_>, args: &QuotaArgs<'_>) -> QuotaFuture<'_> {
+        QuotaFuture::ready(self.allocate(instance, args))
+    }
+}
+
+impl MemQuota {
+    /// Allocates `args` for `instance`, now.
+    pub fn allocate(&self, instance: &InstanceValues<'_>, args: &QuotaArgs<'_>) -> QuotaResult {
         // The instance's dimensions, as text, in name order.
         let mut dims: Vec<(&str, String)> = Vec::new();
         for (i, name) in instance.instance.fields.iter().enumerate() {

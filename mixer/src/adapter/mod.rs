@@ -1,9 +1,10 @@
 //! In-process adapters: the [`Handler`] trait the dispatcher calls, and one module per
 //! adapter, each validating its own parameters.
 //!
-//! A handler answers checks ([`Handler::check`]) and quotas ([`Handler::quota`]) inline (they
-//! must be fast; one that needs a server, like `redisquota`, waits a bounded time and lets the
-//! runtime move its worker's other tasks meanwhile), and receives report batches on its own
+//! A handler answers checks ([`Handler::check`]) inline (they must be fast) and quotas
+//! ([`Handler::quota`]) with a [`QuotaFuture`]: ready at once for in-memory adapters
+//! (`memquota`, no allocation), pending for one that asks a server (`redisquota`, which waits
+//! a bounded time without holding a runtime worker). It receives report batches on its own
 //! task ([`Handler::report`]), fed by a bounded queue so a slow adapter never holds up a
 //! caller.
 
@@ -20,8 +21,13 @@ pub mod redisquota;
 pub mod stdio;
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use futures::future::{BoxFuture, Either};
 
 use crate::attribute::Value;
 use crate::config::Instance;
@@ -138,6 +144,13 @@ pub struct QuotaResult {
     pub valid_duration: Duration,
 }
 
+/// A handler's answer to a quota request, to await. It borrows the handler only, never the
+/// request: a handler reads what it needs from the instance and the arguments when
+/// [`Handler::quota`] is called, so the caller may drop them (and its attribute bag) before
+/// awaiting.
+#[must_use = "a quota is only allocated when its future is awaited"]
+pub struct QuotaFuture<'h>(Either<std::future::Ready<QuotaResult>, BoxFuture<'h, QuotaResult>>);
+
 /// An instance evaluated for one request: its fields, in [`Instance::fields`] order (`None`
 /// when the field's expression produced nothing).
 #[derive(Debug)]
@@ -172,13 +185,13 @@ pub trait Handler: Send + Sync + fmt::Debug {
         CheckResult::ok()
     }
 
-    /// Answers a quota request for an instance of the quota template.
-    fn quota(&self, _instance: &InstanceValues<'_>, args: &QuotaArgs<'_>) -> QuotaResult {
-        QuotaResult {
+    /// Answers a quota request for an instance of the quota template (see [`QuotaFuture`]).
+    fn quota(&self, _instance: &InstanceValues<'_>, args: &QuotaArgs<'_>) -> QuotaFuture<'_> {
+        QuotaFuture::ready(QuotaResult {
             status: Status::default(),
             amount: args.amount,
             valid_duration: Duration::ZERO,
-        }
+        })
     }
 
     /// Handles a batch of report instances (on the handler's own task).
@@ -283,6 +296,37 @@ impl CheckResult {
             valid_duration: Duration::from_secs(60),
             valid_use_count: 10_000,
         }
+    }
+}
+
+// === impl QuotaFuture ===
+
+impl<'h> QuotaFuture<'h> {
+    /// An answer known now.
+    pub fn ready(result: QuotaResult) -> Self {
+        Self(Either::Left(std::future::ready(result)))
+    }
+
+    /// An answer that comes later.
+    pub fn pending(answer: impl Future<Output = QuotaResult> + Send + 'h) -> Self {
+        Self(Either::Right(Box::pin(answer)))
+    }
+}
+
+impl Future for QuotaFuture<'_> {
+    type Output = QuotaResult;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<QuotaResult> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl fmt::Debug for QuotaFuture<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            Either::Left(_) => "QuotaFuture::Ready",
+            Either::Right(_) => "QuotaFuture::Pending",
+        })
     }
 }
 

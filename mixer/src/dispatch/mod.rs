@@ -6,7 +6,8 @@
 //!   shortest valid duration and the smallest use count. With no answer at all, Istio's
 //!   default: OK for one minute or 10,000 uses.
 //! - [`Dispatcher::quota`]: a named quota goes to the quota instances of that name in
-//!   matching rules; a quota no rule applies to is granted in full.
+//!   matching rules, whose handlers answer concurrently (a future to await); a quota no rule
+//!   applies to is granted in full.
 //! - [`Dispatcher::report`]: report instances are evaluated here and queued, per handler, to
 //!   the handler's task; a full queue drops the batch (counted) rather than wait.
 //!
@@ -16,6 +17,7 @@
 pub mod generate;
 pub mod metrics;
 
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -321,20 +323,25 @@ impl Dispatcher {
     }
 
     /// Runs quota `name` (matched against quota instances' names) for `bag`.
-    pub fn quota(
-        &self,
-        cfg: &Resolved,
+    ///
+    /// The instances are evaluated and handed to their handlers now; the future awaits the
+    /// handlers' answers (all at once) and borrows neither `bag` nor the request, so a caller
+    /// need not keep them across the wait. Answers combine in config order: a failed one or a
+    /// smaller grant replaces the one before.
+    pub fn quota<'c>(
+        &'c self,
+        cfg: &'c Resolved,
         bag: &dyn Bag,
         name: &str,
         args: &QuotaArgs<'_>,
-    ) -> QuotaResult {
+    ) -> impl Future<Output = QuotaResult> + Send + use<'c> {
         self.metrics.quotas.inc();
         let generated = self.generate(cfg, bag);
         let bag: &dyn Bag = match &generated {
             Some(g) => g,
             None => bag,
         };
-        let mut result: Option<QuotaResult> = None;
+        let mut pending = Vec::new();
         for rule in self.rules(cfg, bag, Variety::Quota) {
             for action in &rule.actions {
                 let h = &cfg.handlers[action.handler];
@@ -348,26 +355,46 @@ impl Dispatcher {
                         continue;
                     };
                     let start = Instant::now();
-                    let r = h.handler.quota(&values, args);
-                    h.metrics
-                        .check_latency
-                        .observe(start.elapsed().as_secs_f64());
-                    if code::is_failure(r.status.code) {
-                        h.metrics.errors.inc();
-                    }
-                    result = Some(match result {
-                        None => r,
-                        Some(prev) if r.amount < prev.amount || !r.status.is_ok() => r,
-                        Some(prev) => prev,
+                    let answer = h.handler.quota(&values, args);
+                    pending.push(async move {
+                        let r = answer.await;
+                        h.metrics
+                            .check_latency
+                            .observe(start.elapsed().as_secs_f64());
+                        if code::is_failure(r.status.code) {
+                            h.metrics.errors.inc();
+                        }
+                        r
                     });
                 }
             }
         }
-        result.unwrap_or(QuotaResult {
-            status: Status::default(),
-            amount: args.amount,
-            valid_duration: DEFAULT_VALID_DURATION,
-        })
+        let unclaimed = args.amount;
+        async move {
+            let answers = if pending.len() > 1 {
+                futures::future::join_all(pending).await
+            } else {
+                // The common case, without join_all's bookkeeping.
+                let mut one = Vec::with_capacity(1);
+                for answer in pending {
+                    one.push(answer.await);
+                }
+                one
+            };
+            let mut result: Option<QuotaResult> = None;
+            for r in answers {
+                result = Some(match result {
+                    None => r,
+                    Some(prev) if r.amount < prev.amount || !r.status.is_ok() => r,
+                    Some(prev) => prev,
+                });
+            }
+            result.unwrap_or(QuotaResult {
+                status: Status::default(),
+                amount: unclaimed,
+                valid_duration: DEFAULT_VALID_DURATION,
+            })
+        }
     }
 
     /// The quotas the QuotaSpecs bound to the destination service ask for: (name, charge).

@@ -66,7 +66,7 @@ impl ExtAuthz {
     }
 
     /// Decides a CheckRequest.
-    pub fn decide(&self, req: &CheckRequest) -> Decision {
+    pub async fn decide(&self, req: &CheckRequest) -> Decision {
         let cfg = self.dispatcher.config();
         let vocab = &cfg.vocab;
         let mut b = DenseBag::with_len(vocab.len());
@@ -191,7 +191,7 @@ impl ExtAuthz {
                 best_effort: false,
                 deduplication_id: &dedup_id,
             };
-            let granted = self.dispatcher.quota(&cfg, &b, &name, &args);
+            let granted = self.dispatcher.quota(&cfg, &b, &name, &args).await;
             if !granted.status.is_ok() {
                 return Decision {
                     code: granted.status.code,
@@ -286,6 +286,6 @@ impl Authorization for ExtAuthz {
             self.dispatcher.metrics.malformed("ext_authz");
             return Err(Status::invalid_argument("CheckRequest has no attributes"));
         }
-        Ok(Response::new(response(self.decide(&req))))
+        Ok(Response::new(response(self.decide(&req).await)))
     }
 }

@@ -102,7 +102,7 @@ impl MixerV1 {
     }
 
     /// Answers a CheckRequest.
-    pub fn decide(&self, req: &CheckRequest) -> Result<CheckResponse, Status> {
+    pub async fn decide(&self, req: &CheckRequest) -> Result<CheckResponse, Status> {
         for (name, q) in &req.quotas {
             if q.amount < 0 {
                 return Err(self.invalid(format!(
@@ -158,7 +158,7 @@ impl MixerV1 {
                 best_effort: q.best_effort,
                 deduplication_id: &dedup,
             };
-            let r = self.dispatcher.quota(&cfg, &bag, name, &args);
+            let r = self.dispatcher.quota(&cfg, &bag, name, &args).await;
             tracing::debug!(quota = %name, asked = q.amount, granted = r.amount, "quota allocated");
             resp.quotas.insert(
                 name.clone(),
@@ -226,7 +226,7 @@ impl Mixer for MixerV1 {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        self.decide(request.get_ref()).map(Response::new)
+        self.decide(request.get_ref()).await.map(Response::new)
     }
 
     async fn report(
@@ -298,12 +298,12 @@ mod tests {
             .code
     }
 
-    #[test]
-    fn denier_denies_only_the_matching_header_and_says_what_it_read() {
+    #[tokio::test]
+    async fn denier_denies_only_the_matching_header_and_says_what_it_read() {
         let m = MixerV1::new(test_dispatcher(TEST_POLICY));
-        let ok = m.decide(&check("jane", "svc", &[])).unwrap();
+        let ok = m.decide(&check("jane", "svc", &[])).await.unwrap();
         assert_eq!(code_of(&ok), code::OK);
-        let denied = m.decide(&check("john", "svc", &[])).unwrap();
+        let denied = m.decide(&check("john", "svc", &[])).await.unwrap();
         assert_eq!(code_of(&denied), code::PERMISSION_DENIED);
         let p = denied.precondition.unwrap();
         assert!(
@@ -321,59 +321,68 @@ mod tests {
         assert!(p.valid_duration.is_some());
     }
 
-    #[test]
-    fn quotas_are_granted_until_exhausted_and_skipped_after_a_denial() {
+    #[tokio::test]
+    async fn quotas_are_granted_until_exhausted_and_skipped_after_a_denial() {
         let m = MixerV1::new(test_dispatcher(TEST_POLICY));
         for i in 1..=5 {
             let r = m
                 .decide(&check("jane", "limited", &[("requestcount", 1)]))
+                .await
                 .unwrap();
             assert_eq!(r.quotas["requestcount"].granted_amount, 1, "request {i}");
         }
         let r = m
             .decide(&check("jane", "limited", &[("requestcount", 1)]))
+            .await
             .unwrap();
         assert_eq!(code_of(&r), code::OK);
         assert_eq!(r.quotas["requestcount"].granted_amount, 0);
         // Another service has its own, larger, quota.
         let r = m
             .decide(&check("jane", "svc", &[("requestcount", 1)]))
+            .await
             .unwrap();
         assert_eq!(r.quotas["requestcount"].granted_amount, 1);
         // A quota no rule applies to is granted in full.
-        let r = m.decide(&check("jane", "svc", &[("other", 7)])).unwrap();
+        let r = m
+            .decide(&check("jane", "svc", &[("other", 7)]))
+            .await
+            .unwrap();
         assert_eq!(r.quotas["other"].granted_amount, 7);
         // A denied request allocates nothing.
         let r = m
             .decide(&check("john", "svc", &[("requestcount", 1)]))
+            .await
             .unwrap();
         assert_eq!(code_of(&r), code::PERMISSION_DENIED);
         assert!(r.quotas.is_empty());
     }
 
-    #[test]
-    fn a_retried_request_is_not_charged_twice() {
+    #[tokio::test]
+    async fn a_retried_request_is_not_charged_twice() {
         let m = MixerV1::new(test_dispatcher(TEST_POLICY));
         let mut req = check("jane", "limited", &[("requestcount", 1)]);
         req.deduplication_id = "req-1".into();
         for _ in 0..8 {
-            let r = m.decide(&req).unwrap();
+            let r = m.decide(&req).await.unwrap();
             assert_eq!(r.quotas["requestcount"].granted_amount, 1);
         }
         // Only one of the five was used.
         for i in 0..4 {
             let r = m
                 .decide(&check("jane", "limited", &[("requestcount", 1)]))
+                .await
                 .unwrap();
             assert_eq!(r.quotas["requestcount"].granted_amount, 1, "{i}");
         }
     }
 
-    #[test]
-    fn malformed_checks_are_invalid_arguments_naming_the_field() {
+    #[tokio::test]
+    async fn malformed_checks_are_invalid_arguments_naming_the_field() {
         let m = MixerV1::new(test_dispatcher(TEST_POLICY));
         let e = m
             .decide(&check("jane", "svc", &[("requestcount", -1)]))
+            .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert_eq!(
@@ -383,14 +392,14 @@ mod tests {
         let mut req = check("jane", "svc", &[]);
         // destination.service.name is word 191: a client that knows 150 words cannot use it.
         req.global_word_count = 150;
-        let e = m.decide(&req).unwrap_err();
+        let e = m.decide(&req).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert_eq!(
             e.message(),
             "CheckRequest.attributes: attribute name index 191: beyond the global dictionary (the client knows 150 words)"
         );
         // No attributes at all is an empty bag, not an error.
-        let r = m.decide(&CheckRequest::default()).unwrap();
+        let r = m.decide(&CheckRequest::default()).await.unwrap();
         assert_eq!(code_of(&r), code::OK);
     }
 

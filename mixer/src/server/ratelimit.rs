@@ -109,7 +109,7 @@ impl RateLimit {
     }
 
     /// Answers a RateLimitRequest.
-    pub fn decide(&self, req: &RateLimitRequest) -> Result<RateLimitResponse, Status> {
+    pub async fn decide(&self, req: &RateLimitRequest) -> Result<RateLimitResponse, Status> {
         let cfg = self.dispatcher.config();
         validate(&cfg.vocab, req).map_err(|e| {
             self.dispatcher.metrics.malformed(API);
@@ -131,7 +131,7 @@ impl RateLimit {
                 .as_ref()
                 .map(|h| i64::try_from(h.value).unwrap_or(i64::MAX))
                 .unwrap_or(default_hits);
-            let outcome = self.descriptor(&cfg, i, d, hits)?;
+            let outcome = self.descriptor(&cfg, i, d, hits).await?;
             if outcome.over_limit {
                 resp.overall_code = Code::OverLimit as i32;
             }
@@ -158,7 +158,7 @@ impl RateLimit {
     }
 
     /// Charges descriptor `index`.
-    fn descriptor(
+    async fn descriptor(
         &self,
         cfg: &Resolved,
         index: usize,
@@ -198,7 +198,7 @@ impl RateLimit {
                 best_effort: false,
                 deduplication_id: "",
             };
-            let r = self.dispatcher.quota(cfg, &bag, &name, &args);
+            let r = self.dispatcher.quota(cfg, &bag, &name, &args).await;
             if r.status.code == code::RESOURCE_EXHAUSTED || (r.status.is_ok() && r.amount < amount)
             {
                 tracing::debug!(descriptor = index, quota = %name, asked = amount, granted = r.amount, "over limit");
@@ -277,7 +277,7 @@ impl RateLimitService for RateLimit {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        self.decide(request.get_ref()).map(Response::new)
+        self.decide(request.get_ref()).await.map(Response::new)
     }
 }
 
@@ -309,15 +309,15 @@ mod tests {
         }
     }
 
-    #[test]
-    fn bound_quotas_limit_the_descriptors_service() {
+    #[tokio::test]
+    async fn bound_quotas_limit_the_descriptors_service() {
         let r = RateLimit::new(test_dispatcher(TEST_POLICY));
         let limited = || request(vec![descriptor(&[("destination.service.name", "limited")])]);
         for i in 1..=5 {
-            let resp = r.decide(&limited()).unwrap();
+            let resp = r.decide(&limited()).await.unwrap();
             assert_eq!(resp.overall_code, Code::Ok as i32, "request {i}");
         }
-        let resp = r.decide(&limited()).unwrap();
+        let resp = r.decide(&limited()).await.unwrap();
         assert_eq!(resp.overall_code, Code::OverLimit as i32);
         assert_eq!(resp.statuses[0].code, Code::OverLimit as i32);
         let reset = resp.statuses[0].duration_until_reset.unwrap();
@@ -329,32 +329,36 @@ mod tests {
                 descriptor(&[("destination.service.name", "svc")]),
                 descriptor(&[("destination.service.name", "limited")]),
             ]))
+            .await
             .unwrap();
         assert_eq!(resp.overall_code, Code::OverLimit as i32);
         assert_eq!(resp.statuses[0].code, Code::Ok as i32);
         assert_eq!(resp.statuses[1].code, Code::OverLimit as i32);
     }
 
-    #[test]
-    fn the_quota_key_names_the_quota_and_hits_are_the_amount() {
+    #[tokio::test]
+    async fn the_quota_key_names_the_quota_and_hits_are_the_amount() {
         let r = RateLimit::new(test_dispatcher(TEST_POLICY));
         let mut req = request(vec![descriptor(&[
             ("quota", "requestcount"),
             ("destination.service.name", "limited"),
         ])]);
         req.hits_addend = 3;
-        assert_eq!(r.decide(&req).unwrap().overall_code, Code::Ok as i32);
+        assert_eq!(r.decide(&req).await.unwrap().overall_code, Code::Ok as i32);
         // 3 of 5 used: 3 more do not fit.
-        assert_eq!(r.decide(&req).unwrap().overall_code, Code::OverLimit as i32);
+        assert_eq!(
+            r.decide(&req).await.unwrap().overall_code,
+            Code::OverLimit as i32
+        );
         req.hits_addend = 2;
-        assert_eq!(r.decide(&req).unwrap().overall_code, Code::Ok as i32);
+        assert_eq!(r.decide(&req).await.unwrap().overall_code, Code::Ok as i32);
         // A quota no rule applies to limits nothing.
         let req = request(vec![descriptor(&[("quota", "nosuchquota")])]);
-        assert_eq!(r.decide(&req).unwrap().overall_code, Code::Ok as i32);
+        assert_eq!(r.decide(&req).await.unwrap().overall_code, Code::Ok as i32);
     }
 
-    #[test]
-    fn declared_ratelimit_attributes_become_quota_dimensions() {
+    #[tokio::test]
+    async fn declared_ratelimit_attributes_become_quota_dimensions() {
         let config = r#"
 apiVersion: config.istio.io/v1alpha2
 kind: attributemanifest
@@ -391,40 +395,40 @@ spec:
         let user = |name: &str| request(vec![descriptor(&[("quota", "peruser"), ("user", name)])]);
         for _ in 0..2 {
             assert_eq!(
-                r.decide(&user("ann")).unwrap().overall_code,
+                r.decide(&user("ann")).await.unwrap().overall_code,
                 Code::Ok as i32
             );
         }
         assert_eq!(
-            r.decide(&user("ann")).unwrap().overall_code,
+            r.decide(&user("ann")).await.unwrap().overall_code,
             Code::OverLimit as i32
         );
         // Each user has a quota of their own.
         assert_eq!(
-            r.decide(&user("bob")).unwrap().overall_code,
+            r.decide(&user("bob")).await.unwrap().overall_code,
             Code::Ok as i32
         );
     }
 
-    #[test]
-    fn without_config_nothing_is_limited() {
+    #[tokio::test]
+    async fn without_config_nothing_is_limited() {
         let r = RateLimit::new(test_dispatcher(""));
         let req = request(vec![descriptor(&[("generic_key", "x")])]);
         for _ in 0..10 {
-            assert_eq!(r.decide(&req).unwrap().overall_code, Code::Ok as i32);
+            assert_eq!(r.decide(&req).await.unwrap().overall_code, Code::Ok as i32);
         }
     }
 
-    #[test]
-    fn malformed_requests_name_the_field() {
+    #[tokio::test]
+    async fn malformed_requests_name_the_field() {
         let r = RateLimit::new(test_dispatcher(TEST_POLICY));
-        let e = r.decide(&request(vec![])).unwrap_err();
+        let e = r.decide(&request(vec![])).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert_eq!(
             e.message(),
             "RateLimitRequest.descriptors: at least one descriptor is required"
         );
-        let e = r.decide(&request(vec![descriptor(&[])])).unwrap_err();
+        let e = r.decide(&request(vec![descriptor(&[])])).await.unwrap_err();
         assert_eq!(
             e.message(),
             "RateLimitRequest.descriptors[0].entries: at least one entry is required"
@@ -434,6 +438,7 @@ spec:
                 descriptor(&[("a", "b")]),
                 descriptor(&[("destination.service.name", "x"), ("", "y")]),
             ]))
+            .await
             .unwrap_err();
         assert_eq!(
             e.message(),
@@ -444,6 +449,7 @@ spec:
                 "remote_address",
                 "not-an-ip",
             )])]))
+            .await
             .unwrap_err();
         assert_eq!(
             e.message(),
