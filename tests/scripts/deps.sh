@@ -18,6 +18,8 @@ command -v iptables-restore >/dev/null || missing+=(iptables) # pilot_intercept:
 servers=()
 command -v redis-server >/dev/null || servers+=(redis-server)
 command -v prometheus >/dev/null || servers+=(prometheus)
+# mixer_graph renders Mixer's topology page in headless Chromium.
+command -v chromium >/dev/null || servers+=(chromium)
 if [ "${#missing[@]}" -gt 0 ] || [ "${#servers[@]}" -gt 0 ]; then
     apt-get update -qq >&2
 fi
