@@ -16,8 +16,10 @@
 //!   call it makes.
 //! - `/health` answers 200; `/echo` (any method) describes the request as received.
 //!
-//! Calls are plain HTTP/1.1 to the host by its DNS name (no proxy settings), so a sidecar's
-//! iptables rules can capture them. SIGTERM or SIGINT stops it: no new connections, idle
+//! Calls are plain HTTP/1.1 to the host by its DNS name, so a sidecar's iptables rules can
+//! capture them; with `UPSTREAM_PROXY=HOST:PORT` they go to that HTTP proxy instead, in
+//! absolute form (`GET http://reviews:9080/reviews/0`), as to a sidecar's HTTP proxy port
+//! when nothing captures traffic. SIGTERM or SIGINT stops it: no new connections, idle
 //! keep-alive ones closed at once, requests in flight finished (within two seconds).
 
 use std::collections::BTreeMap;
@@ -42,7 +44,7 @@ use tokio::task::JoinSet;
 use crate::error::Error;
 
 /// The headers passed on from a request to the calls made for it, as bookinfo does.
-pub const PROPAGATED: [&str; 11] = [
+pub const PROPAGATED: [&str; 12] = [
     "end-user",
     "x-request-id",
     "x-b3-traceid",
@@ -50,6 +52,7 @@ pub const PROPAGATED: [&str; 11] = [
     "x-b3-parentspanid",
     "x-b3-sampled",
     "x-b3-flags",
+    "b3",
     "x-ot-span-context",
     "traceparent",
     "tracestate",
@@ -105,6 +108,8 @@ pub struct Config {
     pub ratings_url: String,
     /// The limit of each call to another service.
     pub timeout: Duration,
+    /// `HOST:PORT` of an HTTP proxy every call goes through (`UPSTREAM_PROXY`).
+    pub upstream_proxy: Option<String>,
 }
 
 impl Config {
@@ -152,6 +157,21 @@ impl Config {
             Ok(url)
         };
         let hostname = hostname(&lookup);
+        let upstream_proxy = match get("UPSTREAM_PROXY") {
+            None => None,
+            Some(text) => {
+                let text = text.trim().to_string();
+                let ok = text
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                if !ok {
+                    return Err(Error::Config(format!(
+                        "UPSTREAM_PROXY={text:?} is not HOST:PORT"
+                    )));
+                }
+                Some(text)
+            }
+        };
         Ok(Config {
             service,
             version,
@@ -162,6 +182,7 @@ impl Config {
             reviews_url: base("REVIEWS_URL", "http://reviews:9080")?,
             ratings_url: base("RATINGS_URL", "http://ratings:9080")?,
             timeout,
+            upstream_proxy,
         })
     }
 }
@@ -399,8 +420,8 @@ async fn productpage(config: &Config, me: Value, received: &[(String, String)]) 
     let details_url = format!("{}/details/0", config.details_url);
     let reviews_url = format!("{}/reviews/0", config.reviews_url);
     let (details, reviews) = tokio::join!(
-        part("details", &details_url, received, config.timeout),
-        part("reviews", &reviews_url, received, config.timeout),
+        part(config, "details", &details_url, received),
+        part(config, "reviews", &reviews_url, received),
     );
     with(
         me,
@@ -451,7 +472,7 @@ async fn reviews(config: &Config, me: Value, received: &[(String, String)], id: 
         None => None,
         Some(_) => {
             let url = format!("{}/ratings/{id}", config.ratings_url);
-            Some(part("ratings", &url, received, config.timeout).await)
+            Some(part(config, "ratings", &url, received).await)
         }
     };
     let list: Vec<Value> = texts
@@ -483,8 +504,9 @@ fn ratings(me: Value, id: u32) -> Value {
 
 /// One upstream's part of an answer: its JSON when it answered 2xx, else the error and the
 /// status it shows as.
-async fn part(name: &str, url: &str, headers: &[(String, String)], timeout: Duration) -> Value {
-    match get(url, headers, timeout).await {
+async fn part(config: &Config, name: &str, url: &str, headers: &[(String, String)]) -> Value {
+    let proxy = config.upstream_proxy.as_deref();
+    match get_via(url, proxy, headers, config.timeout).await {
         Ok(reply) => {
             let body = serde_json::from_slice::<Value>(&reply.body)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&reply.body).into()));
@@ -570,7 +592,26 @@ pub async fn get(
     headers: &[(String, String)],
     timeout: Duration,
 ) -> Result<Reply, Error> {
-    let (host, port, authority, target) = parse_url(url)?;
+    get_via(url, None, headers, timeout).await
+}
+
+/// [`get`] through the HTTP proxy `proxy` (`HOST:PORT`) when given: the connection goes
+/// there and the request names the whole URL.
+pub async fn get_via(
+    url: &str,
+    proxy: Option<&str>,
+    headers: &[(String, String)],
+    timeout: Duration,
+) -> Result<Reply, Error> {
+    let (mut host, mut port, authority, mut target) = parse_url(url)?;
+    if let Some((proxy_host, proxy_port)) = proxy.and_then(|p| p.rsplit_once(':')) {
+        target = format!("http://{authority}{target}");
+        host = proxy_host.trim_matches(['[', ']']).to_string();
+        port = proxy_port.parse().map_err(|_| Error::Url {
+            url: url.into(),
+            message: format!("proxy {proxy_host}:{proxy_port}: bad port"),
+        })?;
+    }
     let call = async {
         let fail = |message: String, status: u16| Error::Call {
             url: url.into(),
@@ -683,7 +724,67 @@ mod tests {
             reviews_url: "http://127.0.0.1:1".into(),
             ratings_url: "http://127.0.0.1:1".into(),
             timeout: Duration::from_secs(3),
+            upstream_proxy: None,
         }
+    }
+
+    #[tokio::test]
+    async fn calls_go_through_the_upstream_proxy_in_absolute_form_with_b3() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // The "proxy" records the request head and answers as ratings would.
+        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_addr = proxy.local_addr().unwrap();
+        let head = tokio::spawn(async move {
+            let (mut stream, _) = proxy.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "closed early");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body = r#"{"ratings": {"Reviewer1": 3, "Reviewer2": 2}}"#;
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(resp.as_bytes()).await.unwrap();
+            String::from_utf8(buf).unwrap()
+        });
+        let mut reviews = config(Service::Reviews, "v2");
+        reviews.ratings_url = "http://ratings.invalid:9080".into();
+        reviews.upstream_proxy = Some(proxy_addr.to_string());
+        let reviews = start(reviews).await;
+        let b3 = (
+            "b3".to_string(),
+            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1".to_string(),
+        );
+        let v = json(
+            &get(&format!("{reviews}/reviews/0"), &[b3], SECOND)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(v["reviews"][0]["rating"]["stars"], 3, "{v}");
+        let head = head.await.unwrap().to_ascii_lowercase();
+        assert!(
+            head.starts_with("get http://ratings.invalid:9080/ratings/0 http/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("\r\nhost: ratings.invalid:9080\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("\r\nb3: 80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1\r\n"),
+            "{head}"
+        );
+        let bad = Config::from_lookup(|k| {
+            (k == "SERVICE_NAME")
+                .then(|| "ratings".to_string())
+                .or_else(|| (k == "UPSTREAM_PROXY").then(|| "no-port".to_string()))
+        })
+        .unwrap_err();
+        assert!(bad.to_string().contains("UPSTREAM_PROXY"), "{bad}");
     }
 
     /// Serves `config` on a loopback port; the task stops when the test's runtime ends.
