@@ -41,5 +41,6 @@ fi
 (cd "$ROOT" && rustup show active-toolchain >/dev/null 2>&1) || (cd "$ROOT" && rustup toolchain install)
 
 bash "$ROOT/tests/scripts/install-envoy.sh" >/dev/null
-# Zipkin's server (Maven Central) for the tracing test.
-bash "$ROOT/tests/scripts/install-zipkin.sh" >/dev/null
+# Zipkin's server (Maven Central) for the tracing test, which says it skips when this failed.
+bash "$ROOT/tests/scripts/install-zipkin.sh" >/dev/null ||
+    log "WARNING: Zipkin could not be installed; pilot_traffic_tracing will skip"

@@ -139,9 +139,9 @@ fn rank_all(clusters: Vec<(Cluster, u8)>) -> Vec<Ranked> {
 
 /// The clusters of `proxy` that proxies of one namespace and Sidecar scope share: outbound
 /// ones for every visible service port and subset, `InboundPassthroughClusterIpv4` when its
-/// traffic is captured, the black hole, the passthrough and Mixer's. They read the proxy's
-/// node type, namespace, Sidecar resource, traffic capture and certificate files (ISTIO_MUTUAL
-/// upstream TLS), never its labels or instances.
+/// traffic is captured, the black hole, the passthrough, Mixer's and the tracing collector's
+/// (`zipkin`). They read the proxy's node type, namespace, Sidecar resource, traffic capture
+/// and certificate files (ISTIO_MUTUAL upstream TLS), never its labels or instances.
 pub fn outbound_clusters(ctx: &PushContext, proxy: &Proxy) -> Vec<Ranked> {
     let mut out = Vec::new();
     for svc in ctx.services_for_proxy(proxy) {
