@@ -9,8 +9,9 @@
 //!   decision (`x-b3-sampled`, `x-client-trace-id`) wins, as Envoy lets it.
 //! - Spans carry Envoy's own tags (`node_id`, `upstream_cluster`, `http.url` up to
 //!   `maxPathTagLength`, ...), Istio's `istio.namespace` and `istio.mesh_id` everywhere,
-//!   `istio.canonical_service` and `istio.canonical_revision` on inbound and gateway spans (an
-//!   outbound listener is shared by the workloads of a namespace, so it cannot name one), and
+//!   `istio.canonical_service` and `istio.canonical_revision` on inbound and gateway spans
+//!   (from the workload's labels; an outbound listener is shared by the workloads of a
+//!   namespace, so it cannot name one), and
 //!   `customTags` (literal, proxy environment variable, request header).
 //! - Whether a span is the server or the client side follows the listener's traffic
 //!   direction: sidecars' outbound listeners are `OUTBOUND` (client spans), inbound ones
@@ -115,11 +116,10 @@ fn custom_tags(ctx: &PushContext, proxy: &Proxy, side: Side, t: &Tracing) -> Vec
         literal("istio.mesh_id", &ctx.mesh.trust_domain),
         literal("istio.namespace", &proxy.namespace),
     ];
-    if side != Side::Outbound {
-        out.push(literal(
-            "istio.canonical_service",
-            &canonical_service(proxy),
-        ));
+    if side != Side::Outbound
+        && let Some(service) = canonical_service(proxy)
+    {
+        out.push(literal("istio.canonical_service", &service));
         out.push(literal(
             "istio.canonical_revision",
             &canonical_revision(proxy),
@@ -155,24 +155,31 @@ fn custom_tags(ctx: &PushContext, proxy: &Proxy, side: Side, t: &Tracing) -> Vec
 }
 
 /// Istio's canonical service of a workload: its `service.istio.io/canonical-name` label,
-/// else `app.kubernetes.io/name`, else `app`, else the pod name without its last part.
-pub fn canonical_service(proxy: &Proxy) -> String {
+/// else `app.kubernetes.io/name`, else `app`; for a gateway, else its pod name without the
+/// last part. A sidecar without such a label has none: its inbound listeners are shared by
+/// the proxies with its labels and instances, whatever their pod names.
+pub fn canonical_service(proxy: &Proxy) -> Option<String> {
     for label in [
         "service.istio.io/canonical-name",
         "app.kubernetes.io/name",
         "app",
     ] {
         if let Some(v) = proxy.labels.get(label).filter(|v| !v.is_empty()) {
-            return v.clone();
+            return Some(v.clone());
         }
+    }
+    if proxy.node_type != crate::model::NodeType::Router {
+        return None;
     }
     let pod = proxy
         .id
         .rsplit_once('.')
         .map_or(proxy.id.as_str(), |(pod, _)| pod);
-    pod.rsplit_once('-')
-        .map_or(pod, |(workload, _)| workload)
-        .to_string()
+    Some(
+        pod.rsplit_once('-')
+            .map_or(pod, |(workload, _)| workload)
+            .to_string(),
+    )
 }
 
 /// Istio's canonical revision: `service.istio.io/canonical-revision`, else
@@ -380,6 +387,17 @@ spec:
         let proxy = mk_sidecar("default", "127.0.0.9").build();
         let t = hcm_tracing(&ctx, &proxy, Side::Outbound).unwrap();
         assert_eq!(t.random_sampling.unwrap().value, 1.0);
+        // A sidecar without an app label names no canonical service, even inbound.
+        let inbound: Vec<_> = hcms(&ctx, &proxy)
+            .into_iter()
+            .filter(|(name, _, _)| name == "127.0.0.9_9080")
+            .collect();
+        assert!(!inbound.is_empty());
+        for (_, _, hcm) in inbound {
+            let tags = tags(hcm.tracing.as_ref().unwrap());
+            assert!(!tags.contains_key("istio.canonical_service"), "{tags:?}");
+            assert_eq!(tags["istio.namespace"], "default");
+        }
 
         // Off: no tracing anywhere, no collector cluster.
         let ctx = self::ctx("enableTracing: false\n");
