@@ -206,16 +206,7 @@ impl MemQuota {
             state: Mutex::new(State::default()),
         })
     }
-}
 
-impl Handler for MemQuota {
-    /// Allocated in memory: the future is ready when returned.
-    fn quota(&self, instance: &InstanceValues<'_>, args: &QuotaArgs<'_>) -> QuotaFuture<'_> {
-        QuotaFuture::ready(self.allocate(instance, args))
-    }
-}
-
-impl MemQuota {
     /// Allocates `args` for `instance`, now.
     pub fn allocate(&self, instance: &InstanceValues<'_>, args: &QuotaArgs<'_>) -> QuotaResult {
         // The instance's dimensions, as text, in name order.
@@ -316,6 +307,13 @@ impl MemQuota {
             amount,
             valid_duration: valid,
         }
+    }
+}
+
+impl Handler for MemQuota {
+    /// Allocated in memory: the future is ready when returned.
+    fn quota(&self, instance: &InstanceValues<'_>, args: &QuotaArgs<'_>) -> QuotaFuture<'_> {
+        QuotaFuture::ready(self.allocate(instance, args))
     }
 }
 
