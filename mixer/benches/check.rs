@@ -30,6 +30,10 @@ use mixer::adapter::AdapterEnv;
 use mixer::config::{CompileOptions, Compiler};
 use mixer::dispatch::{Dispatcher, Metrics};
 
+mod common;
+
+use common::{Load, closed_loop, warm_up};
+
 // The same allocator as the mixer binary.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -171,21 +175,32 @@ enum Api {
     MixerV1,
 }
 
-/// A client of each API, on one connection.
-type Clients = (
-    AuthorizationClient<tonic::transport::Channel>,
-    mixer_v1::mixer_client::MixerClient<tonic::transport::Channel>,
-);
+/// A client of each API, on one connection, and the API the checks go through.
+#[derive(Clone)]
+struct Clients {
+    api: Api,
+    authz: AuthorizationClient<tonic::transport::Channel>,
+    v1: mixer_v1::mixer_client::MixerClient<tonic::transport::Channel>,
+}
 
-/// Sends check `i` through `api`.
-async fn send(api: Api, (authz, v1): &mut Clients, i: usize) {
-    match api {
-        Api::ExtAuthz => {
-            authz.check(check_request(i)).await.unwrap();
+impl Load for Clients {
+    /// Sends check `i` through the API.
+    async fn send(&mut self, i: usize) -> Result<(), String> {
+        match self.api {
+            Api::ExtAuthz => {
+                self.authz
+                    .check(check_request(i))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Api::MixerV1 => {
+                self.v1
+                    .check(v1_check_request(i))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
         }
-        Api::MixerV1 => {
-            v1.check(v1_check_request(i)).await.unwrap();
-        }
+        Ok(())
     }
 }
 
@@ -210,44 +225,24 @@ async fn bench_checks(secs: u64, api: Api) -> (f64, f64) {
             .connect()
             .await
             .unwrap();
-        clients.push((
-            AuthorizationClient::new(channel.clone()),
-            mixer_v1::mixer_client::MixerClient::new(channel),
-        ));
+        clients.push(Clients {
+            api,
+            authz: AuthorizationClient::new(channel.clone()),
+            v1: mixer_v1::mixer_client::MixerClient::new(channel),
+        });
     }
-    // Warm up.
-    let mut warm = clients[0].clone();
-    for i in 0..1000 {
-        send(api, &mut warm, i).await;
-    }
-    let end = Instant::now() + Duration::from_secs(secs);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for (c, client) in clients.iter().enumerate() {
-        for t in 0..per_connection {
-            let mut client = client.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut i = c * 1000 + t;
-                while Instant::now() < end {
-                    let t0 = Instant::now();
-                    send(api, &mut client, i).await;
-                    latencies.push(t0.elapsed().as_micros() as u32);
-                    i += 17;
-                }
-                latencies
-            }));
-        }
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    let elapsed = start.elapsed().as_secs_f64();
+    warm_up(&mut clients[0].clone(), 1000).await.unwrap();
+    let run = closed_loop(
+        &clients,
+        per_connection,
+        Duration::from_secs(secs),
+        |c, t| c * 1000 + t,
+        17,
+    )
+    .await
+    .unwrap();
     shutdown.cancel();
-    all.sort_unstable();
-    let p99 = all[(all.len() * 99 / 100).min(all.len() - 1)] as f64;
-    (all.len() as f64 / elapsed, p99)
+    (run.rps, run.p99_us)
 }
 
 fn socket(ip: &str, port: u32) -> Option<Address> {

@@ -6,18 +6,22 @@
 //! - Redis: a `redis-server` of its own on a free loopback port (no persistence), stopped at
 //!   the end.
 //! - theirs: the `RATELIMIT_BIN` binary with a file config (`RUNTIME_ROOT`), Redis over TCP,
-//!   no statsd, gRPC on a free loopback port; a process of its own.
+//!   no statsd, gRPC on a free loopback port; a process of its own (its defaults otherwise:
+//!   a pool of connections, no pipelining).
 //! - ours: Mixer's gRPC server on a tokio runtime of its own (2 threads) in this process, with
 //!   the `requestcount` quota (dimension `user: ratelimit.user`) kept by a `memquota` handler
-//!   or by a `redisquota` handler (fixed window) on the same Redis.
+//!   or by a `redisquota` handler (fixed window, `connectionPoolSize: 4` multiplexed
+//!   connections) on the same Redis.
 //!
 //! The same limit everywhere: 1,000,000 per second per user, which no user reaches (every
 //! answer is OK; checked), so the figures are the cost of counting. Each request is one
-//! descriptor `(quota=requestcount, user=user<i % 100>)` of domain `bench`. Closed loop:
-//! `COMPARE_CONCURRENCY` requests in flight (default 16) over 4 connections, for
-//! `COMPARE_SECS` (default 5) each. Writes `$BENCH_OUT` (default
-//! `target/bench/compare_ratelimit.json`): per figure `{"ours", "theirs", "ratio", "unit"}`,
-//! ratio = theirs / ours as in `tests/scripts/bench-compare.sh`. When it cannot measure
+//! descriptor `(quota=requestcount, user=user<i % 100>)` of domain `bench`. Closed loop
+//! (`common::closed_loop`): `COMPARE_CONCURRENCY` requests in flight (default 16) over 4
+//! connections, for `COMPARE_SECS` (default 5) each. Writes `$BENCH_OUT` (default
+//! `target/bench/compare_ratelimit.json`): per figure `{"ours", "theirs", "speedup", "unit"}`
+//! where `speedup` is above 1 when ours is better: ours / theirs for throughput (`_rps`),
+//! theirs / ours for latency (`_p50_us`, `_p99_us`). (Not the `ratio` = theirs / ours of
+//! the other comparisons, which reads backwards for throughput.) When it cannot measure
 //! (no `RATELIMIT_BIN`, no `redis-server`, a service that does not answer) it writes
 //! `{"compare_ratelimit": {"skipped": reason}}` instead.
 
@@ -37,6 +41,10 @@ use mixer::adapter::AdapterEnv;
 use mixer::config::{CompileOptions, Compiler};
 use mixer::dispatch::{Dispatcher, Metrics};
 use tonic::transport::Channel;
+
+mod common;
+
+use common::{Load, Run, closed_loop, warm_up};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -197,7 +205,6 @@ fn start_mixer(yaml: &str) -> (u16, mesh_runtime::Shutdown, std::thread::JoinHan
     let yaml_objects = objects;
     let thread = std::thread::spawn(move || {
         runtime.block_on(async move {
-            // Handlers start their tasks (redisquota's connection thread) inside the runtime.
             let env = AdapterEnv {
                 prometheus: Default::default(),
                 start_tasks: true,
@@ -237,81 +244,64 @@ fn request(i: usize) -> RateLimitRequest {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Run {
-    rps: f64,
-    p50_us: f64,
-    p99_us: f64,
+/// A ShouldRateLimit client sending the run's requests (`i` modulo their number); an answer
+/// other than OK ends the run.
+#[derive(Clone)]
+struct Limits {
+    client: RateLimitServiceClient<Channel>,
+    requests: Arc<Vec<RateLimitRequest>>,
+}
+
+impl Load for Limits {
+    async fn send(&mut self, i: usize) -> Result<(), String> {
+        let req = self.requests[i % self.requests.len()].clone();
+        let r = self
+            .client
+            .should_rate_limit(req)
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.get_ref().overall_code != Code::Ok as i32 {
+            return Err(format!("answer not OK: {:?}", r.get_ref()));
+        }
+        Ok(())
+    }
 }
 
 /// Drives the service on `port`; Err when it does not answer, or answers OVER_LIMIT.
 async fn drive(port: u16, secs: u64, concurrency: usize) -> Result<Run, String> {
-    let mut clients: Vec<RateLimitServiceClient<Channel>> = Vec::new();
+    let requests: Arc<Vec<RateLimitRequest>> = Arc::new((0..1000).map(request).collect());
+    let mut clients: Vec<Limits> = Vec::new();
     for _ in 0..4 {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
             .unwrap()
             .connect()
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        clients.push(RateLimitServiceClient::new(channel));
+        clients.push(Limits {
+            client: RateLimitServiceClient::new(channel),
+            requests: requests.clone(),
+        });
     }
     // Ready when the first answer comes (the peer loads its config after listening).
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut first = clients[0].clone();
     loop {
-        match clients[0].should_rate_limit(request(0)).await {
-            Ok(r) if r.get_ref().overall_code == Code::Ok as i32 => break,
-            Ok(r) if Instant::now() > deadline => return Err(format!("answers {:?}", r.get_ref())),
+        match first.send(0).await {
+            Ok(()) => break,
             Err(e) if Instant::now() > deadline => return Err(format!("ShouldRateLimit: {e}")),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    let mut warm = clients[0].clone();
-    for i in 0..1000 {
-        warm.should_rate_limit(request(i))
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    let requests: Arc<Vec<RateLimitRequest>> = Arc::new((0..1000).map(request).collect());
+    warm_up(&mut first, 1000).await?;
     let per_connection = concurrency.div_ceil(clients.len()).max(1);
-    let start = Instant::now();
-    let end = start + Duration::from_secs(secs);
-    let mut tasks = Vec::new();
-    for (c, client) in clients.iter().enumerate() {
-        for t in 0..per_connection {
-            let mut client = client.clone();
-            let requests = requests.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut latencies: Vec<u32> = Vec::new();
-                let mut i = c * 37 + t * 7;
-                while Instant::now() < end {
-                    let req = requests[i % requests.len()].clone();
-                    let t0 = Instant::now();
-                    let r = client
-                        .should_rate_limit(req)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    latencies.push(t0.elapsed().as_micros() as u32);
-                    if r.get_ref().overall_code != Code::Ok as i32 {
-                        return Err(format!("answer not OK: {:?}", r.get_ref()));
-                    }
-                    i += 1;
-                }
-                Ok::<_, String>(latencies)
-            }));
-        }
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap()?);
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    all.sort_unstable();
-    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)] as f64;
-    Ok(Run {
-        rps: all.len() as f64 / elapsed,
-        p50_us: at(0.5),
-        p99_us: at(0.99),
-    })
+    closed_loop(
+        &clients,
+        per_connection,
+        Duration::from_secs(secs),
+        |c, t| c * 37 + t * 7,
+        1,
+    )
+    .await
 }
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -321,11 +311,26 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn figure(ours: f64, theirs: f64, unit: &str) -> serde_json::Value {
+/// Which way a figure is better.
+#[derive(Debug, Clone, Copy)]
+enum Better {
+    /// Throughput: more is better.
+    Higher,
+    /// Latency, memory: less is better.
+    Lower,
+}
+
+/// A figure: ours, theirs and `speedup`, above 1 when ours is better (ours / theirs for
+/// throughput, theirs / ours for latency and memory).
+fn figure(ours: f64, theirs: f64, unit: &str, better: Better) -> serde_json::Value {
+    let speedup = match better {
+        Better::Higher => ours / theirs,
+        Better::Lower => theirs / ours,
+    };
     serde_json::json!({
         "ours": ours.round(),
         "theirs": theirs.round(),
-        "ratio": (theirs / ours * 100.0).round() / 100.0,
+        "speedup": (speedup * 100.0).round() / 100.0,
         "unit": unit,
     })
 }
@@ -381,15 +386,15 @@ fn main() {
     for (name, r) in &ours {
         report.insert(
             format!("compare_ratelimit_{name}_rps"),
-            figure(r.rps, theirs.rps, "requests/s"),
+            figure(r.rps, theirs.rps, "requests/s", Better::Higher),
         );
         report.insert(
             format!("compare_ratelimit_{name}_p99_us"),
-            figure(r.p99_us, theirs.p99_us, "µs"),
+            figure(r.p99_us, theirs.p99_us, "µs", Better::Lower),
         );
         report.insert(
             format!("compare_ratelimit_{name}_p50_us"),
-            figure(r.p50_us, theirs.p50_us, "µs"),
+            figure(r.p50_us, theirs.p50_us, "µs", Better::Lower),
         );
     }
     write(&serde_json::Value::Object(report));

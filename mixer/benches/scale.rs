@@ -37,6 +37,10 @@ use mixer::config::{CompileOptions, Compiler};
 use mixer::dispatch::{Dispatcher, Metrics};
 use mixer::server::ext_authz::ExtAuthz;
 
+mod common;
+
+use common::{Load, closed_loop, warm_up};
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -296,6 +300,9 @@ async fn measure(rules: usize, attributes: usize, secs: u64, concurrency: usize)
     let shutdown = mesh_runtime::Shutdown::new();
     let server = tokio::spawn(mixer::server::serve(listener, d, shutdown.clone()));
     let connections = 4;
+    // The requests are made before the clock starts: the figure is Mixer's, not prost's.
+    let requests: Arc<Vec<CheckRequest>> =
+        Arc::new((0..2000).map(|i| request(i, rules, attributes)).collect());
     let mut clients = Vec::new();
     for _ in 0..connections {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -303,51 +310,44 @@ async fn measure(rules: usize, attributes: usize, secs: u64, concurrency: usize)
             .connect()
             .await
             .unwrap();
-        clients.push(AuthorizationClient::new(channel));
+        clients.push(Checks {
+            client: AuthorizationClient::new(channel),
+            requests: requests.clone(),
+        });
     }
-    // The requests are made before the clock starts: the figure is Mixer's, not prost's.
-    let requests: Arc<Vec<CheckRequest>> =
-        Arc::new((0..2000).map(|i| request(i, rules, attributes)).collect());
-    let mut warm = clients[0].clone();
-    for r in requests.iter().take(500) {
-        warm.check(r.clone()).await.unwrap();
-    }
+    warm_up(&mut clients[0].clone(), 500).await.unwrap();
     let per_connection = concurrency.div_ceil(connections).max(1);
-    let start = Instant::now();
-    let end = start + Duration::from_secs(secs);
-    let mut tasks = Vec::new();
-    for (c, client) in clients.iter().enumerate() {
-        for t in 0..per_connection {
-            let mut client = client.clone();
-            let requests = requests.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut latencies: Vec<u32> = Vec::new();
-                let mut i = c * 131 + t * 17;
-                while Instant::now() < end {
-                    let req = requests[i % requests.len()].clone();
-                    let t0 = Instant::now();
-                    client.check(req).await.unwrap();
-                    latencies.push(t0.elapsed().as_micros() as u32);
-                    i += 1;
-                }
-                latencies
-            }));
-        }
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    let elapsed = start.elapsed().as_secs_f64();
+    let run = closed_loop(
+        &clients,
+        per_connection,
+        Duration::from_secs(secs),
+        |c, t| c * 131 + t * 17,
+        1,
+    )
+    .await
+    .unwrap();
     shutdown.cancel();
     let _ = server.await;
-    all.sort_unstable();
-    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)] as f64;
     Point {
-        rps: all.len() as f64 / elapsed,
-        p50_us: at(0.50),
-        p99_us: at(0.99),
+        rps: run.rps,
+        p50_us: run.p50_us,
+        p99_us: run.p99_us,
         decide_us,
+    }
+}
+
+/// An ext_authz client sending the run's requests (`i` modulo their number).
+#[derive(Clone)]
+struct Checks {
+    client: AuthorizationClient<tonic::transport::Channel>,
+    requests: Arc<Vec<CheckRequest>>,
+}
+
+impl Load for Checks {
+    async fn send(&mut self, i: usize) -> Result<(), String> {
+        let req = self.requests[i % self.requests.len()].clone();
+        self.client.check(req).await.map_err(|e| e.to_string())?;
+        Ok(())
     }
 }
 

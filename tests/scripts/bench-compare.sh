@@ -140,7 +140,8 @@ fi
 
 # === Mixer's rate limit service (memquota, redisquota) against envoyproxy/ratelimit, the same
 # ShouldRateLimit client and descriptors, one redis-server of the bench's own on a free
-# loopback port (mixer/benches/compare_ratelimit.rs) ===
+# loopback port (mixer/benches/compare_ratelimit.rs). Its figures carry "speedup" instead of
+# "ratio": above 1 when ours is better (ours / theirs for rps, theirs / ours for latency) ===
 if section ratelimit; then
 	if ! command -v redis-server >/dev/null; then
 		skipped ratelimit "redis-server is not installed (make deps, or apt-get install redis-server)"
