@@ -10,8 +10,8 @@
 //!   a pool of connections, no pipelining).
 //! - ours: Mixer's gRPC server on a tokio runtime of its own (2 threads) in this process, with
 //!   the `requestcount` quota (dimension `user: ratelimit.user`) kept by a `memquota` handler
-//!   or by a `redisquota` handler (fixed window, `connectionPoolSize: 4` multiplexed
-//!   connections) on the same Redis.
+//!   or by a `redisquota` handler (fixed window, `connectionPoolSize` multiplexed
+//!   connections: `COMPARE_REDIS_POOL`, default 4) on the same Redis.
 //!
 //! The same limit everywhere: 1,000,000 per second per user, which no user reaches (every
 //! answer is OK; checked), so the figures are the cost of counting. Each request is one
@@ -134,13 +134,13 @@ fn start_ratelimit(bin: &Path, redis_port: u16, dir: &Path) -> Result<(Proc, u16
 }
 
 /// Mixer's config: the quota instance, its handler and the rule sending it there.
-fn mixer_config(redis_port: Option<u16>) -> String {
+fn mixer_config(redis_port: Option<u16>, pool: u64) -> String {
     let handler = match redis_port {
         None => format!(
             "kind: memquota\nmetadata:\n  name: handler\n  namespace: istio-system\nspec:\n  quotas:\n  - name: requestcount.quota.istio-system\n    maxAmount: {LIMIT}\n    validDuration: 1s\n"
         ),
         Some(port) => format!(
-            "kind: redisquota\nmetadata:\n  name: handler\n  namespace: istio-system\nspec:\n  redisServerUrl: 127.0.0.1:{port}\n  connectionPoolSize: 4\n  quotas:\n  - name: requestcount.quota.istio-system\n    maxAmount: {LIMIT}\n    validDuration: 1s\n    rateLimitAlgorithm: FIXED_WINDOW\n"
+            "kind: redisquota\nmetadata:\n  name: handler\n  namespace: istio-system\nspec:\n  redisServerUrl: 127.0.0.1:{port}\n  connectionPoolSize: {pool}\n  quotas:\n  - name: requestcount.quota.istio-system\n    maxAmount: {LIMIT}\n    validDuration: 1s\n    rateLimitAlgorithm: FIXED_WINDOW\n"
         ),
     };
     let adapter = if redis_port.is_some() {
@@ -341,6 +341,7 @@ fn main() {
     };
     let secs = env_or("COMPARE_SECS", 5);
     let concurrency = env_or("COMPARE_CONCURRENCY", 16) as usize;
+    let pool = env_or("COMPARE_REDIS_POOL", 4);
     let (redis, redis_port) = match start_redis() {
         Ok(r) => r,
         Err(e) => return skip(&e),
@@ -368,7 +369,7 @@ fn main() {
 
     let mut ours = BTreeMap::new();
     for (name, redis) in [("memquota", None), ("redisquota", Some(redis_port))] {
-        let (port, stop, thread) = start_mixer(&mixer_config(redis));
+        let (port, stop, thread) = start_mixer(&mixer_config(redis, pool));
         let r = client.block_on(drive(port, secs, concurrency));
         stop.cancel();
         let _ = thread.join();
