@@ -29,7 +29,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use super::generate::cds::Ranked;
 use super::generate::mtls::CertFiles;
@@ -60,19 +60,26 @@ type Part = Arc<Vec<Ranked>>;
 /// by shared key; the own parts of CDS and LDS by own key; EDS by cluster name then proxy
 /// locality. A cluster whose assignment does not depend on the locality has it generated
 /// once, under `None`, and shared by every locality's entry.
+///
+/// Each entry is a slot filled once: the first proxy to need it generates it, and proxies of
+/// the same scope asking meanwhile wait for that one instead of generating it again (after a
+/// config change every connection asks at once, a hundred of them at a time).
 #[derive(Debug, Default, Clone)]
 struct Cache {
-    cds: HashMap<Arc<str>, Part>,
-    own_cds: HashMap<Arc<str>, Part>,
-    lds: HashMap<Arc<str>, Part>,
-    own_lds: HashMap<Arc<str>, Part>,
-    rds: HashMap<String, HashMap<Arc<str>, Shared>>,
+    cds: HashMap<Arc<str>, Slot<Part>>,
+    own_cds: HashMap<Arc<str>, Slot<Part>>,
+    lds: HashMap<Arc<str>, Slot<Part>>,
+    own_lds: HashMap<Arc<str>, Slot<Part>>,
+    rds: HashMap<String, HashMap<Arc<str>, Slot<Shared>>>,
     /// Every SDS secret a scope may ask for (they depend on its certificate files only).
-    sds: HashMap<Arc<str>, Shared>,
-    eds: HashMap<String, HashMap<Locality, Shared>>,
+    sds: HashMap<Arc<str>, Slot<Shared>>,
+    eds: HashMap<String, HashMap<Locality, Slot<Shared>>>,
     /// The proxy localities seen in this generation.
     localities: HashSet<Arc<str>>,
 }
+
+/// A cache entry, generated once by whoever comes first.
+type Slot<T> = Arc<OnceLock<T>>;
 
 /// What a proxy's config depends on besides the push context (see the module's doc): the
 /// shared key of its outbound CDS and LDS, RDS and SDS; the own key of the rest of its CDS
@@ -241,25 +248,21 @@ impl Generation {
         Some(match type_url {
             CLUSTER => cds::merge(
                 &self.cached(
-                    |c| c.cds.get(shared).cloned(),
-                    |c, made| c.cds.entry(shared.clone()).or_insert(made).clone(),
+                    |c| slot(&mut c.cds, shared),
                     || Arc::new(cds::outbound_clusters(ctx, proxy)),
                 ),
                 &self.cached(
-                    |c| c.own_cds.get(own).cloned(),
-                    |c, made| c.own_cds.entry(own.clone()).or_insert(made).clone(),
+                    |c| slot(&mut c.own_cds, own),
                     || Arc::new(cds::own_clusters(ctx, proxy)),
                 ),
             ),
             LISTENER => cds::merge(
                 &self.cached(
-                    |c| c.lds.get(shared).cloned(),
-                    |c, made| c.lds.entry(shared.clone()).or_insert(made).clone(),
+                    |c| slot(&mut c.lds, shared),
                     || Arc::new(lds::outbound_listeners(ctx, proxy)),
                 ),
                 &self.cached(
-                    |c| c.own_lds.get(own).cloned(),
-                    |c, made| c.own_lds.entry(own.clone()).or_insert(made).clone(),
+                    |c| slot(&mut c.own_lds, own),
                     || Arc::new(lds::own_listeners(ctx, proxy)),
                 ),
             ),
@@ -267,15 +270,9 @@ impl Generation {
                 let mut out = Vec::new();
                 for name in names {
                     let one = self.cached(
-                        |c| {
-                            c.rds
-                                .get(name)
-                                .and_then(|by_scope| by_scope.get(shared))
-                                .cloned()
-                        },
-                        |c, made| {
-                            let by_scope = c.rds.entry(name.clone()).or_default();
-                            by_scope.entry(shared.clone()).or_insert(made).clone()
+                        |c| match c.rds.get_mut(name) {
+                            Some(by_scope) => slot(by_scope, shared),
+                            None => slot(c.rds.entry(name.clone()).or_default(), shared),
                         },
                         || Arc::new(rds::routes(ctx, proxy, &BTreeSet::from([name.clone()]))),
                     );
@@ -285,8 +282,7 @@ impl Generation {
             }
             SECRET => self
                 .cached(
-                    |c| c.sds.get(shared).cloned(),
-                    |c, made| c.sds.entry(shared.clone()).or_insert(made).clone(),
+                    |c| slot(&mut c.sds, shared),
                     || Arc::new(mtls::secrets(proxy)),
                 )
                 .iter()
@@ -309,8 +305,7 @@ impl Generation {
     fn endpoints(&self, cluster: &str, locality: &Locality) -> Shared {
         let ctx = &self.ctx;
         self.cached(
-            |c| c.eds.get(cluster).and_then(|by| by.get(locality)).cloned(),
-            |c, made| eds_entry(c, cluster, locality, made),
+            |c| eds_slot(c, cluster, locality),
             || match locality {
                 Some(_) if !eds::depends_on_locality(ctx, cluster) => {
                     self.endpoints(cluster, &None)
@@ -324,30 +319,40 @@ impl Generation {
         )
     }
 
-    /// What `get` finds in the cache, or else what `make` generates, stored by `put`.
-    /// Generated outside the lock: two proxies racing on one key both generate, one wins.
-    fn cached<T>(
+    /// The entry `slot` picks (adding it if new), generated by `make` unless it already was.
+    /// Generated outside the cache's lock; a proxy that finds the entry being generated by
+    /// another waits for it (generation is synchronous, so the one generating is running and
+    /// never waits on the waiters: it can only ask for other entries).
+    fn cached<T: Clone>(
         &self,
-        get: impl FnOnce(&Cache) -> Option<T>,
-        put: impl FnOnce(&mut Cache, T) -> T,
+        slot: impl FnOnce(&mut Cache) -> Slot<T>,
         make: impl FnOnce() -> T,
     ) -> T {
-        if let Some(hit) = get(&self.lock()) {
-            return hit;
-        }
-        let made = make();
-        put(&mut self.lock(), made)
+        let slot = slot(&mut self.lock());
+        slot.get_or_init(make).clone()
     }
 }
 
-/// Stores `made` as the assignment of `cluster` for `locality`, unless another proxy did
-/// first; the cluster's name is copied only for its first entry.
-fn eds_entry(cache: &mut Cache, cluster: &str, locality: &Locality, made: Shared) -> Shared {
+/// The slot of `key` in `map`, added if new (the key is copied only then).
+fn slot<K, Q, T>(map: &mut HashMap<K, Slot<T>>, key: &Q) -> Slot<T>
+where
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq + for<'a> From<&'a Q>,
+    Q: std::hash::Hash + Eq + ?Sized,
+{
+    if let Some(s) = map.get(key) {
+        return s.clone();
+    }
+    map.entry(K::from(key)).or_default().clone()
+}
+
+/// The slot of the assignment of `cluster` for `locality`; the cluster's name is copied only
+/// for its first entry.
+fn eds_slot(cache: &mut Cache, cluster: &str, locality: &Locality) -> Slot<Shared> {
     let by_locality = match cache.eds.get_mut(cluster) {
         Some(by) => by,
         None => cache.eds.entry(cluster.to_string()).or_default(),
     };
-    by_locality.entry(locality.clone()).or_insert(made).clone()
+    by_locality.entry(locality.clone()).or_default().clone()
 }
 
 /// Appends a free-form scope value as `LEN:VALUE|`.

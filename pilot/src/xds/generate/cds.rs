@@ -85,7 +85,9 @@ pub struct Ranked {
 }
 
 /// `resources` in the order a proxy gets them, sorted by name, the lowest rank of each
-/// name kept (of equal ranks, the first).
+/// name kept (of equal ranks, the first). Cached for the whole generation, so it is sized to
+/// what it holds: a list collected from the generated messages reuses their buffer (Rust
+/// collects in place), 40 times the size of the list it holds.
 pub fn ranked(mut resources: Vec<Ranked>) -> Vec<Ranked> {
     resources.sort_by(|a, b| {
         a.resource
@@ -94,6 +96,7 @@ pub fn ranked(mut resources: Vec<Ranked>) -> Vec<Ranked> {
             .then(a.rank.cmp(&b.rank))
     });
     resources.dedup_by(|a, b| a.resource.name == b.resource.name);
+    resources.shrink_to_fit();
     resources
 }
 

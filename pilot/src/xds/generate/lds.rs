@@ -139,6 +139,8 @@ pub fn outbound_listeners(ctx: &PushContext, proxy: &Proxy) -> Vec<Ranked> {
             })
             .collect();
         resources.sort_by(|a, b| a.resource.name.cmp(&b.resource.name));
+        // Collected in the listeners' buffer (see `ranked`).
+        resources.shrink_to_fit();
         return resources;
     }
     let mut out = Vec::new();
