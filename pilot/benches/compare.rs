@@ -201,7 +201,17 @@ impl Server {
                 let dir = tempfile::tempdir().unwrap();
                 s.mesh.write(dir.path(), Form::Files).unwrap();
                 write_atomic(dir.path(), "push.yaml", &push_yaml(0)).unwrap();
-                let child = Command::new(env!("CARGO_BIN_EXE_pilot"))
+                let mut cmd = match std::env::var("COMPARE_PILOT_WRAPPER") {
+                    // e.g. `heaptrack -o /tmp/pilot`: RSS is then the wrapper's.
+                    Ok(w) if !w.is_empty() => {
+                        let mut words = w.split_whitespace();
+                        let mut cmd = Command::new(words.next().unwrap());
+                        cmd.args(words).arg(env!("CARGO_BIN_EXE_pilot"));
+                        cmd
+                    }
+                    _ => Command::new(env!("CARGO_BIN_EXE_pilot")),
+                };
+                let child = cmd
                     .args(["--config-dir", dir.path().to_str().unwrap()])
                     .args(["--grpc-addr", &grpc, "--http-addr", &admin])
                     .args(["--debounce-after", "10ms", "--debounce-max", "1s"])
@@ -398,7 +408,8 @@ async fn main() {
     let kind = match peer.as_str() {
         "gcp" => Kind::Gcp,
         "istiod" => Kind::Istiod,
-        other => panic!("COMPARE_PEER={other}: neither gcp nor istiod"),
+        "ours" => Kind::Ours,
+        other => panic!("COMPARE_PEER={other}: neither gcp, istiod nor ours"),
     };
     let services = env("COMPARE_SERVICES", 1000);
     let sizes: Vec<usize> = std::env::var("COMPARE_STREAMS")
@@ -431,14 +442,24 @@ async fn main() {
         .unwrap_or(1024);
     let (fit, refused): (Vec<usize>, Vec<usize>) = sizes.iter().partition(|&&n| n + 256 <= nofile);
     // Theirs first: ours is measured only at the sizes theirs was.
-    let mut theirs = measure(kind, &setup, &fit, sync).await;
+    let mut theirs = if kind == Kind::Ours {
+        // Ours alone (profiling, or a size no peer reaches): no ratio is written.
+        fit.iter()
+            .map(|&n| (n, Err("ours alone (COMPARE_PEER=ours)".to_string())))
+            .collect()
+    } else {
+        measure(kind, &setup, &fit, sync).await
+    };
     let measured: Vec<usize> = fit
         .iter()
         .copied()
-        .filter(|n| theirs.get(n).is_some_and(|r| r.is_ok()))
+        .filter(|n| kind == Kind::Ours || theirs.get(n).is_some_and(|r| r.is_ok()))
         .collect();
     let mut ours = measure(Kind::Ours, &setup, &measured, sync).await;
     for n in &fit {
+        if kind == Kind::Ours {
+            continue;
+        }
         if let Some(Err(e)) = theirs.get(n) {
             ours.insert(*n, Err(e.clone()));
         }
@@ -461,7 +482,8 @@ async fn main() {
 
     let (their_name, key) = match kind {
         Kind::Gcp => ("go-control-plane v0.14.0 snapshot cache", "gcp"),
-        _ => ("istiod (pilot-discovery)", "istiod"),
+        Kind::Istiod => ("istiod (pilot-discovery)", "istiod"),
+        Kind::Ours => ("nobody", "ours"),
     };
     let mut report = serde_json::Map::new();
     let mut curves: [[Vec<Value>; 2]; 2] = Default::default();
