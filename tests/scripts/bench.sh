@@ -23,6 +23,7 @@ run pilot_inject pilot inject
 run pilot_agent pilot agent
 run mixer mixer check
 run mixer_scale mixer scale || echo "mixer scale benchmark failed" >&2
+run mixer_graph mixer graph || echo "mixer graph benchmark failed" >&2
 run citadel citadel csr
 run citadel_scale citadel scale || echo "citadel scale benchmark failed" >&2
 run authz_envoy mesh-tests authz_envoy

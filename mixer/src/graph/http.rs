@@ -142,11 +142,11 @@ pub fn window(graph: &Graph, text: Option<&str>) -> Result<Duration, GraphError>
     Ok(Duration::from_secs(d.as_secs()))
 }
 
-/// The view of a window.
-pub fn view(graph: &Graph, window: Duration) -> View {
+/// The view of a window (with the edges' recent requests, or not).
+pub fn view(graph: &Graph, window: Duration, recent: bool) -> View {
     View::build(
         window,
-        graph.read(SystemTime::now(), window),
+        graph.read(SystemTime::now(), window, recent),
         graph.settings().recent,
     )
 }
@@ -163,7 +163,7 @@ fn graph_json(s: &State, q: &[(String, String)]) -> Response {
         Ok(w) => w,
         Err(e) => return bad(e),
     };
-    let v = view(&s.graph, w);
+    let v = view(&s.graph, w, false);
     match get_param(&p, "format").unwrap_or("json") {
         "json" => {
             let mut j = v.to_json();
@@ -216,7 +216,7 @@ async fn edge(s: &State, q: &[(String, String)]) -> Response {
             }
         }
     }
-    let v = view(&s.graph, w);
+    let v = view(&s.graph, w, true);
     let Some(e) = v.edge(ends[0], ends[1]) else {
         return (
             StatusCode::NOT_FOUND,

@@ -20,9 +20,8 @@
 pub mod http;
 pub mod view;
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -196,7 +195,7 @@ struct Ids {
 #[derive(Debug, Default)]
 struct Inner {
     ids: Option<Ids>,
-    index: HashMap<u64, Vec<u32>>,
+    index: HashMap<u64, Vec<u32>, BuildHasherDefault<Prehashed>>,
     edges: Vec<Option<Edge>>,
     free: Vec<u32>,
     live_edges: usize,
@@ -503,29 +502,86 @@ fn entry<'b>(ids: &Ids, bag: &'b dyn Bag) -> Option<Entry<'b>> {
     })
 }
 
+/// The index's keys are already hashes ([`KeyRef::hash`]): used as they are.
+#[derive(Debug, Default, Clone, Copy)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// String equality eight bytes at a time: the key's fields are short, and a call to
+/// `memcmp` per field was most of the graph's time on the report path.
+#[inline]
+fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        let (mut wx, mut wy) = ([0u8; 8], [0u8; 8]);
+        wx.copy_from_slice(x);
+        wy.copy_from_slice(y);
+        if u64::from_ne_bytes(wx) != u64::from_ne_bytes(wy) {
+            return false;
+        }
+    }
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    let (mut wx, mut wy) = ([0u8; 8], [0u8; 8]);
+    wx[..ra.len()].copy_from_slice(ra);
+    wy[..rb.len()].copy_from_slice(rb);
+    u64::from_ne_bytes(wx) == u64::from_ne_bytes(wy)
+}
+
 // === impl KeyRef ===
 
 impl KeyRef<'_> {
+    /// A multiply-rotate hash (as FxHash) over the key's workloads and service eight bytes at
+    /// a time, each field's length mixed in after it: cheap on the report path; keys that
+    /// share it are told apart by comparison.
     fn hash(&self) -> u64 {
-        let mut h = DefaultHasher::new();
-        self.src.hash(&mut h);
-        self.service.hash(&mut h);
-        self.service_namespace.hash(&mut h);
-        self.dst.hash(&mut h);
-        self.protocol.hash(&mut h);
-        h.finish()
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut h: u64 = 0;
+        let mut mix = |w: u64| h = (h.rotate_left(5) ^ w).wrapping_mul(K);
+        // The fields that tell edges apart most; the rest only in the comparison.
+        for f in [self.src[1], self.service, self.dst[1], self.dst[2]] {
+            let mut chunks = f.as_bytes().chunks_exact(8);
+            for c in &mut chunks {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(c);
+                mix(u64::from_le_bytes(w));
+            }
+            let mut w = [0u8; 8];
+            let rest = chunks.remainder();
+            w[..rest.len()].copy_from_slice(rest);
+            mix(u64::from_le_bytes(w));
+            mix(f.len() as u64);
+        }
+        h
     }
 
     fn matches(&self, k: &EdgeKey) -> bool {
-        *k.source.namespace == *self.src[0]
-            && *k.source.name == *self.src[1]
-            && *k.source.version == *self.src[2]
-            && *k.service == *self.service
-            && *k.service_namespace == *self.service_namespace
-            && *k.destination.namespace == *self.dst[0]
-            && *k.destination.name == *self.dst[1]
-            && *k.destination.version == *self.dst[2]
-            && *k.protocol == *self.protocol
+        same(&k.source.name, self.src[1])
+            && same(&k.service, self.service)
+            && same(&k.destination.name, self.dst[1])
+            && same(&k.destination.version, self.dst[2])
+            && same(&k.source.namespace, self.src[0])
+            && same(&k.source.version, self.src[2])
+            && same(&k.service_namespace, self.service_namespace)
+            && same(&k.destination.namespace, self.dst[0])
+            && same(&k.protocol, self.protocol)
     }
 
     fn to_key(&self) -> EdgeKey {
@@ -735,10 +791,22 @@ impl Graph {
         if !self.settings.enabled {
             return;
         }
-        let generated: Vec<_> = bags
-            .iter()
-            .map(|b| dispatcher.generate(cfg, b as &dyn Bag))
-            .collect();
+        // Generation is on for every entry or for none (a pod cache and generation rules):
+        // the first says which.
+        let Some(first) = bags.first() else {
+            return;
+        };
+        let Some(first) = dispatcher.generate(cfg, first as &dyn Bag) else {
+            self.record(&cfg.vocab, bags.iter().map(|b| b as &dyn Bag));
+            return;
+        };
+        let mut generated = Vec::with_capacity(bags.len());
+        generated.push(Some(first));
+        generated.extend(
+            bags[1..]
+                .iter()
+                .map(|b| dispatcher.generate(cfg, b as &dyn Bag)),
+        );
         self.record(
             &cfg.vocab,
             bags.iter().zip(&generated).map(|(b, g)| match g {
@@ -901,8 +969,9 @@ impl Graph {
     }
 
     /// Every edge with requests in the `window` before `now`: its counts (the destination's
-    /// reports when it sent any in the window, else the source's) and recent requests.
-    pub fn read(&self, now: SystemTime, window: Duration) -> Vec<EdgeRead> {
+    /// reports when it sent any in the window, else the source's) and, with `recent`, its
+    /// recent requests.
+    pub fn read(&self, now: SystemTime, window: Duration, recent: bool) -> Vec<EdgeRead> {
         let (secs, _) = epoch(now);
         let width = self.settings.bucket.as_secs().max(1);
         let to = secs / width;
@@ -921,12 +990,15 @@ impl Graph {
             if stats.requests == 0 {
                 continue;
             }
-            let recent = e
-                .recent
-                .iter()
-                .filter(|r| r.at_ms >= since_ms)
-                .cloned()
-                .collect();
+            let recent = if recent {
+                e.recent
+                    .iter()
+                    .filter(|r| r.at_ms >= since_ms)
+                    .cloned()
+                    .collect()
+            } else {
+                Vec::new()
+            };
             out.push(EdgeRead {
                 key: e.key.clone(),
                 reporter,

@@ -108,7 +108,7 @@ fn record(g: &Graph, vocab: &Arc<Vocabulary>, now: SystemTime, reqs: &[Req<'_>])
 
 fn view(g: &Graph, now: SystemTime, window: u64) -> View {
     let w = Duration::from_secs(window);
-    View::build(w, g.read(now, w), g.settings().recent)
+    View::build(w, g.read(now, w, true), g.settings().recent)
 }
 
 fn edge<'v>(v: &'v View, source: &str, target: &str) -> &'v view::Edge {
@@ -451,4 +451,30 @@ fn query_windows_are_checked_by_name() {
             "{bad}: {e}"
         );
     }
+}
+
+#[test]
+fn keys_of_many_services_do_not_share_hashes() {
+    let names: Vec<(String, String)> = (0..1000)
+        .map(|i| {
+            (
+                format!("svc{i}-v1"),
+                format!("svc{i}.ns{}.svc.cluster.local", i % 20),
+            )
+        })
+        .collect();
+    let mut seen = std::collections::HashMap::new();
+    for i in 0..1000 {
+        for c in [(i + 1) % 1000, (i + 7) % 1000] {
+            let k = KeyRef {
+                src: ["bench", &names[c].0, ""],
+                service: &names[i].1,
+                service_namespace: "",
+                dst: ["bench", &names[i].0, ""],
+                protocol: "http",
+            };
+            *seen.entry(k.hash()).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(seen.len(), 2000, "max {:?}", seen.values().max());
 }
