@@ -12,14 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
-use envoy_types::pb::envoy::data::accesslog::v3::{
-    AccessLogCommon, HttpAccessLogEntry, HttpRequestProperties, HttpResponseProperties,
-};
-use envoy_types::pb::envoy::service::accesslog::v3::StreamAccessLogsMessage;
-use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::{
-    HttpAccessLogEntries, LogEntries,
-};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, attribute_context,
@@ -30,6 +22,8 @@ use mixer::adapter::AdapterEnv;
 use mixer::config::{CompileOptions, Compiler};
 use mixer::dispatch::{Dispatcher, Metrics};
 
+#[path = "common/accesslog.rs"]
+mod accesslog;
 mod common;
 
 use common::{Load, closed_loop, warm_up};
@@ -245,66 +239,22 @@ async fn bench_checks(secs: u64, api: Api) -> (f64, f64) {
     (run.rps, run.p99_us)
 }
 
-fn socket(ip: &str, port: u32) -> Option<Address> {
-    Some(Address {
-        address: Some(address::Address::SocketAddress(SocketAddress {
-            address: ip.into(),
-            port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
-            ..Default::default()
-        })),
-    })
-}
-
 fn bench_reports(secs: u64) -> f64 {
     let d = dispatcher(false);
     let cfg = d.config();
-    let entries: Vec<HttpAccessLogEntry> = (0..100)
-        .map(|i: u32| HttpAccessLogEntry {
-            common_properties: Some(AccessLogCommon {
-                downstream_remote_address: socket("10.0.0.1", 5000),
-                downstream_local_address: socket("10.0.0.2", 9080),
-                custom_tags: [
-                    (
-                        "destination.service.host".to_string(),
-                        format!("svc{}.default.svc.cluster.local", i % 10),
-                    ),
-                    (
-                        "destination.service.name".to_string(),
-                        format!("svc{}", i % 10),
-                    ),
-                ]
-                .into_iter()
-                .collect(),
-                time_to_last_downstream_tx_byte: Some(
-                    envoy_types::pb::google::protobuf::Duration {
-                        seconds: 0,
-                        nanos: 3_000_000,
-                    },
+    let entries = (0..100u32)
+        .map(|i| {
+            let tags = [
+                (
+                    "destination.service.host",
+                    format!("svc{}.default.svc.cluster.local", i % 10),
                 ),
-                ..Default::default()
-            }),
-            request: Some(HttpRequestProperties {
-                request_method: 1,
-                path: format!("/p/{i}"),
-                request_body_bytes: 100,
-                ..Default::default()
-            }),
-            response: Some(HttpResponseProperties {
-                response_code: Some(envoy_types::pb::google::protobuf::UInt32Value {
-                    value: if i.is_multiple_of(20) { 503 } else { 200 },
-                }),
-                response_body_bytes: 1000,
-                ..Default::default()
-            }),
-            ..Default::default()
+                ("destination.service.name", format!("svc{}", i % 10)),
+            ];
+            accesslog::entry(i, tags, 3_000_000)
         })
         .collect();
-    let msg = StreamAccessLogsMessage {
-        identifier: None,
-        log_entries: Some(LogEntries::HttpLogs(HttpAccessLogEntries {
-            log_entry: entries,
-        })),
-    };
+    let msg = accesslog::message(entries);
     for _ in 0..20 {
         mixer::server::accesslog::report_message(&d, &cfg, &msg);
     }

@@ -24,14 +24,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
-use envoy_types::pb::envoy::data::accesslog::v3::{
-    AccessLogCommon, HttpAccessLogEntry, HttpRequestProperties, HttpResponseProperties,
-};
 use envoy_types::pb::envoy::service::accesslog::v3::StreamAccessLogsMessage;
-use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::{
-    HttpAccessLogEntries, LogEntries,
-};
+use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::LogEntries;
 use mesh_runtime::Snapshot;
 use mixer::adapter::AdapterEnv;
 use mixer::attribute::{Bag, DenseBag, Value, Vocabulary};
@@ -40,6 +34,9 @@ use mixer::dispatch::{Dispatcher, Metrics};
 use mixer::graph::view::View;
 use mixer::graph::{Graph, GraphSettings};
 use mixer::server::accesslog::report_message_with;
+
+#[path = "common/accesslog.rs"]
+mod accesslog;
 
 // The same allocator as the mixer binary.
 #[global_allocator]
@@ -73,16 +70,6 @@ fn dispatcher() -> Arc<Dispatcher> {
     Arc::new(Dispatcher::new(resolved, metrics))
 }
 
-fn socket(ip: &str, port: u32) -> Option<Address> {
-    Some(Address {
-        address: Some(address::Address::SocketAddress(SocketAddress {
-            address: ip.into(),
-            port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
-            ..Default::default()
-        })),
-    })
-}
-
 /// 100 inbound entries: 10 services, their callers and workloads, 5% answered 503.
 fn message() -> StreamAccessLogsMessage {
     let entries = (0..100u32)
@@ -102,42 +89,10 @@ fn message() -> StreamAccessLogsMessage {
                     format!("svc{svc}.default.svc.cluster.local"),
                 ),
             ];
-            HttpAccessLogEntry {
-                common_properties: Some(AccessLogCommon {
-                    downstream_remote_address: socket("10.0.0.1", 5000),
-                    downstream_local_address: socket("10.0.0.2", 9080),
-                    custom_tags: tags.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-                    time_to_last_downstream_tx_byte: Some(
-                        envoy_types::pb::google::protobuf::Duration {
-                            seconds: 0,
-                            nanos: 3_000_000 + i as i32 * 10_000,
-                        },
-                    ),
-                    ..Default::default()
-                }),
-                request: Some(HttpRequestProperties {
-                    request_method: 1,
-                    path: format!("/p/{i}"),
-                    request_body_bytes: 100,
-                    ..Default::default()
-                }),
-                response: Some(HttpResponseProperties {
-                    response_code: Some(envoy_types::pb::google::protobuf::UInt32Value {
-                        value: if i.is_multiple_of(20) { 503 } else { 200 },
-                    }),
-                    response_body_bytes: 1000,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }
+            accesslog::entry(i, tags, 3_000_000 + i as i32 * 10_000)
         })
         .collect();
-    StreamAccessLogsMessage {
-        identifier: None,
-        log_entries: Some(LogEntries::HttpLogs(HttpAccessLogEntries {
-            log_entry: entries,
-        })),
-    }
+    accesslog::message(entries)
 }
 
 fn median(v: &mut [f64]) -> f64 {
