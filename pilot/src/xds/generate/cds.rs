@@ -415,6 +415,32 @@ fn inbound_passthrough(ctx: &PushContext) -> Cluster {
     c
 }
 
+/// A cluster of one address: STATIC for an IP, STRICT_DNS (IPv4) for a name; the mesh's
+/// connect timeout. What Pilot writes for the services MeshConfig names by address (Mixer's,
+/// the tracing collector).
+pub fn address_cluster(ctx: &PushContext, name: &str, host: &str, port: u32) -> Cluster {
+    let is_ip = host.parse::<std::net::IpAddr>().is_ok();
+    Cluster {
+        name: name.to_string(),
+        connect_timeout: Some(duration(ctx.mesh.connect_timeout.as_std())),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(if is_ip {
+            DiscoveryType::Static as i32
+        } else {
+            DiscoveryType::StrictDns as i32
+        })),
+        dns_lookup_family: DnsLookupFamily::V4Only as i32,
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: name.to_string(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![lb_endpoint(host, port, None)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// One endpoint of a load assignment.
 pub fn lb_endpoint(address: &str, port: u32, weight: Option<u32>) -> LbEndpoint {
     LbEndpoint {

@@ -25,14 +25,10 @@
 use std::collections::HashMap;
 
 use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
-use envoy_types::pb::envoy::config::cluster::v3::{
-    Cluster,
-    cluster::{ClusterDiscoveryType, DiscoveryType, DnsLookupFamily},
-};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{
     ApiVersion, GrpcService, Metadata, grpc_service::EnvoyGrpc, grpc_service::TargetSpecifier,
 };
-use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
 use envoy_types::pb::envoy::config::listener::v3::Filter;
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, filter::ConfigType};
 use envoy_types::pb::envoy::config::route::v3::{Route, route::Action, route_action};
@@ -55,7 +51,6 @@ use envoy_types::pb::envoy::r#type::tracing::v3::{CustomTag, custom_tag};
 use envoy_types::pb::google::protobuf::{Any, Struct, Value, value::Kind};
 use prost::Message;
 
-use super::cds::lb_endpoint;
 use super::util::duration;
 use crate::model::service::{outbound_cluster_name, parse_cluster_name};
 use crate::model::{Proxy, PushContext, Service};
@@ -119,26 +114,7 @@ pub fn clusters(ctx: &PushContext, have: &[Cluster]) -> Vec<Cluster> {
             continue;
         }
         let (host, port) = addr;
-        let is_ip = host.parse::<std::net::IpAddr>().is_ok();
-        let mut c = Cluster {
-            name: name.clone(),
-            connect_timeout: Some(duration(ctx.mesh.connect_timeout.as_std())),
-            cluster_discovery_type: Some(ClusterDiscoveryType::Type(if is_ip {
-                DiscoveryType::Static as i32
-            } else {
-                DiscoveryType::StrictDns as i32
-            })),
-            dns_lookup_family: DnsLookupFamily::V4Only as i32,
-            load_assignment: Some(ClusterLoadAssignment {
-                cluster_name: name,
-                endpoints: vec![LocalityLbEndpoints {
-                    lb_endpoints: vec![lb_endpoint(host, port, None)],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let mut c = super::cds::address_cluster(ctx, &name, host, port);
         super::cds::set_http2(&mut c);
         out.push(c);
     }

@@ -24,11 +24,7 @@
 //! proxy's start while the name resolves (`wait_for_warm_on_init: false`): a mesh without a
 //! collector loses the spans, never traffic.
 
-use envoy_types::pb::envoy::config::cluster::v3::{
-    Cluster,
-    cluster::{ClusterDiscoveryType, DiscoveryType, DnsLookupFamily},
-};
-use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::trace::v3::{
     ZipkinConfig, tracing::Http as TracingHttp, tracing::http::ConfigType as TracerConfig,
     zipkin_config::CollectorEndpointVersion,
@@ -38,9 +34,7 @@ use envoy_types::pb::envoy::r#type::tracing::v3::{CustomTag, custom_tag};
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 
-use super::cds::lb_endpoint;
 use super::mixer::Side;
-use super::util::duration;
 use crate::mesh::Tracing;
 use crate::model::{Proxy, PushContext};
 use crate::xds::resource::any;
@@ -55,27 +49,12 @@ pub const ZIPKIN_ENDPOINT: &str = "/api/v2/spans";
 /// The collector's cluster, when proxies trace.
 pub fn cluster(ctx: &PushContext) -> Option<Cluster> {
     let t = ctx.mesh.tracing()?;
-    let is_ip = t.host.parse::<std::net::IpAddr>().is_ok();
-    Some(Cluster {
-        name: ZIPKIN_CLUSTER.into(),
-        connect_timeout: Some(duration(ctx.mesh.connect_timeout.as_std())),
-        cluster_discovery_type: Some(ClusterDiscoveryType::Type(if is_ip {
-            DiscoveryType::Static as i32
-        } else {
-            DiscoveryType::StrictDns as i32
-        })),
-        dns_lookup_family: DnsLookupFamily::V4Only as i32,
-        wait_for_warm_on_init: (!is_ip).then_some(BoolValue { value: false }),
-        load_assignment: Some(ClusterLoadAssignment {
-            cluster_name: ZIPKIN_CLUSTER.into(),
-            endpoints: vec![LocalityLbEndpoints {
-                lb_endpoints: vec![lb_endpoint(&t.host, t.port, None)],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
+    let mut c = super::cds::address_cluster(ctx, ZIPKIN_CLUSTER, &t.host, t.port);
+    if t.host.parse::<std::net::IpAddr>().is_err() {
+        // Spans may wait for the name to resolve; the proxy's start does not.
+        c.wait_for_warm_on_init = Some(BoolValue { value: false });
+    }
+    Some(c)
 }
 
 /// The `tracing` of an HTTP connection manager on `side` of `proxy`, when proxies trace.
@@ -212,6 +191,9 @@ mod tests {
     use super::*;
     use crate::mesh::MeshConfig;
     use crate::testutil::{TestConfig, mk_router, mk_sidecar};
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType,
+    };
 
     const REVIEWS: &str = "apiVersion: networking.istio.io/v1alpha3
 kind: ServiceEntry
