@@ -330,8 +330,15 @@ async fn refresh_loop(
 
 /// GETs an http:// URL, with a timeout.
 async fn fetch(url: &str) -> Result<String, String> {
+    let body = http_get(url, Duration::from_secs(10)).await?;
+    String::from_utf8(body.to_vec()).map_err(|_| "body is not UTF-8".to_string())
+}
+
+/// GETs an http:// URL within `timeout`: the body of a 2xx answer, else why not (also for
+/// the topology page's reads of Pilot).
+pub(crate) async fn http_get(url: &str, timeout: Duration) -> Result<bytes::Bytes, String> {
     use http_body_util::{BodyExt, Empty};
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("{e}"))?;
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("bad address: {e}"))?;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Empty<bytes::Bytes>>();
     let fut = async {
@@ -344,11 +351,11 @@ async fn fetch(url: &str) -> Result<String, String> {
             .collect()
             .await
             .map_err(|e| e.to_string())?;
-        String::from_utf8(body.to_bytes().to_vec()).map_err(|_| "body is not UTF-8".to_string())
+        Ok(body.to_bytes())
     };
-    tokio::time::timeout(Duration::from_secs(10), fut)
+    tokio::time::timeout(timeout, fut)
         .await
-        .map_err(|_| "timed out".to_string())?
+        .map_err(|_| format!("no answer within {timeout:?}"))?
 }
 
 #[cfg(test)]

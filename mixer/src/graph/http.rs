@@ -251,27 +251,9 @@ async fn edge(s: &State, q: &[(String, String)]) -> Response {
 
 /// GETs Pilot's `/debug/configz`.
 async fn fetch_configz(pilot: &PilotDebug) -> Result<Value, String> {
-    use http_body_util::{BodyExt, Empty};
-    let uri: hyper::Uri = format!("http://{}/debug/configz", pilot.addr)
-        .parse()
-        .map_err(|e| format!("bad address: {e}"))?;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<bytes::Bytes>>();
-    let fut = async {
-        let resp = client.get(uri).await.map_err(|e| e.to_string())?;
-        if !resp.status().is_success() {
-            return Err(format!("status {}", resp.status()));
-        }
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?;
-        serde_json::from_slice(&body.to_bytes()).map_err(|e| format!("not JSON: {e}"))
-    };
-    tokio::time::timeout(pilot.timeout, fut)
-        .await
-        .map_err(|_| format!("no answer within {:?}", pilot.timeout))?
+    let url = format!("http://{}/debug/configz", pilot.addr);
+    let body = crate::adapter::listchecker::http_get(&url, pilot.timeout).await?;
+    serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))
 }
 
 /// `(name, namespace)` of a Kubernetes service host `NAME.NAMESPACE.svc...`.
